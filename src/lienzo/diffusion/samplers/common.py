@@ -1,0 +1,43 @@
+"""Shared pieces of the k-diffusion-style samplers (Karras et al. 2022 notation: x = x0 + sigma * eps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""`denoise(x, sigma) -> x0`: the model's estimate of the clean latent; `sigma` has shape (B,)."""
+
+Callback = Callable[[dict], None]
+"""Called once per step with {"i", "x", "sigma", "sigma_next", "denoised"}."""
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """`v` with trailing singleton dimensions up to `ndim`."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def batch_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A scalar sigma broadcast to the batch of `x`."""
+    return sigma.to(x.dtype).expand(x.shape[0])
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE derivative dx/dsigma = (x - x0) / sigma (Karras et al. 2022, eq. 4)."""
+    return (x - denoised) / append_dims(sigma, x.ndim)
+
+
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of an ancestral step: deterministic to sigma_down, then fresh noise sigma_up."""
+    if not eta or sigma_to == 0:
+        return sigma_to, 0.0
+    var_up = sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2
+    sigma_up = min(sigma_to, eta * var_up**0.5)
+    return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
+
+
+def seeded_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like `x`, drawn in float32 on the CPU generator, then moved to x."""
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device="cpu")
+    return noise.to(device=x.device, dtype=x.dtype)

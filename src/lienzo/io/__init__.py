@@ -1,0 +1,1 @@
+"""Checkpoint readers and writers, family detection and key maps."""

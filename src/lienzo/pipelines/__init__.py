@@ -1,0 +1,1 @@
+"""Pipeline steps and compositions; the object returned by lienzo.load."""
