@@ -1,0 +1,1 @@
+"""lienzo: Stable Diffusion, built whole."""
