@@ -1,0 +1,1 @@
+"""Key and config maps between checkpoint layouts."""
