@@ -1,4 +1,4 @@
-"""CLIP text transformer (Radford et al. 2021), OpenAI and OpenCLIP variants, with optional text projection."""
+"""CLIP text transformer (Radford et al. 2021), OpenAI and OpenCLIP variants, optional text projection."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class CLIPTextOutput:
 
 
 def quick_gelu(x: Tensor) -> Tensor:
-    """The sigmoid approximation of GELU used by OpenAI CLIP: x * sigmoid(1.702 x) (Hendrycks & Gimpel 2016)."""
+    """Sigmoid approximation of GELU, x * sigmoid(1.702 x) (Hendrycks & Gimpel 2016), as in OpenAI CLIP."""
     return x * torch.sigmoid(1.702 * x)
 
 
@@ -132,7 +132,7 @@ class TextTransformer(nn.Module):
 
 
 class CLIPTextModel(nn.Module):
-    """CLIP text tower (Radford et al. 2021) with transformers' state-dict keys; projection when configured."""
+    """CLIP text tower (Radford et al. 2021) with transformers' state-dict keys; optional projection."""
 
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
@@ -156,7 +156,7 @@ class CLIPTextModel(nn.Module):
     def forward(
         self, input_ids: Tensor, *, hidden_layer: int = -1, final_norm: bool = True, want_pooled: bool = True
     ) -> CLIPTextOutput:
-        """Hidden state `hidden_layer` (transformers indexing) of `input_ids` (B, T), and the pooled EOS vector.
+        """Hidden state `hidden_layer` (transformers indexing) of `input_ids` (B, T) and the pooled EOS vector.
 
         The pooled vector is the final-normed last layer output at the EOS position (argmax of the ids),
         projected when the model has a text projection; it is None when `want_pooled` is False, in which
