@@ -156,7 +156,7 @@ class CLIPTextModel(nn.Module):
     def forward(
         self, input_ids: Tensor, *, hidden_layer: int = -1, final_norm: bool = True, want_pooled: bool = True
     ) -> CLIPTextOutput:
-        """Hidden state `hidden_layer` (transformers indexing) of `input_ids` (B, T) and the pooled EOS vector.
+        """Hidden state `hidden_layer` (transformers indexing) of `input_ids` (B, T) and the pooled vector.
 
         The pooled vector is the final-normed last layer output at the EOS position (argmax of the ids),
         projected when the model has a text projection; it is None when `want_pooled` is False, in which
