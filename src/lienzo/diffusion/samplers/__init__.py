@@ -11,7 +11,21 @@ from lienzo.diffusion.samplers.first_order import (
     sample_euler_ancestral,
     sample_lcm,
 )
+from lienzo.diffusion.samplers.multistep import (
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2m,
+    sample_ipndm,
+    sample_lms,
+)
+from lienzo.diffusion.samplers.sde import (
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+)
 from lienzo.diffusion.samplers.second_order import sample_heun
+from lienzo.diffusion.samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 from lienzo.errors import InvalidArgumentError
 
 SAMPLER_FUNCTIONS: dict[str, Callable] = {
@@ -21,6 +35,17 @@ SAMPLER_FUNCTIONS: dict[str, Callable] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
     "lcm": sample_lcm,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "lms": sample_lms,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "ipndm": sample_ipndm,
+    "uni_pc": sample_uni_pc,
+    "uni_pc_bh2": sample_uni_pc_bh2,
 }
 """Sampler id -> `sample_<id>(denoise, x, sigmas, *, generator=None, callback=None, **options) -> x`."""
 

@@ -34,12 +34,10 @@ def slope_in_sigma(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> tor
     return (x - denoised) / sigma
 
 
-def report(
-    callback: Callback | None, i: int, x: torch.Tensor, sigmas: torch.Tensor, denoised: torch.Tensor
-) -> None:
-    """Send one step's state to `callback` when there is one."""
+def report(callback: Callback | None, i: int, x: torch.Tensor, levels: list[float], denoised: torch.Tensor):
+    """Send one step's state to `callback` when there is one (noise levels as floats)."""
     if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": sigmas[i + 1], "denoised": denoised})
+        callback({"i": i, "x": x, "sigma": levels[i], "sigma_next": levels[i + 1], "denoised": denoised})
 
 
 def _dpm_2_step(denoise: Denoise, x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor):
@@ -53,6 +51,7 @@ def _dpm_2_step(denoise: Denoise, x: torch.Tensor, sigma: float, sigma_to: float
     return x + d_mid * (sigma_to - sigma)
 
 
+@torch.no_grad()
 def sample_dpm_2(
     denoise: Denoise,
     x: torch.Tensor,
@@ -65,11 +64,12 @@ def sample_dpm_2(
     levels = sigma_list(sigmas)
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         x = _dpm_2_step(denoise, x, levels[i], levels[i + 1], denoised)
     return x
 
 
+@torch.no_grad()
 def sample_dpm_2_ancestral(
     denoise: Denoise,
     x: torch.Tensor,
@@ -84,7 +84,7 @@ def sample_dpm_2_ancestral(
     levels = sigma_list(sigmas)
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         sigma_down, sigma_up = ancestral_step(levels[i], levels[i + 1], eta)
         x = _dpm_2_step(denoise, x, levels[i], sigma_down, denoised)
         if levels[i + 1] > 0:
@@ -103,6 +103,7 @@ def lms_coefficient(nodes: list[float], j: int, start: float, end: float) -> flo
     return float(0.5 * (end - start) * np.dot(weights, basis))
 
 
+@torch.no_grad()
 def sample_lms(
     denoise: Denoise,
     x: torch.Tensor,
@@ -119,7 +120,7 @@ def sample_lms(
     derivatives: list[torch.Tensor] = []
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         derivatives = [slope_in_sigma(x, levels[i], denoised), *derivatives][:order]
         nodes = levels[i - len(derivatives) + 1 : i + 1][::-1]
         for j, d in enumerate(derivatives):
@@ -127,6 +128,7 @@ def sample_lms(
     return x
 
 
+@torch.no_grad()
 def sample_ipndm(
     denoise: Denoise,
     x: torch.Tensor,
@@ -145,7 +147,7 @@ def sample_ipndm(
     derivatives: list[torch.Tensor] = []
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         derivatives = [slope_in_sigma(x, levels[i], denoised), *derivatives][:order]
         weights = ADAMS_BASHFORTH_COEFFICIENTS[len(derivatives) - 1]
         slope = sum(w * d for w, d in zip(weights, derivatives, strict=True))
@@ -153,6 +155,7 @@ def sample_ipndm(
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_2m(
     denoise: Denoise,
     x: torch.Tensor,
@@ -167,7 +170,7 @@ def sample_dpmpp_2m(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         if sigma_next == 0:
             x = denoised
         else:

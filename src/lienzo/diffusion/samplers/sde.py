@@ -25,6 +25,7 @@ def _sde_noise_scale(sigma_next: float, h: float, eta: float, s_noise: float) ->
     return sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise
 
 
+@torch.no_grad()
 def sample_dpmpp_2s_ancestral(
     denoise: Denoise,
     x: torch.Tensor,
@@ -40,7 +41,7 @@ def sample_dpmpp_2s_ancestral(
     for i in range(len(levels) - 1):
         sigma = levels[i]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, levels[i + 1], eta)
         if sigma_down == 0:
             x = x + slope_in_sigma(x, sigma, denoised) * (sigma_down - sigma)
@@ -53,6 +54,7 @@ def sample_dpmpp_2s_ancestral(
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_sde(
     denoise: Denoise,
     x: torch.Tensor,
@@ -73,7 +75,7 @@ def sample_dpmpp_sde(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         if sigma_next == 0:
             x = x + slope_in_sigma(x, sigma, denoised) * (sigma_next - sigma)
             continue
@@ -93,6 +95,7 @@ def sample_dpmpp_sde(
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_2m_sde(
     denoise: Denoise,
     x: torch.Tensor,
@@ -112,7 +115,7 @@ def sample_dpmpp_2m_sde(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -130,6 +133,7 @@ def sample_dpmpp_2m_sde(
     return x
 
 
+@torch.no_grad()
 def sample_dpmpp_3m_sde(
     denoise: Denoise,
     x: torch.Tensor,
@@ -146,7 +150,7 @@ def sample_dpmpp_3m_sde(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         if sigma_next == 0:
             x = denoised
             continue

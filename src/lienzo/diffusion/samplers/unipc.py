@@ -63,6 +63,7 @@ def _differences(history: list[tuple[float, torch.Tensor]], order: int, h: float
     return ratios, differences
 
 
+@torch.no_grad()
 def sample_uni_pc(
     denoise: Denoise,
     x: torch.Tensor,
@@ -99,7 +100,7 @@ def sample_uni_pc(
             x = coefficients.decay * x_start - coefficients.base_weight * newest
             x = x - coefficients.scale * correction
         history = [*history, (-math.log(sigma), denoised)][-order:]
-        report(callback, i, x, sigmas, denoised)
+        report(callback, i, x, levels, denoised)
         if sigma_next == 0:
             x, pending = denoised, None
             continue
@@ -113,6 +114,7 @@ def sample_uni_pc(
     return x
 
 
+@torch.no_grad()
 def sample_uni_pc_bh2(
     denoise: Denoise,
     x: torch.Tensor,
