@@ -16,7 +16,9 @@ from torch import Tensor
 from ...errors import UnknownArchitectureError
 from ...models.clip import CLIPTextConfig
 
+HF_PREFIX = "text_model."
 HF_LAYER = "text_model.encoder.layers.{}."
+UNPREFIXED_HF_ROOTS = ("embeddings.", "encoder.", "final_layer_norm.")
 
 OPENCLIP_FIXED = {
     "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
@@ -63,6 +65,21 @@ def clip_openclip_to_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             f"not an OpenCLIP text tower: unexpected keys {unknown[:5]}; "
             "strip the checkpoint prefix (e.g. 'cond_stage_model.model.') before converting"
         )
+    return out
+
+
+def clip_hf_canonical(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Transformers CLIP text weights in our key layout: `text_model.` prefixed, no `position_ids` buffer.
+
+    transformers 5 saves a plain CLIPTextModel without the `text_model.` prefix that older files and
+    CLIPTextModelWithProjection carry; both layouts come out the same here.
+    """
+    out = {}
+    for key, value in sd.items():
+        if key.endswith("embeddings.position_ids"):
+            continue
+        prefixed = key.startswith(UNPREFIXED_HF_ROOTS)
+        out[HF_PREFIX + key if prefixed else key] = value
     return out
 
 
@@ -170,7 +187,7 @@ def clip_config_from_state_dict(
         hidden_size=hidden_size,
         intermediate_size=sd_hf[f"{HF_LAYER.format(0)}mlp.fc1.weight"].shape[0],
         num_hidden_layers=max(layer_indices) + 1,
-        num_attention_heads=heads if heads is not None else hidden_size // 64,
+        num_attention_heads=heads if heads is not None else max(1, hidden_size // 64),
         hidden_act=hidden_act,
         projection_dim=None if projection is None else projection.shape[0],
     )
