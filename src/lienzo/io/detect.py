@@ -1,0 +1,128 @@
+"""Model family detection from a single file's keys and shapes or from a diffusers folder's configs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptCheckpointError, ModelNotFoundError, UnknownArchitectureError
+from ..models.specs import VARIANT_IN_CHANNELS
+from .layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY, FamilyName
+
+METADATA_FAMILY_KEY = "lienzo.family"
+UNET_INPUT_CONV = "input_blocks.0.0.weight"
+SUPPORTED = "sd1, sd2, sd2-v, sdxl, sdxl-refiner, each also with an -inpaint or -depth variant"
+MODEL_FOLDER_HINT = (
+    "a model folder must be in diffusers layout: model_index.json plus unet/, vae/, text_encoder/ "
+    "(and text_encoder_2/ for SDXL) with config.json and weights; or give a .safetensors/.ckpt file"
+)
+VARIANT_BY_IN_CHANNELS = {channels: variant for variant, channels in VARIANT_IN_CHANNELS.items()}
+DEFAULT_IN_CHANNELS = 4
+
+
+def detect_checkpoint_family(
+    state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> str:
+    """The family of an ldm/sgm single-file checkpoint from its text-encoder prefixes and UNet input conv."""
+    if metadata and METADATA_FAMILY_KEY in metadata:
+        return metadata[METADATA_FAMILY_KEY]
+    base = _checkpoint_base(state_dict)
+    in_channels = state_dict[UNET_PREFIX + UNET_INPUT_CONV].shape[1]
+    variant = _variant_for(in_channels, describe=f"a UNet with {in_channels} input channels")
+    v_prediction = V_PREDICTION_KEY in state_dict and base == "sd2"
+    return FamilyName(base, v_prediction, variant).name
+
+
+def detect_folder_family(folder: Path) -> str:
+    """The family of a diffusers folder from model_index.json and its UNet, text and scheduler configs."""
+    index = read_model_index(folder)
+    class_name = str(index.get("_class_name", ""))
+    if not class_name.startswith("StableDiffusion"):
+        raise UnknownArchitectureError(
+            f"{folder} holds a {class_name or 'unnamed'} pipeline, which lienzo does not run; "
+            f"supported families: {SUPPORTED}"
+        )
+    unet = read_json(folder / "unet" / "config.json")
+    in_channels = int(unet.get("in_channels", DEFAULT_IN_CHANNELS))
+    variant = "depth" if "Depth2Img" in class_name else _variant_for(
+        in_channels, describe=f"{folder}: a UNet with {in_channels} input channels"
+    )
+    if unet.get("addition_embed_type") == "text_time":
+        has_first_encoder = _has_component(index, "text_encoder")
+        return FamilyName("sdxl" if has_first_encoder else "sdxl-refiner", False, variant).name
+    text_encoder = read_json(folder / "text_encoder" / "config.json")
+    base = "sd2" if text_encoder.get("hidden_act") == "gelu" else "sd1"
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(scheduler_path) if scheduler_path.is_file() else {}
+    v_prediction = base == "sd2" and scheduler.get("prediction_type") == "v_prediction"
+    return FamilyName(base, v_prediction, variant).name
+
+
+def read_model_index(folder: Path) -> dict:
+    """A diffusers folder's model_index.json, or ModelNotFoundError saying what a model folder holds."""
+    if not folder.exists():
+        raise ModelNotFoundError(f"{folder} does not exist; check the path or download the model first")
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ModelNotFoundError(f"{folder} is not a model folder: {MODEL_FOLDER_HINT}")
+    return read_json(index_path)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object file, with user-facing errors for a missing or malformed file."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; {MODEL_FOLDER_HINT}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptCheckpointError(
+            f"{path} is not valid JSON ({error}); re-download or re-export it"
+        ) from None
+    if not isinstance(value, dict):
+        raise CorruptCheckpointError(f"{path} does not hold a JSON object; re-download or re-export it")
+    return value
+
+
+def _has_component(index: Mapping, name: str) -> bool:
+    entry = index.get(name)
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+
+
+def _checkpoint_base(state_dict: Mapping[str, torch.Tensor]) -> str:
+    if UNET_PREFIX + UNET_INPUT_CONV in state_dict:
+        for base, layout in LAYOUTS.items():
+            if all(_has_prefix(state_dict, tower.prefix) for tower in layout.text_encoders):
+                return base
+    raise UnknownArchitectureError(
+        f"the state dict matches no supported model; found keys under {_key_summary(state_dict)}. "
+        f"Supported: {SUPPORTED}, as full ldm/sgm checkpoints (model.diffusion_model.*, first_stage_model.* "
+        "and the text encoder) or diffusers folders"
+    )
+
+
+def _has_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> bool:
+    return any(key.startswith(prefix) for key in state_dict)
+
+
+def _variant_for(in_channels: int, *, describe: str) -> str:
+    if in_channels == DEFAULT_IN_CHANNELS:
+        return ""
+    if in_channels in VARIANT_BY_IN_CHANNELS:
+        return VARIANT_BY_IN_CHANNELS[in_channels]
+    known = ", ".join(f"{channels} ({variant})" for channels, variant in VARIANT_BY_IN_CHANNELS.items())
+    raise UnknownArchitectureError(
+        f"{describe} is not supported; known input channels: 4 (base), {known}; supported: {SUPPORTED}"
+    )
+
+
+def _key_summary(state_dict: Mapping[str, torch.Tensor], limit: int = 8) -> str:
+    prefixes = Counter(".".join(key.split(".")[:2]) for key in state_dict)
+    if not prefixes:
+        return "nothing (the state dict is empty)"
+    shown = ", ".join(f"{prefix}.* ({count})" for prefix, count in prefixes.most_common(limit))
+    more = len(prefixes) - limit
+    return shown + (f" and {more} more" if more > 0 else "")

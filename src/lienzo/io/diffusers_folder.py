@@ -1,0 +1,159 @@
+"""Diffusers model folders: model_index.json plus one subfolder per component, read and written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
+from ..text.tokenizer import CLIPTokenizer
+from .detect import MODEL_FOLDER_HINT, detect_folder_family, read_json, read_model_index
+from .formats import read_state_dict, write_safetensors
+from .keymaps.clip import clip_config_from_transformers, clip_config_to_transformers
+from .keymaps.unet import (
+    unet_config_from_diffusers,
+    unet_config_to_diffusers,
+    unet_diffusers_to_ldm,
+    unet_ldm_to_diffusers,
+)
+from .keymaps.vae import (
+    vae_config_from_diffusers,
+    vae_config_to_diffusers,
+    vae_diffusers_to_ldm,
+    vae_ldm_to_diffusers,
+)
+from .layouts import family_layout, parse_family
+from .model_files import ModelFiles, cast_state_dict, spec_with_configs
+
+DIFFUSERS_VERSION = "0.30.0"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+TRANSFORMERS_WEIGHTS = "model"
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin")
+HF_POSITION_IDS = "text_model.embeddings.position_ids"
+SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+}
+PREDICTION_TYPES = {False: "epsilon", True: "v_prediction"}
+
+
+def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> ModelFiles:
+    """Read a diffusers folder into ModelFiles (weights in lienzo's naming); `family` overrides detection."""
+    folder = Path(folder)
+    read_model_index(folder)
+    family = family or detect_folder_family(folder)
+    layout = family_layout(family)
+    unet_config = unet_config_from_diffusers(read_json(folder / "unet" / "config.json"))
+    vae_config = vae_config_from_diffusers(read_json(folder / "vae" / "config.json"))
+    unet = unet_diffusers_to_ldm(read_component_weights(folder / "unet", DIFFUSERS_WEIGHTS))
+    vae = vae_diffusers_to_ldm(read_component_weights(folder / "vae", DIFFUSERS_WEIGHTS))
+    text_configs, text_encoders, tokenizer_folders = [], [], []
+    for tower in layout.text_encoders:
+        component = folder / tower.component
+        text_configs.append(clip_config_from_transformers(read_json(component / "config.json")))
+        weights = read_component_weights(component, TRANSFORMERS_WEIGHTS)
+        weights.pop(HF_POSITION_IDS, None)
+        text_encoders.append(weights)
+        tokenizer = folder / tower.tokenizer_component
+        tokenizer_folders.append(tokenizer if tokenizer.is_dir() else None)
+    spec = spec_with_configs(family, unet_config, vae_config, text_configs)
+    return ModelFiles(family, spec, unet, vae, text_encoders, tokenizer_folders, "diffusers")
+
+
+def write_diffusers_folder(
+    files: ModelFiles, folder: str | Path, *, dtype: torch.dtype | None = None
+) -> None:
+    """Write a folder diffusers' `from_pretrained` loads: model_index.json, components, scheduler."""
+    folder = Path(folder)
+    layout = family_layout(files.family)
+    name = parse_family(files.family)
+    if name.variant not in layout.pipeline_classes:
+        raise InvalidArgumentError(
+            f"diffusers has no pipeline for {files.family}; write it as a single file (--format single-file)"
+        )
+    folder.mkdir(parents=True)
+    index: dict[str, object] = {
+        "_class_name": layout.pipeline_classes[name.variant],
+        "_diffusers_version": DIFFUSERS_VERSION,
+        **layout.pipeline_options,
+    }
+    for unused in layout.unused_components:
+        index[unused] = [None, None]
+    if name.variant == "depth":
+        index.update(depth_estimator=[None, None], feature_extractor=[None, None])
+    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    _write_component(
+        folder / "unet", unet_config_to_diffusers(files.spec.unet), "UNet2DConditionModel",
+        unet_ldm_to_diffusers(files.unet, files.spec.unet), DIFFUSERS_WEIGHTS, dtype,
+    )
+    index["vae"] = ["diffusers", "AutoencoderKL"]
+    _write_component(
+        folder / "vae", vae_config_to_diffusers(files.spec.vae), "AutoencoderKL",
+        vae_ldm_to_diffusers(files.vae, files.spec.vae), DIFFUSERS_WEIGHTS, dtype,
+    )
+    towers = zip(
+        layout.text_encoders,
+        files.spec.text_encoders,
+        files.text_encoders,
+        files.tokenizer_folders,
+        strict=True,
+    )
+    for tower_layout, tower, weights, tokenizer_folder in towers:
+        config = clip_config_to_transformers(tower.config)
+        index[tower_layout.component] = ["transformers", config["architectures"][0]]
+        _write_component(folder / tower_layout.component, config, None, weights, TRANSFORMERS_WEIGHTS, dtype)
+        tokenizer = (
+            CLIPTokenizer.from_folder(tokenizer_folder)
+            if tokenizer_folder is not None
+            else CLIPTokenizer.from_bundled(pad_token=tower.pad_token)
+        )
+        tokenizer.save(folder / tower_layout.tokenizer_component)
+        index[tower_layout.tokenizer_component] = ["transformers", "CLIPTokenizer"]
+    index["scheduler"] = ["diffusers", SCHEDULER["_class_name"]]
+    scheduler = {**SCHEDULER, "_diffusers_version": DIFFUSERS_VERSION}
+    scheduler["prediction_type"] = PREDICTION_TYPES[files.spec.prediction == "v"]
+    _write_json(folder / "scheduler" / "scheduler_config.json", scheduler)
+    _write_json(folder / "model_index.json", index)
+
+
+def read_component_weights(component: Path, stem: str) -> dict[str, torch.Tensor]:
+    """A component's weights: `<stem>.safetensors` first, then its fp16 variant, then `.bin` files."""
+    for suffix in WEIGHT_FILE_SUFFIXES:
+        candidate = component / f"{stem}{suffix}"
+        if candidate.is_file():
+            return read_state_dict(candidate)
+    if not component.is_dir():
+        raise ModelNotFoundError(f"{component} is missing; {MODEL_FOLDER_HINT}")
+    raise CorruptCheckpointError(
+        f"{component} has no weights ({stem}.safetensors or {stem}.bin); re-download or re-export the model"
+    )
+
+
+def _write_component(
+    component: Path,
+    config: dict,
+    class_name: str | None,
+    weights: dict[str, torch.Tensor],
+    stem: str,
+    dtype: torch.dtype | None,
+) -> None:
+    component.mkdir()
+    if class_name is not None:
+        config = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **config}
+    _write_json(component / "config.json", config)
+    write_safetensors(component / f"{stem}.safetensors", cast_state_dict(weights, dtype), {"format": "pt"})
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")

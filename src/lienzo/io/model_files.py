@@ -1,0 +1,108 @@
+"""A model's weights in lienzo's naming with its family and actual configs, independent of the file layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..errors import CorruptCheckpointError, InvalidArgumentError
+from ..models.clip import CLIPTextConfig
+from ..models.specs import FamilySpec, family_spec
+from ..models.unet import UNetConfig
+from ..models.vae import VAEConfig
+from .layouts import parse_family
+
+ConfigT = TypeVar("ConfigT")
+
+
+@dataclass
+class ModelFiles:
+    """State dicts in lienzo's module naming, the family, and its spec with the model's actual configs.
+
+    `text_encoders` and `tokenizer_folders` follow the order of `spec.text_encoders`; a tokenizer
+    folder is None when the source carried none (the bundled tokenizer applies).
+    """
+
+    family: str
+    spec: FamilySpec
+    unet: dict[str, torch.Tensor]
+    vae: dict[str, torch.Tensor]
+    text_encoders: list[dict[str, torch.Tensor]]
+    tokenizer_folders: list[Path | None]
+    source_format: str
+
+    def components(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Each state dict by component name (`unet`, `vae`, `text_encoder`, `text_encoder_2`)."""
+        named = {"unet": self.unet, "vae": self.vae}
+        for index, state_dict in enumerate(self.text_encoders):
+            named["text_encoder" if index == 0 else f"text_encoder_{index + 1}"] = state_dict
+        return named
+
+
+def resolve_family_spec(name: str) -> FamilySpec:
+    """The FamilySpec of a family name, with a user-facing error for names that do not exist."""
+    parse_family(name)
+    try:
+        return family_spec(name)
+    except KeyError as error:
+        raise InvalidArgumentError(str(error).strip("'\"")) from None
+
+
+def spec_with_configs(
+    family: str, unet: UNetConfig, vae: VAEConfig, text_encoders: list[CLIPTextConfig]
+) -> FamilySpec:
+    """The family's spec with the model's actual component configs in place of the reference ones."""
+    spec = resolve_family_spec(family)
+    if len(text_encoders) != len(spec.text_encoders):
+        raise CorruptCheckpointError(
+            f"a {family} model has {len(spec.text_encoders)} text encoder(s) but {len(text_encoders)} were "
+            "found; check the family or re-export the model"
+        )
+    pairs = zip(spec.text_encoders, text_encoders, strict=True)
+    towers = tuple(replace(tower, config=config) for tower, config in pairs)
+    return replace(spec, unet=unet, vae=vae, text_encoders=towers)
+
+
+def cast_state_dict(
+    state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """The state dict with floating-point tensors cast to `dtype` (unchanged when dtype is None)."""
+    if dtype is None:
+        return dict(state_dict)
+    return {key: value.to(dtype) if value.is_floating_point() else value for key, value in state_dict.items()}
+
+
+def config_to_json(config: Any) -> str:
+    """A config dataclass as a JSON object string."""
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def config_from_json(config_class: type[ConfigT], text: str) -> ConfigT:
+    """A config dataclass from `config_to_json` output; lists become tuples, unknown keys are ignored."""
+    values = json.loads(text)
+    known = {field.name for field in dataclasses.fields(config_class)}
+    arguments = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in values.items()
+        if name in known
+    }
+    return config_class(**arguments)
+
+
+def parameter_count(state_dict: dict[str, torch.Tensor]) -> int:
+    """Number of scalar parameters in a state dict."""
+    return sum(tensor.numel() for tensor in state_dict.values())
+
+
+def dtype_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The distinct dtypes of a state dict's tensors, most common first."""
+    counts: dict[str, int] = {}
+    for tensor in state_dict.values():
+        name = str(tensor.dtype).removeprefix("torch.")
+        counts[name] = counts.get(name, 0) + tensor.numel()
+    return sorted(counts, key=counts.get, reverse=True)

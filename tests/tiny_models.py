@@ -1,0 +1,167 @@
+"""Tiny diffusers model folders with random weights for every family, built offline for tests.
+
+`make_tiny_pipeline_folder(family, folder)` writes one; `tiny_pipeline_folder(family)` returns a
+folder cached for the whole test session (treat it as read-only).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lienzo.io.keymaps.clip import clip_config_to_transformers
+from lienzo.io.keymaps.unet import unet_config_to_diffusers
+from lienzo.io.keymaps.vae import vae_config_to_diffusers
+from lienzo.models.clip import CLIPTextConfig
+from lienzo.models.specs import FamilySpec, family_spec
+from lienzo.models.unet import UNetConfig
+from lienzo.models.vae import VAEConfig
+from lienzo.text.tokenizer import CLIPTokenizer
+
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd1-inpaint", "sd2-depth")
+SDXL_TIME_EMBED_CHANNELS = 256
+SDXL_TIME_IDS = {"sdxl": 6, "sdxl-refiner": 5}
+TINY_CLIP = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TINY_UNET = UNetConfig(
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=2,
+    transformer_depth=(1, 0),
+    transformer_depth_middle=1,
+    num_heads=8,
+    context_dim=32,
+)
+TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1)
+SEED = 0
+
+
+def tiny_spec(family: str) -> FamilySpec:
+    """The family's spec with tiny component configs that keep its distinguishing traits."""
+    reference = family_spec(family)
+    towers = tuple(
+        replace(
+            tower,
+            config=replace(
+                TINY_CLIP,
+                hidden_act=tower.config.hidden_act,
+                projection_dim=None if tower.config.projection_dim is None else TINY_CLIP.hidden_size,
+            ),
+        )
+        for tower in reference.text_encoders
+    )
+    context_dim = sum(tower.config.hidden_size for tower in towers)
+    unet = replace(TINY_UNET, in_channels=reference.unet.in_channels, context_dim=context_dim)
+    if reference.unet.num_head_channels > 0:
+        unet = replace(unet, num_head_channels=16, use_linear_in_transformer=True)
+    if reference.vector_conditioning is not None:
+        pooled = towers[-1].config.projection_dim
+        time_ids = SDXL_TIME_IDS[reference.vector_conditioning]
+        unet = replace(
+            unet,
+            transformer_depth=(0, 2),
+            transformer_depth_middle=2,
+            adm_in_channels=pooled + time_ids * SDXL_TIME_EMBED_CHANNELS,
+        )
+    vae = replace(TINY_VAE, scaling_factor=reference.vae.scaling_factor)
+    return replace(reference, unet=unet, vae=vae, text_encoders=towers)
+
+
+def make_tiny_pipeline_folder(family: str, folder: Path) -> Path:
+    """Build a tiny diffusers pipeline of `family` with seeded random weights and save it to `folder`."""
+    import diffusers
+    import transformers
+
+    spec = tiny_spec(family)
+    torch.manual_seed(SEED)
+    sample_size = spec.resolution // 2 ** (len(spec.vae.ch_mult) - 1)
+    unet = diffusers.UNet2DConditionModel(**unet_config_to_diffusers(spec.unet), sample_size=sample_size)
+    vae = diffusers.AutoencoderKL(**vae_config_to_diffusers(spec.vae))
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction" if spec.prediction == "v" else "epsilon",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    encoders, tokenizers = [], []
+    staging = Path(tempfile.mkdtemp())
+    for index, tower in enumerate(spec.text_encoders):
+        config = clip_config_to_transformers(tower.config)
+        model_class = getattr(transformers, config["architectures"][0])
+        encoders.append(model_class(transformers.CLIPTextConfig(**config)).eval())
+        CLIPTokenizer.from_bundled(pad_token=tower.pad_token).save(staging / str(index))
+        tokenizers.append(transformers.CLIPTokenizer.from_pretrained(staging / str(index)))
+    shutil.rmtree(staging)
+    components = {"unet": unet, "vae": vae, "scheduler": scheduler}
+    if spec.vector_conditioning is None:
+        components.update(text_encoder=encoders[0], tokenizer=tokenizers[0])
+    elif len(encoders) == 2:
+        components.update(text_encoder=encoders[0], tokenizer=tokenizers[0])
+        components.update(text_encoder_2=encoders[1], tokenizer_2=tokenizers[1])
+    else:
+        components.update(text_encoder=None, tokenizer=None)
+        components.update(text_encoder_2=encoders[0], tokenizer_2=tokenizers[0])
+    if family.endswith("-depth"):
+        return _save_components_by_hand("StableDiffusionDepth2ImgPipeline", components, folder)
+    pipeline = _pipeline_class(family, spec)(**components, **_pipeline_extras(spec))
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def _pipeline_class(family: str, spec: FamilySpec):
+    import diffusers
+
+    if spec.vector_conditioning == "sdxl":
+        return diffusers.StableDiffusionXLPipeline
+    if spec.vector_conditioning == "sdxl-refiner":
+        return diffusers.StableDiffusionXLImg2ImgPipeline
+    if family.endswith("-inpaint"):
+        return diffusers.StableDiffusionInpaintPipeline
+    return diffusers.StableDiffusionPipeline
+
+
+def _pipeline_extras(spec: FamilySpec) -> dict:
+    if spec.vector_conditioning == "sdxl-refiner":
+        return {"requires_aesthetics_score": True}
+    if spec.vector_conditioning is None:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    return {}
+
+
+def _save_components_by_hand(class_name: str, components: dict, folder: Path) -> Path:
+    """Write a pipeline folder whose pipeline needs parts too heavy for tests (a depth estimator)."""
+    import diffusers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {
+        "_class_name": class_name,
+        "_diffusers_version": diffusers.__version__,
+        "depth_estimator": [None, None],
+        "feature_extractor": [None, None],
+    }
+    for name, component in components.items():
+        component.save_pretrained(folder / name)
+        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
+        index[name] = [library, type(component).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return folder
+
+
+_CACHE_ROOT: list[Path] = []
+
+
+@functools.cache
+def tiny_pipeline_folder(family: str) -> Path:
+    """A tiny pipeline folder of `family`, built once per test session; do not modify it."""
+    if not _CACHE_ROOT:
+        _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-tiny-")))
+        atexit.register(shutil.rmtree, _CACHE_ROOT[0], True)
+    return make_tiny_pipeline_folder(family, _CACHE_ROOT[0] / family)
