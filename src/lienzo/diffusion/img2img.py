@@ -1,0 +1,50 @@
+"""Starting partway down a schedule: img2img and partial denoising."""
+
+from __future__ import annotations
+
+import torch
+
+from lienzo.diffusion.samplers.common import seeded_noise
+from lienzo.diffusion.schedules import ModelSampling
+from lienzo.diffusion.sigma_schedules import get_sigmas
+from lienzo.errors import InvalidArgumentError
+
+
+def _check_strength(strength: float) -> None:
+    """Raise unless 0 <= strength <= 1."""
+    if not 0 <= strength <= 1:
+        raise InvalidArgumentError(f"denoising strength must lie in [0, 1], got {strength}")
+
+
+def img2img_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
+    """The last floor(strength * steps) steps of a full schedule (SDEdit, Meng et al. 2022); strength 0 -> [0]."""
+    _check_strength(strength)
+    steps = len(sigmas) - 1
+    run = min(int(strength * steps + 1e-6), steps)
+    return sigmas[steps - run :]
+
+
+def partial_denoise_sigmas(
+    schedule: str, steps: int, model_sampling: ModelSampling, denoise: float
+) -> torch.Tensor:
+    """Exactly `steps` steps: the tail of a schedule of int(steps / denoise) steps (ComfyUI's `denoise`)."""
+    _check_strength(denoise)
+    if denoise == 0:
+        return torch.zeros(1)
+    full = get_sigmas(schedule, int(steps / denoise), model_sampling)
+    return full[-(steps + 1) :]
+
+
+def noise_latent(latent: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    """latent + sigma * n with n from the seeded CPU generator (float32), unchanged when sigma is 0."""
+    if sigma == 0:
+        return latent
+    return latent + seeded_noise(latent, generator) * sigma
+
+
+def img2img_start(
+    latent: torch.Tensor, sigmas: torch.Tensor, strength: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noised latent, remaining sigmas) to sample from for an img2img run at `strength`."""
+    tail = img2img_sigmas(sigmas, strength)
+    return noise_latent(latent, float(tail[0]), generator), tail
