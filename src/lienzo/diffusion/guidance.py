@@ -29,7 +29,9 @@ def concat_conditionings(first: Conditioning, second: Conditioning, batch: int) 
         [_tile_tokens(_batched(c.context, batch), length) for c in (first, second)], dim=0
     )
     if (first.y is None) != (second.y is None):
-        raise InvalidArgumentError("give a `y` vector to both the conditional and unconditional inputs, or to neither")
+        raise InvalidArgumentError(
+            "give a `y` vector to both the conditional and unconditional inputs, or to neither"
+        )
     y = None if first.y is None else torch.cat([_batched(first.y, batch), _batched(second.y, batch)], dim=0)
     return Conditioning(context, y)
 

@@ -17,7 +17,7 @@ def _check_strength(strength: float) -> None:
 
 
 def img2img_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
-    """The last floor(strength * steps) steps of a full schedule (SDEdit, Meng et al. 2022); strength 0 -> [0]."""
+    """The last floor(strength * steps) steps of a full schedule (SDEdit, Meng et al. 2022)."""
     _check_strength(strength)
     steps = len(sigmas) - 1
     run = min(int(strength * steps + 1e-6), steps)
