@@ -160,7 +160,10 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict:
         raise InvalidArgumentError(
             "diffusers takes the middle block's transformer depth from the last level; make them equal"
         )
-    layer_counts = [depth or 1 for depth in depths[:-1]] + [middle]
+    attending_depths = {depth for depth in depths if depth} | {middle}
+    layer_counts: int | list[int] = (
+        middle if len(attending_depths) == 1 else [depth or 1 for depth in depths[:-1]] + [middle]
+    )
     block_out_channels = [config.model_channels * mult for mult in config.channel_mult]
     if config.num_head_channels > 0:
         head_counts: int | list[int] = [
@@ -177,7 +180,7 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict:
         "up_block_types": ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depths)],
         "block_out_channels": block_out_channels,
         "layers_per_block": config.num_res_blocks,
-        "transformer_layers_per_block": layer_counts if len(set(layer_counts)) > 1 else layer_counts[0],
+        "transformer_layers_per_block": layer_counts,
         "attention_head_dim": head_counts,
         "cross_attention_dim": config.context_dim,
         "use_linear_projection": config.use_linear_in_transformer,
