@@ -1,0 +1,151 @@
+"""Prompt encoding: chunking, batch padding, clip skip, several towers, parity with transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from lienzo.errors import InvalidArgumentError
+from lienzo.io.keymaps.clip import clip_config_to_transformers, clip_hf_canonical
+from lienzo.models.clip import CLIPTextConfig, CLIPTextModel
+from lienzo.models.specs import TextEncoderSpec
+from lienzo.text.conditioning import chunk_token_ids, encode_prompts, split_into_chunks
+from lienzo.text.tokenizer import CLIPTokenizer
+
+SMALL = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4)
+BIG = CLIPTextConfig(
+    hidden_size=48,
+    intermediate_size=37,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    hidden_act="gelu",
+    projection_dim=40,
+)
+HUNDRED_TOKENS = "cat " * 100
+
+
+def reference_and_ours(config: CLIPTextConfig, seed: int) -> tuple[torch.nn.Module, CLIPTextModel]:
+    """A transformers model with random weights and ours loaded with the same weights."""
+    torch.manual_seed(seed)
+    hf_config = transformers.CLIPTextConfig.from_dict(clip_config_to_transformers(config))
+    if config.projection_dim is None:
+        reference = transformers.CLIPTextModel(hf_config).eval()
+    else:
+        reference = transformers.CLIPTextModelWithProjection(hf_config).eval()
+    model = CLIPTextModel(config).eval()
+    model.load_state_dict(clip_hf_canonical(reference.state_dict()), strict=True)
+    return reference, model
+
+
+@pytest.fixture(scope="module")
+def sd1_encoder():
+    reference, model = reference_and_ours(SMALL, seed=0)
+    return reference, (TextEncoderSpec(SMALL), model, CLIPTokenizer.from_bundled())
+
+
+@pytest.fixture(scope="module")
+def sdxl_encoders():
+    first_reference, first = reference_and_ours(SMALL, seed=1)
+    second_reference, second = reference_and_ours(BIG, seed=2)
+    encoders = [
+        (TextEncoderSpec(SMALL, hidden_layer=-2, final_norm=False), first, CLIPTokenizer.from_bundled()),
+        (
+            TextEncoderSpec(BIG, hidden_layer=-2, final_norm=False, pad_token="!", pooled=True),
+            second,
+            CLIPTokenizer.from_bundled("!"),
+        ),
+    ]
+    return (first_reference, second_reference), encoders
+
+
+def test_split_into_chunks():
+    assert split_into_chunks([]) == [[]]
+    assert [len(chunk) for chunk in split_into_chunks(list(range(150)))] == [75, 75]
+    assert [len(chunk) for chunk in split_into_chunks(list(range(151)))] == [75, 75, 1]
+    assert split_into_chunks([1, 2, 3], chunk_size=2) == [[1, 2], [3]]
+
+
+def test_chunk_token_ids_frames_and_pads():
+    tokenizer = CLIPTokenizer.from_bundled("!")
+    ids = chunk_token_ids([[[5, 6]], [[7], [8, 9]]], tokenizer, num_chunks=2)
+    assert ids.shape == (2, 2, 77)
+    assert ids[0, 0, :5].tolist() == [49406, 5, 6, 49407, 0]
+    assert ids[0, 1, :3].tolist() == [49406, 49407, 0]
+    assert ids[1, 1, :4].tolist() == [49406, 8, 9, 49407]
+    assert (ids[1, 1, 4:] == 0).all()
+
+
+def test_short_prompt_equals_transformers_exactly(sd1_encoder):
+    reference, encoder = sd1_encoder
+    prompts = ["a photo of a cat", "a red cube on a table"]
+    with torch.no_grad():
+        conditioning = encode_prompts(prompts, [encoder])
+        expected = reference(encoder[2](prompts)).last_hidden_state
+    assert conditioning.context.shape == (2, 77, 32)
+    assert conditioning.pooled is None
+    assert torch.equal(conditioning.context, expected)
+
+
+def test_long_prompt_is_chunked(sd1_encoder):
+    _, encoder = sd1_encoder
+    spec, model, tokenizer = encoder
+    assert len(tokenizer.tokenize(HUNDRED_TOKENS)) == 100
+    with torch.no_grad():
+        conditioning = encode_prompts([HUNDRED_TOKENS], [encoder])
+        ids = chunk_token_ids([split_into_chunks(tokenizer.tokenize(HUNDRED_TOKENS))], tokenizer, 2)
+        second_chunk = model(ids[:, 1], want_pooled=False).hidden
+    assert conditioning.context.shape == (1, 154, 32)
+    assert ids[0, 1, 0].item() == tokenizer.bos_id
+    assert ids[0, 1, 26].item() == tokenizer.eos_id
+    assert torch.equal(conditioning.context[:, 77:], second_chunk)
+
+
+def test_batch_is_padded_with_empty_chunks(sd1_encoder):
+    _, encoder = sd1_encoder
+    model, tokenizer = encoder[1], encoder[2]
+    with torch.no_grad():
+        conditioning = encode_prompts(["a cat", HUNDRED_TOKENS], [encoder])
+        alone = encode_prompts(["a cat"], [encoder])
+        empty = model(tokenizer([""]), want_pooled=False).hidden
+    assert conditioning.context.shape == (2, 154, 32)
+    torch.testing.assert_close(conditioning.context[:1, :77], alone.context, rtol=0, atol=1e-6)
+    torch.testing.assert_close(conditioning.context[:1, 77:], empty, rtol=0, atol=1e-6)
+
+
+def test_clip_skip_reads_earlier_layers(sd1_encoder):
+    reference, encoder = sd1_encoder
+    prompts = ["a photo of a cat"]
+    with torch.no_grad():
+        skipped = encode_prompts(prompts, [encoder], clip_skip=2).context
+        hidden_states = reference(encoder[2](prompts), output_hidden_states=True).hidden_states
+        expected = reference.final_layer_norm(hidden_states[-2])
+    assert (skipped - expected).abs().max().item() <= 1e-5
+    with pytest.raises(InvalidArgumentError, match="clip skip"):
+        encode_prompts(prompts, [encoder], clip_skip=0)
+    with pytest.raises(InvalidArgumentError, match="clip skip"):
+        encode_prompts(prompts, [encoder], clip_skip=4)
+
+
+def test_two_encoders_concatenate_features_and_pool_from_second(sdxl_encoders):
+    (first_reference, second_reference), encoders = sdxl_encoders
+    prompts = ["a photo of a cat", HUNDRED_TOKENS]
+    with torch.no_grad():
+        conditioning = encode_prompts(prompts, encoders)
+        first_ids = encoders[0][2](prompts)
+        second_ids = encoders[1][2](prompts)
+        first = first_reference(first_ids, output_hidden_states=True)
+        second = second_reference(second_ids, output_hidden_states=True)
+    assert conditioning.context.shape == (2, 154, 32 + 48)
+    assert conditioning.pooled.shape == (2, 40)
+    first_chunk = conditioning.context[:, :77]
+    assert (first_chunk[..., :32] - first.hidden_states[-2]).abs().max().item() <= 1e-5
+    assert (first_chunk[..., 32:] - second.hidden_states[-2]).abs().max().item() <= 1e-5
+    assert (conditioning.pooled - second.text_embeds).abs().max().item() <= 1e-5
+
+
+def test_empty_inputs_are_rejected(sd1_encoder):
+    with pytest.raises(InvalidArgumentError, match="prompt"):
+        encode_prompts([], [sd1_encoder[1]])
+    with pytest.raises(InvalidArgumentError, match="encoder"):
+        encode_prompts(["a cat"], [])
