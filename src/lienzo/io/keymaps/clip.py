@@ -1,9 +1,10 @@
 """CLIP text tower maps: OpenCLIP (ldm/sgm single-file) keys <-> transformers keys, and config.json.
 
 OpenCLIP keys are given without the checkpoint prefix, which the caller strips (SD2:
-`cond_stage_model.model.`, SDXL: `conditioner.embedders.1.model.`). Stable Diffusion 2 and SDXL
-checkpoints carry every resblock of the original tower, including ones past the layer the model
-reads; the caller drops those before loading, these maps convert whatever blocks they are given.
+`cond_stage_model.model.`, SDXL: `conditioner.embedders.1.model.`). Checkpoints may carry more
+resblocks than the model runs (SD2 files hold all 24 of OpenCLIP-H, whose penultimate output the
+23-layer SD2 encoder reproduces); these maps convert every block they are given and the caller drops
+`transformer.resblocks.{i}` with i >= the config's `num_hidden_layers` before loading.
 """
 
 from __future__ import annotations
