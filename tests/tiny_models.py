@@ -29,6 +29,7 @@ FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd1-inpaint", "sd2-d
 SDXL_TIME_EMBED_CHANNELS = 256
 SDXL_TIME_IDS = {"sdxl": 6, "sdxl-refiner": 5}
 TINY_CLIP = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TINY_PROJECTED_CLIP_WIDTH = 48
 TINY_UNET = UNetConfig(
     model_channels=32,
     channel_mult=(1, 2),
@@ -45,17 +46,7 @@ SEED = 0
 def tiny_spec(family: str) -> FamilySpec:
     """The family's spec with tiny component configs that keep its distinguishing traits."""
     reference = family_spec(family)
-    towers = tuple(
-        replace(
-            tower,
-            config=replace(
-                TINY_CLIP,
-                hidden_act=tower.config.hidden_act,
-                projection_dim=None if tower.config.projection_dim is None else TINY_CLIP.hidden_size,
-            ),
-        )
-        for tower in reference.text_encoders
-    )
+    towers = tuple(replace(tower, config=_tiny_clip(tower.config)) for tower in reference.text_encoders)
     context_dim = sum(tower.config.hidden_size for tower in towers)
     unet = replace(TINY_UNET, in_channels=reference.unet.in_channels, context_dim=context_dim)
     if reference.unet.num_head_channels > 0:
@@ -71,6 +62,20 @@ def tiny_spec(family: str) -> FamilySpec:
         )
     vae = replace(TINY_VAE, scaling_factor=reference.vae.scaling_factor)
     return replace(reference, unet=unet, vae=vae, text_encoders=towers)
+
+
+def _tiny_clip(reference: CLIPTextConfig) -> CLIPTextConfig:
+    """A tiny tower with the reference's activation; projected (bigG-like) towers are wider than CLIP-L."""
+    if reference.projection_dim is None:
+        return replace(TINY_CLIP, hidden_act=reference.hidden_act)
+    width = TINY_PROJECTED_CLIP_WIDTH
+    return replace(
+        TINY_CLIP,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        hidden_act=reference.hidden_act,
+        projection_dim=width,
+    )
 
 
 def make_tiny_pipeline_folder(family: str, folder: Path) -> Path:

@@ -11,7 +11,7 @@ from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFound
 from ..text.tokenizer import CLIPTokenizer
 from .detect import MODEL_FOLDER_HINT, detect_folder_family, read_json, read_model_index
 from .formats import read_state_dict, write_safetensors
-from .keymaps.clip import clip_config_from_transformers, clip_config_to_transformers
+from .keymaps.clip import clip_config_from_transformers, clip_config_to_transformers, clip_hf_canonical
 from .keymaps.unet import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
@@ -31,7 +31,6 @@ DIFFUSERS_VERSION = "0.30.0"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMERS_WEIGHTS = "model"
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin")
-HF_POSITION_IDS = "text_model.embeddings.position_ids"
 SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler",
     "num_train_timesteps": 1000,
@@ -61,9 +60,7 @@ def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> M
     for tower in layout.text_encoders:
         component = folder / tower.component
         text_configs.append(clip_config_from_transformers(read_json(component / "config.json")))
-        weights = read_component_weights(component, TRANSFORMERS_WEIGHTS)
-        weights.pop(HF_POSITION_IDS, None)
-        text_encoders.append(weights)
+        text_encoders.append(clip_hf_canonical(read_component_weights(component, TRANSFORMERS_WEIGHTS)))
         tokenizer = folder / tower.tokenizer_component
         tokenizer_folders.append(tokenizer if tokenizer.is_dir() else None)
     spec = spec_with_configs(family, unet_config, vae_config, text_configs)
@@ -92,8 +89,11 @@ def write_diffusers_folder(
     if name.variant == "depth":
         index.update(depth_estimator=[None, None], feature_extractor=[None, None])
     index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    latent_scale = 2 ** (len(files.spec.vae.ch_mult) - 1)
+    unet_config = unet_config_to_diffusers(files.spec.unet)
+    unet_config["sample_size"] = files.spec.resolution // latent_scale
     _write_component(
-        folder / "unet", unet_config_to_diffusers(files.spec.unet), "UNet2DConditionModel",
+        folder / "unet", unet_config, "UNet2DConditionModel",
         unet_ldm_to_diffusers(files.unet, files.spec.unet), DIFFUSERS_WEIGHTS, dtype,
     )
     index["vae"] = ["diffusers", "AutoencoderKL"]

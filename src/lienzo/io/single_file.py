@@ -14,7 +14,12 @@ from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from .detect import METADATA_FAMILY_KEY, detect_checkpoint_family
 from .formats import read_safetensors_metadata, read_state_dict, write_safetensors
-from .keymaps.clip import clip_config_from_state_dict, clip_hf_to_openclip, clip_openclip_to_hf
+from .keymaps.clip import (
+    clip_config_from_state_dict,
+    clip_hf_canonical,
+    clip_hf_to_openclip,
+    clip_openclip_to_hf,
+)
 from .keymaps.unet import unet_config_from_state_dict
 from .keymaps.vae import vae_config_from_state_dict
 from .layouts import UNET_PREFIX, V_PREDICTION_KEY, VAE_PREFIX, TextEncoderLayout, family_layout, parse_family
@@ -30,7 +35,6 @@ from .model_files import (
 METADATA_UNET_KEY = "lienzo.unet"
 METADATA_VAE_KEY = "lienzo.vae"
 METADATA_TEXT_KEY = "lienzo.text_encoder.{}"
-HF_TEXT_ROOT = "text_model."
 HF_POSITION_IDS = "text_model.embeddings.position_ids"
 HF_PROJECTION = "text_projection.weight"
 HF_LAYER_KEY = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
@@ -116,10 +120,7 @@ def _read_text_encoder(
     if layout.style == "openclip":
         tower = clip_openclip_to_hf(tower)
     else:
-        tower = {
-            key if key.startswith(HF_TEXT_ROOT) else HF_TEXT_ROOT + key: value for key, value in tower.items()
-        }
-        tower.pop(HF_POSITION_IDS, None)
+        tower = clip_hf_canonical(tower)
     if stored is not None:
         config = config_from_json(CLIPTextConfig, stored)
         layers, keep_projection = config.num_hidden_layers, config.projection_dim is not None
