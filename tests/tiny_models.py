@@ -104,7 +104,6 @@ def make_tiny_pipeline_folder(family: str, folder: Path) -> Path:
         encoders.append(model_class(transformers.CLIPTextConfig(**config)).eval())
         CLIPTokenizer.from_bundled(pad_token=tower.pad_token).save(staging / str(index))
         tokenizers.append(transformers.CLIPTokenizer.from_pretrained(staging / str(index)))
-    shutil.rmtree(staging)
     components = {"unet": unet, "vae": vae, "scheduler": scheduler}
     if spec.vector_conditioning is None:
         components.update(text_encoder=encoders[0], tokenizer=tokenizers[0])
@@ -115,9 +114,14 @@ def make_tiny_pipeline_folder(family: str, folder: Path) -> Path:
         components.update(text_encoder=None, tokenizer=None)
         components.update(text_encoder_2=encoders[0], tokenizer_2=tokenizers[0])
     if family.endswith("-depth"):
-        return _save_components_by_hand("StableDiffusionDepth2ImgPipeline", components, folder)
-    pipeline = _pipeline_class(family, spec)(**components, **_pipeline_extras(spec))
-    pipeline.save_pretrained(folder)
+        _save_components_by_hand("StableDiffusionDepth2ImgPipeline", components, folder)
+    else:
+        _pipeline_class(family, spec)(**components, **_pipeline_extras(spec)).save_pretrained(folder)
+    tokenizer_names = [name for name, value in components.items() if name.startswith("tokenizer") and value]
+    for index, name in enumerate(tokenizer_names):
+        shutil.rmtree(folder / name)
+        shutil.copytree(staging / str(index), folder / name)
+    shutil.rmtree(staging)
     return folder
 
 

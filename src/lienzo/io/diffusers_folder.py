@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -112,12 +113,11 @@ def write_diffusers_folder(
         config = clip_config_to_transformers(tower.config)
         index[tower_layout.component] = ["transformers", config["architectures"][0]]
         _write_component(folder / tower_layout.component, config, None, weights, TRANSFORMERS_WEIGHTS, dtype)
-        tokenizer = (
-            CLIPTokenizer.from_folder(tokenizer_folder)
-            if tokenizer_folder is not None
-            else CLIPTokenizer.from_bundled(pad_token=tower.pad_token)
-        )
-        tokenizer.save(folder / tower_layout.tokenizer_component)
+        tokenizer_target = folder / tower_layout.tokenizer_component
+        if tokenizer_folder is not None:
+            shutil.copytree(tokenizer_folder, tokenizer_target)
+        else:
+            CLIPTokenizer.from_bundled(pad_token=tower.pad_token).save(tokenizer_target)
         index[tower_layout.tokenizer_component] = ["transformers", "CLIPTokenizer"]
     index["scheduler"] = ["diffusers", SCHEDULER["_class_name"]]
     scheduler = {**SCHEDULER, "_diffusers_version": DIFFUSERS_VERSION}
