@@ -43,6 +43,21 @@ def exact_ode_solution(
     return m + (x_T - m) * torch.sqrt((v + sigma_to**2) / (v + sigma_from**2))
 
 
+def consistency_function(mu: float | torch.Tensor, s: float | torch.Tensor) -> Denoise:
+    """The exact consistency function for N(mu, s^2) data: the ODE flow from (x, sigma) to sigma = 0.
+
+    This is what a consistency / LCM model learns (Song et al. 2023), unlike the posterior mean.
+    """
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sig = _sigma_like(sigma, x)
+        m = torch.as_tensor(mu, dtype=x.dtype, device=x.device)
+        v = torch.as_tensor(s, dtype=x.dtype, device=x.device) ** 2
+        return m + (x - m) * torch.sqrt(v / (v + sig**2))
+
+    return denoise
+
+
 def mixture_denoiser(weights: Sequence[float], means: torch.Tensor, stds: Sequence[float]) -> Denoise:
     """E[x0 | x_sigma] for an isotropic Gaussian mixture sum_k w_k N(means[k], stds[k]^2 I) over flattened x.
 
@@ -50,21 +65,19 @@ def mixture_denoiser(weights: Sequence[float], means: torch.Tensor, stds: Sequen
     r_k proportional to w_k N(x; mu_k, (s_k^2 + sigma^2) I).
     """
 
+    mu64 = means.to(torch.float64).reshape(1, len(weights), -1)
+    var64 = torch.as_tensor(stds, dtype=torch.float64).reshape(1, -1, 1) ** 2
+    log_w64 = torch.log(torch.as_tensor(weights, dtype=torch.float64)).reshape(1, -1)
+
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], 1, -1)
-        mu = means.to(x.dtype).reshape(1, len(weights), -1)
-        var = torch.as_tensor(stds, dtype=x.dtype).reshape(1, -1, 1) ** 2
-        sig2 = _sigma_like(sigma, x).reshape(-1, 1, 1) ** 2
-        total = var + sig2
-        dim = flat.shape[-1]
-        log_r = (
-            torch.log(torch.as_tensor(weights, dtype=x.dtype)).reshape(1, -1)
-            - 0.5 * ((flat - mu) ** 2 / total).sum(-1)
-            - 0.5 * dim * torch.log(total[..., 0])
-        )
+        mu, var, log_w = (t.to(x.dtype) for t in (mu64, var64, log_w64))
+        total = var + _sigma_like(sigma, x).reshape(-1, 1, 1) ** 2
+        offset = flat - mu
+        total_k = total[..., 0]
+        log_r = log_w - 0.5 * (offset**2).sum(-1) / total_k - 0.5 * flat.shape[-1] * torch.log(total_k)
         r = torch.softmax(log_r, dim=1).unsqueeze(-1)
-        posterior = mu + var / total * (flat - mu)
-        return (r * posterior).sum(1).reshape(x.shape)
+        return (r * (mu + var / total * offset)).sum(1).reshape(x.shape)
 
     return denoise
 
