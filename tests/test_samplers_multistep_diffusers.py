@@ -203,7 +203,8 @@ def test_dpmpp_sde_matches_dpmsolver_sde_with_noise_scaled_to_zero(karras):
     x = initial_noise() * scheduler.sigmas[0]
     for t in scheduler.timesteps:
         x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, s_noise=0.0).prev_sample
-    out, _ = run_lienzo("dpmpp_sde", model, scheduler.sigmas[::2], s_noise=0.0)
+    levels = torch.cat([scheduler.sigmas[::2], scheduler.sigmas[-1:]])
+    out, _ = run_lienzo("dpmpp_sde", model, levels, s_noise=0.0)
     assert max_relative(out, x) < 2e-5
 
 
