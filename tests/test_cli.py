@@ -99,7 +99,8 @@ def test_info_on_bad_input_prints_one_error_line(tmp_path, case):
 
 
 @pytest.mark.parametrize(
-    ("case", "destination"), [("not a model", "folder"), ("truncated", "out.safetensors"), ("unsafe", "folder")]
+    ("case", "destination"),
+    [("not a model", "folder"), ("truncated", "out.safetensors"), ("unsafe", "folder")],
 )
 def test_convert_of_bad_input_prints_one_error_line_and_writes_nothing(tmp_path, case, destination):
     inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
