@@ -2,7 +2,8 @@
 
 Module and parameter names follow the original ldm checkpoints so that a stripped state dict loads as is.
 Every block that lives in the UNet's block lists takes `(x, emb, context)` so the lists run without
-per-layer type dispatch.
+per-layer type dispatch. Activations and residual sums are written into freshly computed tensors
+(in place, autograd-safe) to spare the allocations that dominate on CPU.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ class ResBlock(nn.Module):
         super().__init__()
         self.in_layers = nn.Sequential(
             nn.GroupNorm(groups, channels, eps=NORM_EPS),
-            nn.SiLU(),
+            nn.SiLU(inplace=True),
             nn.Conv2d(channels, out_channels, 3, padding=1),
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
             nn.GroupNorm(groups, out_channels, eps=NORM_EPS),
-            nn.SiLU(),
+            nn.SiLU(inplace=True),
             nn.Dropout(0.0),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
@@ -60,9 +61,8 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h = self.in_layers(x).add_(self.emb_layers(emb)[:, :, None, None])
+        return self.out_layers(h).add_(self.skip_connection(x))
 
 
 class CrossAttention(nn.Module):
@@ -96,7 +96,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        return F.gelu(gate).mul_(value)
 
 
 class FeedForward(nn.Module):
@@ -123,9 +123,9 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        x = self.attn1(self.norm1(x)).add_(x)
+        x = self.attn2(self.norm2(x), context).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -165,7 +165,7 @@ class SpatialTransformer(nn.Module):
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
         tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)
-        return x + tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2).add_(x)
 
 
 class Downsample(nn.Module):

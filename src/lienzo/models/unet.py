@@ -117,7 +117,7 @@ class UNetModel(nn.Module):
 
         self.out = nn.Sequential(
             nn.GroupNorm(groups, channels, eps=NORM_EPS),
-            nn.SiLU(),
+            nn.SiLU(inplace=True),
             nn.Conv2d(mc, config.out_channels, 3, padding=1),
         )
 
