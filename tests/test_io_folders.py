@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError, UnknownArchitectureError
-from lienzo.io import read_model, write_model
+from lienzo.io import read_model, read_state_dict, write_model
 from lienzo.io.keymaps.clip import clip_hf_canonical
 from lienzo.io.keymaps.unet import unet_diffusers_to_ldm
 from lienzo.io.keymaps.vae import vae_diffusers_to_ldm
@@ -109,6 +109,24 @@ def test_fp16_variant_weights_are_read(tmp_path):
     assert torch.equal(
         read_model(folder).unet["out.2.weight"], read_model(tiny_pipeline_folder("sd1")).unet["out.2.weight"]
     )
+
+
+def test_bin_weights_are_read_through_the_weights_only_loader(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_folder("sd1"), folder)
+    weights = folder / "text_encoder" / "model.safetensors"
+    torch.save(read_state_dict(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    assert torch.equal(
+        read_model(folder).text_encoders[0]["text_model.final_layer_norm.weight"],
+        read_model(tiny_pipeline_folder("sd1")).text_encoders[0]["text_model.final_layer_norm.weight"],
+    )
+
+
+@pytest.mark.parametrize("family", ["sdxl-v", "sd3", "sd1-upscale"])
+def test_unknown_family_override_is_an_invalid_argument(family):
+    with pytest.raises(InvalidArgumentError, match="sd1"):
+        read_model(tiny_pipeline_folder("sd1"), family=family)
 
 
 def test_write_refuses_existing_destination_and_failed_write_leaves_nothing(tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ import torch
 
 from lienzo.errors import CorruptCheckpointError, UnknownArchitectureError
 from lienzo.io import read_model, read_safetensors_metadata, write_model, write_safetensors
-from lienzo.io.single_file import join_single_file
+from lienzo.io.layouts import OPENCLIP_SD2
+from lienzo.io.single_file import join_single_file, layers_used
+from lienzo.models.clip import CLIPTextConfig
 from tiny_models import FAMILIES, tiny_pipeline_folder, tiny_spec
 
 SINGLE_FILE_FAMILIES = ("sd1", "sd2-v", "sdxl", "sdxl-refiner", "sd1-inpaint")
@@ -120,6 +122,15 @@ def test_sd2_file_with_an_extra_openclip_layer_drops_it(tmp_path):
     bare = read_model(path)
     assert bare.spec.text_encoders[0].config.num_hidden_layers == last + 1
     assert set(bare.text_encoders[0]) == set(files.text_encoders[0])
+
+
+@pytest.mark.parametrize(("stored", "expected"), [(3, 2), (2, 2)])
+def test_reference_width_towers_run_at_most_the_reference_layer_count(stored, expected):
+    reference = CLIPTextConfig(hidden_size=8, num_hidden_layers=2)
+    tower = {"text_model.embeddings.token_embedding.weight": torch.zeros(10, 8)}
+    tower.update({f"text_model.encoder.layers.{index}.mlp.fc1.weight": torch.zeros(1)
+                  for index in range(stored)})
+    assert layers_used(tower, OPENCLIP_SD2, reference) == expected
 
 
 def test_older_sd1_clip_keys_without_text_model_are_accepted(tmp_path):

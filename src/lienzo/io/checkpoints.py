@@ -13,7 +13,7 @@ from ..errors import InvalidArgumentError, ModelNotFoundError
 from .detect import MODEL_FOLDER_HINT
 from .diffusers_folder import read_diffusers_folder, write_diffusers_folder
 from .formats import CHECKPOINT_SUFFIXES
-from .model_files import ModelFiles
+from .model_files import ModelFiles, resolve_family_spec
 from .single_file import read_single_file, write_single_file
 
 FORMATS = ("diffusers", "single-file")
@@ -23,6 +23,8 @@ SINGLE_FILE_SUFFIX = ".safetensors"
 def read_model(path: str | os.PathLike, *, family: str | None = None) -> ModelFiles:
     """Read a diffusers folder or a single-file checkpoint; `family` overrides detection (e.g. "sd2-v")."""
     path = Path(path)
+    if family is not None:
+        resolve_family_spec(family)
     if not path.exists():
         raise ModelNotFoundError(f"{path} does not exist; check the path or download the model first")
     if path.is_dir():

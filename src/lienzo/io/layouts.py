@@ -15,8 +15,8 @@ V_PREDICTION_KEY = "v_pred"
 class TextEncoderLayout:
     """One text tower: its single-file prefix and key style, and its diffusers component names.
 
-    `style` is "hf" (transformers keys) or "openclip". `unused_final_layers` counts the layers a
-    single file carries beyond the ones the model runs (SD 2 stores 24 OpenCLIP layers, runs 23).
+    `style` is "hf" (transformers keys) or "openclip". `unused_final_layers` counts the layers an
+    original single file carries beyond the ones the model runs (SD 2 stores 24 OpenCLIP layers, runs 23).
     """
 
     prefix: str

@@ -37,6 +37,7 @@ METADATA_VAE_KEY = "lienzo.vae"
 METADATA_TEXT_KEY = "lienzo.text_encoder.{}"
 HF_POSITION_IDS = "text_model.embeddings.position_ids"
 HF_PROJECTION = "text_projection.weight"
+HF_TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 HF_LAYER_KEY = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
 OPENAI_HEAD_CHANNELS_FAMILY = "sd1"
 UNET_HEAD_CHANNELS = 64
@@ -125,7 +126,7 @@ def _read_text_encoder(
         config = config_from_json(CLIPTextConfig, stored)
         layers, keep_projection = config.num_hidden_layers, config.projection_dim is not None
     else:
-        layers = _layer_count(tower) - layout.unused_final_layers
+        layers = layers_used(tower, layout, reference)
         keep_projection = reference.projection_dim is not None
     if not keep_projection:
         tower.pop(HF_PROJECTION, None)
@@ -134,6 +135,18 @@ def _read_text_encoder(
         for key, value in tower.items()
         if not (match := HF_LAYER_KEY.match(key)) or int(match.group(1)) < layers
     }
+
+
+def layers_used(tower: dict[str, torch.Tensor], layout: TextEncoderLayout, reference: CLIPTextConfig) -> int:
+    """How many of a stored tower's layers the model runs (SD 2 files carry one more than it uses).
+
+    A tower of the family's reference width runs at most the reference's layer count, so files with
+    or without the unused final layer both read right; other widths drop the layout's unused layers.
+    """
+    stored = _layer_count(tower)
+    if tower[HF_TOKEN_EMBEDDING].shape[1] == reference.hidden_size:
+        return min(stored, reference.num_hidden_layers)
+    return stored - layout.unused_final_layers
 
 
 def _layer_count(tower: dict[str, torch.Tensor]) -> int:
