@@ -15,7 +15,7 @@ from ..models.clip import CLIPTextConfig
 from ..models.specs import FamilySpec, family_spec
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
-from .layouts import parse_family
+from .layouts import family_layout, parse_family
 
 ConfigT = TypeVar("ConfigT")
 
@@ -37,10 +37,11 @@ class ModelFiles:
     source_format: str
 
     def components(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Each state dict by component name (`unet`, `vae`, `text_encoder`, `text_encoder_2`)."""
+        """Each state dict by its diffusers component name (`unet`, `vae`, `text_encoder`, ...)."""
         named = {"unet": self.unet, "vae": self.vae}
-        for index, state_dict in enumerate(self.text_encoders):
-            named["text_encoder" if index == 0 else f"text_encoder_{index + 1}"] = state_dict
+        towers = family_layout(self.family).text_encoders
+        pairs = zip(towers, self.text_encoders, strict=True)
+        named.update({tower.component: weights for tower, weights in pairs})
         return named
 
 
