@@ -28,7 +28,7 @@ from lienzo.text.tokenizer import CLIPTokenizer
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd1-inpaint", "sd2-depth")
 SDXL_TIME_EMBED_CHANNELS = 256
 SDXL_TIME_IDS = {"sdxl": 6, "sdxl-refiner": 5}
-TINY_CLIP = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TINY_CLIP = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)
 TINY_PROJECTED_CLIP_WIDTH = 48
 TINY_UNET = UNetConfig(
     model_channels=32,
