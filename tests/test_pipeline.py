@@ -118,7 +118,9 @@ def test_sd1_context_is_clip_last_hidden_state():
     pipe = lienzo.load(folder, device="cpu")
     tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
     encoder = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
-    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         expected = encoder(ids).last_hidden_state
     assert max_error(pipe.encode_prompt(PROMPTS).context, expected) < TOLERANCE
@@ -138,7 +140,9 @@ def test_single_file_round_trip_loads_identically(tmp_path):
     from_folder = lienzo.load(folder, device="cpu")
     from_file = lienzo.load(single, device="cpu")
     assert from_file.family == "sdxl"
-    for a, b in zip(from_folder.unet.state_dict().values(), from_file.unet.state_dict().values(), strict=True):
+    for a, b in zip(
+        from_folder.unet.state_dict().values(), from_file.unet.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b)
     cond_a, cond_b = from_folder.encode_prompt(PROMPTS), from_file.encode_prompt(PROMPTS)
     assert torch.equal(cond_a.context, cond_b.context)

@@ -1,4 +1,4 @@
-"""The `Pipeline` object: a loaded model family (UNet, VAE, text encoders, tokenizers) and its prompt encoder."""
+"""The `Pipeline` object: a loaded model family (UNet, VAE, text encoders, tokenizers) and its prompts."""
 
 from __future__ import annotations
 
@@ -62,7 +62,11 @@ def _build(module_class: type[nn.Module], config, state_dict: dict, device, dtyp
 
 
 def _tokenizer(folder: Path | None, pad_token: str) -> CLIPTokenizer:
-    return CLIPTokenizer.from_folder(folder) if folder is not None else CLIPTokenizer.from_bundled(pad_token=pad_token)
+    return (
+        CLIPTokenizer.from_folder(folder)
+        if folder is not None
+        else CLIPTokenizer.from_bundled(pad_token=pad_token)
+    )
 
 
 def default_device() -> torch.device:
