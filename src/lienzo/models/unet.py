@@ -122,8 +122,9 @@ class UNetModel(nn.Module):
         )
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
-        """Model output for latents x (B, C, H, W), timesteps t (B,), context (B, T, D), vector y (B, adm)."""
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        """Output for latents x (B, C, H, W), timesteps t (B,), context (B, T, D), vector y (B, adm)."""
+        timesteps = t.reshape(-1).expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
         if self.config.adm_in_channels is not None:
             if y is None:
                 adm = self.config.adm_in_channels

@@ -1,0 +1,97 @@
+"""Time one SD 1.5-architecture UNet forward in lienzo and in diffusers, same weights, same run.
+
+Usage: PYTHONPATH=src python bench/unet_speed.py --repeats 5
+Prints the median time of each and the ratio lienzo / diffusers (lower is better for lienzo), also as
+the median of per-repeat ratios, which is robust to load that other processes put on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from lienzo.io.keymaps.unet import unet_config_to_diffusers, unet_diffusers_to_ldm
+from lienzo.models.specs import SD1
+from lienzo.models.unet import UNetModel
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options of the benchmark."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each model (interleaved)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each model first")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--latent-size", type=int, default=64)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    return parser.parse_args()
+
+
+def build_models(dtype: torch.dtype) -> tuple[UNetModel, UNet2DConditionModel]:
+    """The SD 1.5 UNet in lienzo and in diffusers with identical random weights, channels_last."""
+    torch.manual_seed(0)
+    reference = UNet2DConditionModel.from_config(unet_config_to_diffusers(SD1.unet)).eval()
+    ours = UNetModel(SD1.unet).eval()
+    ours.load_state_dict(unet_diffusers_to_ldm(reference.state_dict()), strict=True)
+    reference.to(dtype, memory_format=torch.channels_last)
+    ours.to(dtype, memory_format=torch.channels_last)
+    return ours, reference
+
+
+def timed(run) -> float:
+    """Seconds one call of `run` takes."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Warm up, then time both models alternately and print medians and their ratio."""
+    args = parse_args()
+    dtype = getattr(torch, args.dtype)
+    ours, reference = build_models(dtype)
+    generator = torch.Generator().manual_seed(1)
+    size = args.latent_size
+    x = torch.randn(args.batch, 4, size, size, generator=generator).to(
+        dtype, memory_format=torch.channels_last
+    )
+    t = torch.full((args.batch,), 999.0)
+    context = torch.randn(args.batch, 77, 768, generator=generator).to(dtype)
+
+    def run_ours() -> torch.Tensor:
+        return ours(x, t, context)
+
+    def run_reference() -> torch.Tensor:
+        return reference(x, t, context).sample
+
+    with torch.inference_mode():
+        difference = (run_ours().float() - run_reference().float()).abs().max().item()
+        for _ in range(args.warmup):
+            run_ours()
+            run_reference()
+        times: dict[str, list[float]] = {"lienzo": [], "diffusers": []}
+        for repeat in range(args.repeats):
+            order = [("lienzo", run_ours), ("diffusers", run_reference)]
+            for name, run in order if repeat % 2 == 0 else reversed(order):
+                times[name].append(timed(run))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, channels_last, "
+        f"batch {args.batch}, latent 4x{size}x{size}, context 77x768, {args.repeats} repeats"
+    )
+    print(f"max |lienzo - diffusers| output difference: {difference:.4g}")
+    for name, values in times.items():
+        runs = ", ".join(f"{value:.3f}" for value in values)
+        print(f"{name:>9}: median {medians[name]:.3f} s  (runs: {runs})")
+    paired = [ours_time / reference_time for ours_time, reference_time in zip(*times.values(), strict=True)]
+    print(f"ratio lienzo/diffusers (medians): {medians['lienzo'] / medians['diffusers']:.3f}")
+    print(f"ratio lienzo/diffusers (median of per-repeat pairs): {statistics.median(paired):.3f}")
+
+
+if __name__ == "__main__":
+    main()
