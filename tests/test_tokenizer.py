@@ -156,3 +156,15 @@ def test_missing_folder_files(tmp_path):
 def test_unknown_pad_token():
     with pytest.raises(InvalidArgumentError, match="pad token"):
         CLIPTokenizer.from_bundled(pad_token="<pad>")
+
+
+def test_folder_saved_by_transformers_with_only_tokenizer_json(tmp_path):
+    CLIPTokenizer.from_bundled("!").save(tmp_path / "ours")
+    reference = transformers.CLIPTokenizer.from_pretrained(tmp_path / "ours")
+    reference.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "vocab.json").exists()
+    loaded = CLIPTokenizer.from_folder(tmp_path / "saved")
+    texts = ["a RED circle, on a blue background!!", "don't  stop 🎨 123"]
+    expected = reference(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    assert loaded.pad_id == reference.pad_token_id
+    assert loaded(texts).tolist() == expected.input_ids.tolist()

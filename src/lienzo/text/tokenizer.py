@@ -100,6 +100,23 @@ def read_token(folder: Path, name: str, default: str) -> str:
     return default
 
 
+def read_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list[str]]:
+    """BPE vocabulary and merges of a tokenizer folder: vocab.json + merges.txt, else tokenizer.json."""
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+        return vocab, [line for line in lines if line and not line.startswith("#version")]
+    if (folder / "tokenizer.json").is_file():
+        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
+        if model.get("type") == "BPE":
+            merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+            return model["vocab"], merges
+    raise ModelNotFoundError(
+        f"no CLIP tokenizer in {folder}: it needs vocab.json and merges.txt, or a BPE tokenizer.json; point "
+        "to a diffusers 'tokenizer' folder or use CLIPTokenizer.from_bundled()"
+    )
+
+
 class CLIPTokenizer:
     """CLIP's BPE tokenizer with transformers-identical ids; call it on prompts to get padded id tensors."""
 
@@ -129,21 +146,13 @@ class CLIPTokenizer:
 
     @classmethod
     def from_folder(cls, path: str | Path) -> CLIPTokenizer:
-        """Read a diffusers/transformers `tokenizer/` folder (vocab.json, merges.txt, special tokens)."""
+        """Read a diffusers/transformers `tokenizer/` folder (vocab.json + merges.txt, or tokenizer.json)."""
         folder = Path(path)
-        missing = [name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
-        if missing:
-            raise ModelNotFoundError(
-                f"no CLIP tokenizer in {folder}: missing {', '.join(missing)}; point to a diffusers "
-                "'tokenizer' folder or use CLIPTokenizer.from_bundled()"
-            )
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
-        merges = [line for line in lines if line and not line.startswith("#version")]
+        vocab, merges = read_vocab_and_merges(folder)
         pad_token = read_token(folder, "pad_token", EOS_TOKEN)
         if pad_token not in vocab:
             raise ModelNotFoundError(
-                f"pad token {pad_token!r} of {folder} is not in its vocab.json; fix the folder"
+                f"pad token {pad_token!r} of {folder} is not in its vocabulary; fix the folder"
             )
         return cls(vocab, merges, pad_token=pad_token)
 
