@@ -149,7 +149,7 @@ def test_folder_pad_token_from_config_dict(tmp_path):
 
 
 def test_missing_folder_files(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="vocab.json, merges.txt"):
+    with pytest.raises(ModelNotFoundError, match="vocab.json and merges.txt, or a BPE tokenizer.json"):
         CLIPTokenizer.from_folder(tmp_path)
 
 
