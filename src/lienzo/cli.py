@@ -38,15 +38,15 @@ def run_info(args: argparse.Namespace) -> int:
     """Print a model's family, format, components and settings."""
     files = read_model(args.path, family=args.family)
     spec = files.spec
-    latent_scale = 2 ** (len(spec.vae.ch_mult) - 1)
+    downscale = 2 ** (len(spec.vae.ch_mult) - 1)
     lines = [
         f"path: {args.path}",
         f"family: {files.family}",
         f"format: {files.source_format}",
         f"prediction: {spec.prediction}",
         f"resolution: {spec.resolution}",
-        f"latent scale: {latent_scale} (latent channels {spec.vae.embed_dim}, "
-        f"scaling factor {spec.vae.scaling_factor})",
+        f"latent: {spec.vae.embed_dim} channels at 1/{downscale} of the image size, "
+        f"scaling factor {spec.vae.scaling_factor}",
         f"vector conditioning: {spec.vector_conditioning or 'none'}",
         "components:",
     ]
