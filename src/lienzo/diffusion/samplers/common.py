@@ -23,9 +23,34 @@ def batch_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma.to(x.dtype).expand(x.shape[0])
 
 
-def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+def to_d(x: torch.Tensor, sigma: torch.Tensor | float, denoised: torch.Tensor) -> torch.Tensor:
     """The probability-flow ODE derivative dx/dsigma = (x - x0) / sigma (Karras et al. 2022, eq. 4)."""
-    return (x - denoised) / append_dims(sigma, x.ndim)
+    if isinstance(sigma, torch.Tensor):
+        sigma = append_dims(sigma, x.ndim)
+    return (x - denoised) / sigma
+
+
+def sigma_list(sigmas: torch.Tensor) -> list[float]:
+    """The noise levels as Python floats (step coefficients are computed in float64 on the host)."""
+    return [float(s) for s in sigmas.detach().cpu().double()]
+
+
+def denoise_at(denoise: Denoise, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Call `denoise` at one noise level broadcast to the batch of `x`."""
+    return denoise(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
+
+
+def report(
+    callback: Callback | None,
+    i: int,
+    x: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    denoised: torch.Tensor,
+) -> None:
+    """Send one step's state to `callback` when one was given (noise levels as floats)."""
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
 
 
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:

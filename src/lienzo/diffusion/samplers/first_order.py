@@ -9,15 +9,10 @@ from lienzo.diffusion.samplers.common import (
     Denoise,
     ancestral_step,
     batch_sigma,
+    report,
     seeded_noise,
     to_d,
 )
-
-
-def _report(callback: Callback | None, i: int, x, sigma, sigma_next, denoised) -> None:
-    """Send one step's state to `callback` when one was given."""
-    if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
 
 
 @torch.no_grad()
@@ -42,7 +37,7 @@ def sample_euler(
         if gamma > 0:
             x = x + seeded_noise(x, generator) * s_noise * sigma * (gamma**2 + 2 * gamma) ** 0.5
         denoised = denoise(x, sigma_hat)
-        _report(callback, i, x, float(sigma_hat[0]), sigma_next, denoised)
+        report(callback, i, x, float(sigma_hat[0]), sigma_next, denoised)
         x = x + to_d(x, sigma_hat, denoised) * (sigma_next - float(sigma_hat[0]))
     return x
 
@@ -63,7 +58,7 @@ def sample_euler_ancestral(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         sigma_t = batch_sigma(sigmas[i], x)
         denoised = denoise(x, sigma_t)
-        _report(callback, i, x, sigma, sigma_next, denoised)
+        report(callback, i, x, sigma, sigma_next, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = x + to_d(x, sigma_t, denoised) * (sigma_down - sigma)
         if sigma_up > 0:
@@ -85,7 +80,7 @@ def sample_ddim(
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoise(x, batch_sigma(sigmas[i], x))
-        _report(callback, i, x, sigma, sigma_next, denoised)
+        report(callback, i, x, sigma, sigma_next, denoised)
         eps = (x - denoised) / sigma
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = denoised + eps * sigma_down
@@ -107,7 +102,7 @@ def sample_ddpm(
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoise(x, batch_sigma(sigmas[i], x))
-        _report(callback, i, x, sigma, sigma_next, denoised)
+        report(callback, i, x, sigma, sigma_next, denoised)
         keep = sigma_next**2 / sigma**2
         x = denoised + (x - denoised) * keep
         if sigma_next > 0:
@@ -128,7 +123,7 @@ def sample_lcm(
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoise(x, batch_sigma(sigmas[i], x))
-        _report(callback, i, x, sigma, sigma_next, denoised)
+        report(callback, i, x, sigma, sigma_next, denoised)
         x = denoised
         if sigma_next > 0:
             x = x + seeded_noise(x, generator) * sigma_next

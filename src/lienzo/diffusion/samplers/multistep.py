@@ -7,7 +7,16 @@ import math
 import numpy as np
 import torch
 
-from lienzo.diffusion.samplers.common import Callback, Denoise, ancestral_step, seeded_noise
+from lienzo.diffusion.samplers.common import (
+    Callback,
+    Denoise,
+    ancestral_step,
+    denoise_at,
+    report,
+    seeded_noise,
+    sigma_list,
+    to_d,
+)
 from lienzo.errors import InvalidArgumentError
 
 ADAMS_BASHFORTH_COEFFICIENTS = (
@@ -19,35 +28,14 @@ ADAMS_BASHFORTH_COEFFICIENTS = (
 """Fixed-step Adams-Bashforth weights, newest derivative first, for orders 1 to 4."""
 
 
-def sigma_list(sigmas: torch.Tensor) -> list[float]:
-    """The noise levels as Python floats (coefficients are computed in float64 on the host)."""
-    return [float(s) for s in sigmas.detach().cpu().double()]
-
-
-def denoise_at(denoise: Denoise, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Call `denoise` at one noise level broadcast to the batch of `x`."""
-    return denoise(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
-
-
-def slope_in_sigma(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
-    """The probability-flow ODE derivative dx/dsigma = (x - x0) / sigma (Karras et al. 2022, eq. 4)."""
-    return (x - denoised) / sigma
-
-
-def report(callback: Callback | None, i: int, x: torch.Tensor, levels: list[float], denoised: torch.Tensor):
-    """Send one step's state to `callback` when there is one (noise levels as floats)."""
-    if callback is not None:
-        callback({"i": i, "x": x, "sigma": levels[i], "sigma_next": levels[i + 1], "denoised": denoised})
-
-
 def _dpm_2_step(denoise: Denoise, x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor):
     """One DPM-Solver-2 step in sigma, midpoint at the geometric mean; Euler when the target is 0."""
-    d = slope_in_sigma(x, sigma, denoised)
+    d = to_d(x, sigma, denoised)
     if sigma_to == 0:
         return x + d * (sigma_to - sigma)
     sigma_mid = math.sqrt(sigma * sigma_to)
     x_mid = x + d * (sigma_mid - sigma)
-    d_mid = slope_in_sigma(x_mid, sigma_mid, denoise_at(denoise, x_mid, sigma_mid))
+    d_mid = to_d(x_mid, sigma_mid, denoise_at(denoise, x_mid, sigma_mid))
     return x + d_mid * (sigma_to - sigma)
 
 
@@ -64,7 +52,7 @@ def sample_dpm_2(
     levels = sigma_list(sigmas)
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         x = _dpm_2_step(denoise, x, levels[i], levels[i + 1], denoised)
     return x
 
@@ -84,7 +72,7 @@ def sample_dpm_2_ancestral(
     levels = sigma_list(sigmas)
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         sigma_down, sigma_up = ancestral_step(levels[i], levels[i + 1], eta)
         x = _dpm_2_step(denoise, x, levels[i], sigma_down, denoised)
         if levels[i + 1] > 0:
@@ -120,8 +108,8 @@ def sample_lms(
     derivatives: list[torch.Tensor] = []
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, levels, denoised)
-        derivatives = [slope_in_sigma(x, levels[i], denoised), *derivatives][:order]
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
+        derivatives = [to_d(x, levels[i], denoised), *derivatives][:order]
         nodes = levels[i - len(derivatives) + 1 : i + 1][::-1]
         for j, d in enumerate(derivatives):
             x = x + d * lms_coefficient(nodes, j, levels[i], levels[i + 1])
@@ -147,8 +135,8 @@ def sample_ipndm(
     derivatives: list[torch.Tensor] = []
     for i in range(len(levels) - 1):
         denoised = denoise_at(denoise, x, levels[i])
-        report(callback, i, x, levels, denoised)
-        derivatives = [slope_in_sigma(x, levels[i], denoised), *derivatives][:order]
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
+        derivatives = [to_d(x, levels[i], denoised), *derivatives][:order]
         weights = ADAMS_BASHFORTH_COEFFICIENTS[len(derivatives) - 1]
         slope = sum(w * d for w, d in zip(weights, derivatives, strict=True))
         x = x + slope * (levels[i + 1] - levels[i])
@@ -170,7 +158,7 @@ def sample_dpmpp_2m(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         if sigma_next == 0:
             x = denoised
         else:

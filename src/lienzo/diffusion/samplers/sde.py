@@ -10,8 +10,16 @@ import math
 
 import torch
 
-from lienzo.diffusion.samplers.common import Callback, Denoise, ancestral_step, seeded_noise
-from lienzo.diffusion.samplers.multistep import denoise_at, report, sigma_list, slope_in_sigma
+from lienzo.diffusion.samplers.common import (
+    Callback,
+    Denoise,
+    ancestral_step,
+    denoise_at,
+    report,
+    seeded_noise,
+    sigma_list,
+    to_d,
+)
 from lienzo.errors import InvalidArgumentError
 
 
@@ -41,10 +49,10 @@ def sample_dpmpp_2s_ancestral(
     for i in range(len(levels) - 1):
         sigma = levels[i]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         sigma_down, sigma_up = ancestral_step(sigma, levels[i + 1], eta)
         if sigma_down == 0:
-            x = x + slope_in_sigma(x, sigma, denoised) * (sigma_down - sigma)
+            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
         else:
             sigma_mid = math.sqrt(sigma * sigma_down)
             x_mid = _data_prediction_step(x, sigma, sigma_mid, denoised)
@@ -75,9 +83,9 @@ def sample_dpmpp_sde(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         if sigma_next == 0:
-            x = x + slope_in_sigma(x, sigma, denoised) * (sigma_next - sigma)
+            x = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
             continue
         sigma_mid = sigma * (sigma_next / sigma) ** r
         noise_mid = seeded_noise(x, generator)
@@ -115,7 +123,7 @@ def sample_dpmpp_2m_sde(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -150,7 +158,7 @@ def sample_dpmpp_3m_sde(
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise_at(denoise, x, sigma)
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         if sigma_next == 0:
             x = denoised
             continue

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lienzo.diffusion.samplers.common import Callback, Denoise
-from lienzo.diffusion.samplers.multistep import denoise_at, report, sigma_list
+from lienzo.diffusion.samplers.common import Callback, Denoise, denoise_at, report, sigma_list
 from lienzo.errors import InvalidArgumentError
 
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -100,7 +99,7 @@ def sample_uni_pc(
             x = coefficients.decay * x_start - coefficients.base_weight * newest
             x = x - coefficients.scale * correction
         history = [*history, (-math.log(sigma), denoised)][-order:]
-        report(callback, i, x, levels, denoised)
+        report(callback, i, x, levels[i], levels[i + 1], denoised)
         if sigma_next == 0:
             x, pending = denoised, None
             continue
