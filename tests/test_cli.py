@@ -71,8 +71,15 @@ def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
 def test_info_prints_family_format_components_and_settings():
     result = run_cli("info", tiny_pipeline_folder("sdxl"))
     assert result.returncode == 0, result.stderr
-    for expected in ("family: sdxl", "format: diffusers", "prediction: eps", "resolution: 1024",
-                     "text_encoder_2:", "scaling factor 0.13025", "float32"):
+    for expected in (
+        "family: sdxl",
+        "format: diffusers",
+        "prediction: eps",
+        "resolution: 1024",
+        "text_encoder_2:",
+        "scaling factor 0.13025",
+        "float32",
+    ):
         assert expected in result.stdout
 
 

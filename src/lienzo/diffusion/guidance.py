@@ -25,9 +25,7 @@ def _tile_tokens(context: torch.Tensor, length: int) -> torch.Tensor:
 def concat_conditionings(first: Conditioning, second: Conditioning, batch: int) -> Conditioning:
     """One Conditioning holding `first` then `second` along the batch (token counts tiled to their lcm)."""
     length = math.lcm(first.context.shape[1], second.context.shape[1])
-    context = torch.cat(
-        [_tile_tokens(_batched(c.context, batch), length) for c in (first, second)], dim=0
-    )
+    context = torch.cat([_tile_tokens(_batched(c.context, batch), length) for c in (first, second)], dim=0)
     if (first.y is None) != (second.y is None):
         raise InvalidArgumentError(
             "give a `y` vector to both the conditional and unconditional inputs, or to neither"

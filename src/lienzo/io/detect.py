@@ -48,8 +48,10 @@ def detect_folder_family(folder: Path) -> str:
         )
     unet = read_json(folder / "unet" / "config.json")
     in_channels = int(unet.get("in_channels", DEFAULT_IN_CHANNELS))
-    variant = "depth" if "Depth2Img" in class_name else _variant_for(
-        in_channels, describe=f"{folder}: a UNet with {in_channels} input channels"
+    variant = (
+        "depth"
+        if "Depth2Img" in class_name
+        else _variant_for(in_channels, describe=f"{folder}: a UNet with {in_channels} input channels")
     )
     if unet.get("addition_embed_type") == "text_time":
         has_first_encoder = _has_component(index, "text_encoder")

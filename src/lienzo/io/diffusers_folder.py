@@ -94,13 +94,21 @@ def write_diffusers_folder(
     unet_config = unet_config_to_diffusers(files.spec.unet)
     unet_config["sample_size"] = files.spec.resolution // latent_scale
     _write_component(
-        folder / "unet", unet_config, "UNet2DConditionModel",
-        unet_ldm_to_diffusers(files.unet, files.spec.unet), DIFFUSERS_WEIGHTS, dtype,
+        folder / "unet",
+        unet_config,
+        "UNet2DConditionModel",
+        unet_ldm_to_diffusers(files.unet, files.spec.unet),
+        DIFFUSERS_WEIGHTS,
+        dtype,
     )
     index["vae"] = ["diffusers", "AutoencoderKL"]
     _write_component(
-        folder / "vae", vae_config_to_diffusers(files.spec.vae), "AutoencoderKL",
-        vae_ldm_to_diffusers(files.vae, files.spec.vae), DIFFUSERS_WEIGHTS, dtype,
+        folder / "vae",
+        vae_config_to_diffusers(files.spec.vae),
+        "AutoencoderKL",
+        vae_ldm_to_diffusers(files.vae, files.spec.vae),
+        DIFFUSERS_WEIGHTS,
+        dtype,
     )
     towers = zip(
         layout.text_encoders,
