@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
+from ..models.specs import family_spec
 from .detect import MODEL_FOLDER_HINT
 from .diffusers_folder import read_diffusers_folder, write_diffusers_folder
 from .formats import CHECKPOINT_SUFFIXES
-from .model_files import ModelFiles, resolve_family_spec
+from .model_files import ModelFiles
 from .single_file import read_single_file, write_single_file
 
 FORMATS = ("diffusers", "single-file")
@@ -24,7 +25,7 @@ def read_model(path: str | os.PathLike, *, family: str | None = None) -> ModelFi
     """Read a diffusers folder or a single-file checkpoint; `family` overrides detection (e.g. "sd2-v")."""
     path = Path(path)
     if family is not None:
-        resolve_family_spec(family)
+        family_spec(family)
     if not path.exists():
         raise ModelNotFoundError(f"{path} does not exist; check the path or download the model first")
     if path.is_dir():

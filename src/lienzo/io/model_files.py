@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError
+from ..errors import CorruptCheckpointError
 from ..models.clip import CLIPTextConfig
 from ..models.specs import FamilySpec, family_spec
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
-from .layouts import family_layout, parse_family
+from .layouts import family_layout
 
 ConfigT = TypeVar("ConfigT")
 
@@ -45,20 +45,11 @@ class ModelFiles:
         return named
 
 
-def resolve_family_spec(name: str) -> FamilySpec:
-    """The FamilySpec of a family name, with a user-facing error for names that do not exist."""
-    parse_family(name)
-    try:
-        return family_spec(name)
-    except KeyError as error:
-        raise InvalidArgumentError(str(error).strip("'\"")) from None
-
-
 def spec_with_configs(
     family: str, unet: UNetConfig, vae: VAEConfig, text_encoders: list[CLIPTextConfig]
 ) -> FamilySpec:
     """The family's spec with the model's actual component configs in place of the reference ones."""
-    spec = resolve_family_spec(family)
+    spec = family_spec(family)
     if len(text_encoders) != len(spec.text_encoders):
         raise CorruptCheckpointError(
             f"a {family} model has {len(spec.text_encoders)} text encoder(s) but {len(text_encoders)} were "

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import CorruptCheckpointError
 from ..models.clip import CLIPTextConfig
-from ..models.specs import FamilySpec
+from ..models.specs import FamilySpec, family_spec
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from .detect import METADATA_FAMILY_KEY, detect_checkpoint_family
@@ -28,7 +28,6 @@ from .model_files import (
     cast_state_dict,
     config_from_json,
     config_to_json,
-    resolve_family_spec,
     spec_with_configs,
 )
 
@@ -51,7 +50,7 @@ def read_single_file(path: str | Path, *, family: str | None = None) -> ModelFil
     state_dict = read_state_dict(path)
     metadata = read_safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
     family = family or detect_checkpoint_family(state_dict, metadata)
-    reference = resolve_family_spec(family)
+    reference = family_spec(family)
     unet = _strip_prefix(state_dict, UNET_PREFIX)
     vae = _strip_prefix(state_dict, VAE_PREFIX)
     layouts = family_layout(family).text_encoders

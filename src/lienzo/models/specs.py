@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import InvalidArgumentError
 from .clip import CLIPTextConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
@@ -116,7 +117,9 @@ def family_spec(name: str) -> FamilySpec:
             base, variant = name[: -len(suffix) - 1], suffix
     if base not in BASE_FAMILIES:
         known = ", ".join(sorted(BASE_FAMILIES))
-        raise KeyError(f"unknown model family {name!r}; known: {known}, with -inpaint or -depth suffixes")
+        raise InvalidArgumentError(
+            f"unknown model family {name!r}; use one of {known}, optionally with an -inpaint or -depth suffix"
+        )
     spec = BASE_FAMILIES[base]
     if variant is None:
         return spec
