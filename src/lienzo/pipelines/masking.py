@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,7 +90,7 @@ def mask_bounding_box(mask: Image.Image) -> Box | None:
 
 
 def _grow(start: int, end: int, length: int, limit: int) -> tuple[int, int]:
-    """[start, end) grown about its centre to `length` (at most `limit`), shifted to stay inside [0, limit)."""
+    """[start, end) grown about its centre to `length` (at most `limit`), kept inside [0, limit)."""
     length = min(length, limit)
     start = max(0, min(start - (length - (end - start)) // 2, limit - length))
     return start, start + length
@@ -99,13 +100,23 @@ def _round_up_to_8(length: int) -> int:
     return -(-length // LATENT_FACTOR) * LATENT_FACTOR
 
 
+def _aspect_size(width: int, height: int, target_size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size of at least width x height, in multiples of 8, with exactly the target's aspect."""
+    target_width, target_height = (_round_up_to_8(side) for side in target_size)
+    unit = math.gcd(target_width, target_height) // LATENT_FACTOR
+    unit_width, unit_height = target_width // unit, target_height // unit
+    count = max(-(-width // unit_width), -(-height // unit_height))
+    return count * unit_width, count * unit_height
+
+
 def crop_box(
     mask: Image.Image, padding: int, target_size: tuple[int, int], image_size: tuple[int, int]
 ) -> Box:
-    """The "only masked" region: the mask's box plus padding, grown to the target aspect and to multiples of 8.
+    """The "only masked" region: the mask's box plus padding, grown to the target aspect, multiples of 8.
 
     As A1111's inpaint-at-full-resolution, the box keeps inside the image and takes the aspect ratio of
-    the generation size so the crop scales to it without distortion (clamped where the image is too small).
+    the generation size so the crop scales to it without distortion; where the image is too small for
+    that, each side is rounded up to a multiple of 8 on its own and clamped to the image.
     """
     check_multiple_of_8("padding", padding)
     bounds = mask_bounding_box(mask)
@@ -114,14 +125,11 @@ def crop_box(
         return Box(0, 0, image_width, image_height)
     left, right = max(0, bounds.left - padding), min(image_width, bounds.right + padding)
     top, bottom = max(0, bounds.top - padding), min(image_height, bounds.bottom + padding)
-    target_width, target_height = target_size
-    width, height = right - left, bottom - top
-    if width * target_height > height * target_width:
-        height = -(-width * target_height // target_width)
-    else:
-        width = -(-height * target_width // target_height)
-    left, right = _grow(left, right, _round_up_to_8(width), image_width)
-    top, bottom = _grow(top, bottom, _round_up_to_8(height), image_height)
+    width, height = _aspect_size(right - left, bottom - top, target_size)
+    if width > image_width or height > image_height:
+        width, height = _round_up_to_8(right - left), _round_up_to_8(bottom - top)
+    left, right = _grow(left, right, width, image_width)
+    top, bottom = _grow(top, bottom, height, image_height)
     return Box(left, top, right, bottom)
 
 
@@ -149,7 +157,7 @@ def mask_to_tensor(mask: Image.Image) -> torch.Tensor:
 
 
 def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-    """The pixel mask binarized at 0.5 and resized to (h, w) latent cells by nearest neighbour, as diffusers."""
+    """The pixel mask binarized at 0.5, resized to (h, w) latent cells by nearest neighbour (as diffusers)."""
     binary = (mask >= 0.5).to(mask.dtype)
     return F.interpolate(binary, size=latent_size, mode="nearest")
 
