@@ -10,7 +10,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.io.keymaps.clip import clip_config_to_transformers, clip_hf_canonical
 from lienzo.models.clip import CLIPTextConfig, CLIPTextModel
 from lienzo.models.specs import TextEncoderSpec
-from lienzo.text.conditioning import chunk_token_ids, encode_prompts, split_into_chunks
+from lienzo.text.conditioning import TokenChunk, chunk_prompt, chunk_token_ids, encode_prompts
 from lienzo.text.tokenizer import CLIPTokenizer
 
 SMALL = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4)
@@ -59,21 +59,27 @@ def sdxl_encoders():
     return (first_reference, second_reference), encoders
 
 
-def test_split_into_chunks():
-    assert split_into_chunks([]) == [[]]
-    assert [len(chunk) for chunk in split_into_chunks(list(range(150)))] == [75, 75]
-    assert [len(chunk) for chunk in split_into_chunks(list(range(151)))] == [75, 75, 1]
-    assert split_into_chunks([1, 2, 3], chunk_size=2) == [[1, 2], [3]]
+def test_chunk_prompt_splits_every_75_tokens():
+    tokenizer = CLIPTokenizer.from_bundled()
+    assert chunk_prompt("", tokenizer) == [TokenChunk()]
+    assert [len(chunk.tokens) for chunk in chunk_prompt("cat " * 150, tokenizer)] == [75, 75]
+    assert [len(chunk.tokens) for chunk in chunk_prompt("cat " * 151, tokenizer)] == [75, 75, 1]
+    assert chunk_prompt("cat " * 151, tokenizer)[2] == TokenChunk([tokenizer.token_id("cat</w>")], [1.0])
 
 
 def test_chunk_token_ids_frames_and_pads():
     tokenizer = CLIPTokenizer.from_bundled("!")
-    ids = chunk_token_ids([[[5, 6]], [[7], [8, 9]]], tokenizer, num_chunks=2)
+    chunks = [[TokenChunk([5, 6], [1.5, 1.0])], [TokenChunk([7], [1.0]), TokenChunk([8, 9], [1.0, 0.5])]]
+    ids, weights = chunk_token_ids(chunks, tokenizer, num_chunks=2)
     assert ids.shape == (2, 2, 77)
     assert ids[0, 0, :5].tolist() == [49406, 5, 6, 49407, 0]
     assert ids[0, 1, :3].tolist() == [49406, 49407, 0]
     assert ids[1, 1, :4].tolist() == [49406, 8, 9, 49407]
     assert (ids[1, 1, 4:] == 0).all()
+    assert weights.shape == (2, 2, 77)
+    assert weights[0, 0, :4].tolist() == [1.0, 1.5, 1.0, 1.0]
+    assert weights[1, 1, :5].tolist() == [1.0, 1.0, 0.5, 1.0, 1.0]
+    assert (weights != 1).sum().item() == 2
 
 
 def test_short_prompt_equals_transformers_exactly(sd1_encoder):
@@ -93,7 +99,7 @@ def test_long_prompt_is_chunked(sd1_encoder):
     assert len(tokenizer.tokenize(HUNDRED_TOKENS)) == 100
     with torch.no_grad():
         conditioning = encode_prompts([HUNDRED_TOKENS], [encoder])
-        ids = chunk_token_ids([split_into_chunks(tokenizer.tokenize(HUNDRED_TOKENS))], tokenizer, 2)
+        ids, _ = chunk_token_ids([chunk_prompt(HUNDRED_TOKENS, tokenizer)], tokenizer, 2)
         second_chunk = model(ids[:, 1], want_pooled=False).hidden
     assert conditioning.context.shape == (1, 154, 32)
     assert ids[0, 1, 0].item() == tokenizer.bos_id
