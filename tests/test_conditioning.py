@@ -155,3 +155,116 @@ def test_empty_inputs_are_rejected(sd1_encoder):
         encode_prompts([], [sd1_encoder[1]])
     with pytest.raises(InvalidArgumentError, match="encoder"):
         encode_prompts(["a cat"], [])
+
+
+def test_break_starts_a_new_chunk(sd1_encoder):
+    _, encoder = sd1_encoder
+    tokenizer = encoder[2]
+    chunks = chunk_prompt("a cat BREAK a dog", tokenizer)
+    assert [chunk.tokens for chunk in chunks] == [tokenizer.tokenize("a cat"), tokenizer.tokenize("a dog")]
+    assert chunk_prompt("a cat BREAK", tokenizer) == chunk_prompt("a cat", tokenizer)
+    assert chunk_prompt("BREAK a dog", tokenizer) == [TokenChunk(), *chunk_prompt("a dog", tokenizer)]
+    with torch.no_grad():
+        conditioning = encode_prompts(["a cat BREAK a dog"], [encoder])
+        cat, dog = (encode_prompts([prompt], [encoder]).context for prompt in ("a cat", "a dog"))
+    assert conditioning.context.shape == (1, 154, 32)
+    torch.testing.assert_close(conditioning.context[:, :77], cat, rtol=0, atol=1e-6)
+    torch.testing.assert_close(conditioning.context[:, 77:], dog, rtol=0, atol=1e-6)
+
+
+def test_two_hundred_tokens_give_three_framed_chunks(sd1_encoder):
+    _, encoder = sd1_encoder
+    tokenizer = encoder[2]
+    chunks = chunk_prompt("cat " * 200, tokenizer)
+    assert [len(chunk.tokens) for chunk in chunks] == [75, 75, 50]
+    ids, _ = chunk_token_ids([chunks], tokenizer, num_chunks=3)
+    assert (ids[0, :, 0] == tokenizer.bos_id).all()
+    assert ids[0, :, 76].tolist() == [tokenizer.eos_id, tokenizer.eos_id, tokenizer.pad_id]
+    assert ids[0, 2, 51].item() == tokenizer.eos_id
+    with torch.no_grad():
+        conditioning = encode_prompts(["cat " * 200], [encoder])
+    assert conditioning.context.shape == (1, 3 * 77, 32)
+
+
+def comma_prompt(words_before_comma: int, words_after_comma: int) -> str:
+    """`words_before_comma` cats, a comma, then dogs: one token per word and for the comma."""
+    return "cat " * words_before_comma + ", " + "dog " * words_after_comma
+
+
+@pytest.mark.parametrize(
+    ("before", "backtrack", "lengths"),
+    [
+        (70, 20, [71, 10]),
+        (55, 20, [56, 25]),
+        (54, 20, [75, 6]),
+        (70, 0, [75, 6]),
+        (70, 5, [71, 10]),
+        (70, 4, [75, 6]),
+    ],
+)
+def test_full_chunk_moves_back_to_a_recent_comma(before, backtrack, lengths):
+    tokenizer = CLIPTokenizer.from_bundled()
+    chunks = chunk_prompt(comma_prompt(before, 80 - before), tokenizer, comma_backtrack=backtrack)
+    assert [len(chunk.tokens) for chunk in chunks] == lengths
+    joined = [token for chunk in chunks for token in chunk.tokens]
+    assert joined == tokenizer.tokenize(comma_prompt(before, 80 - before))
+    if lengths[0] < 75:
+        assert chunks[0].tokens[-1] == tokenizer.token_id(",</w>")
+
+
+def test_moved_tokens_keep_their_weights():
+    tokenizer = CLIPTokenizer.from_bundled()
+    chunks = chunk_prompt("cat " * 70 + ", " + "(dog:1.5) " * 5 + "bird " * 5, tokenizer)
+    assert [len(chunk.tokens) for chunk in chunks] == [71, 10]
+    assert chunks[0].weights == [1.0] * 71
+    assert chunks[1].weights == [1.5] * 5 + [1.0] * 5
+
+
+def test_weighted_token_scales_then_mean_is_restored(sd1_encoder):
+    _, encoder = sd1_encoder
+    spec, model, tokenizer = encoder
+    with torch.no_grad():
+        weighted = encode_prompts(["a photo of a (cat:1.5)"], [encoder]).context[0]
+        plain = encode_prompts(["a photo of a cat"], [encoder]).context[0]
+    cat_position = 1 + tokenizer.tokenize("a photo of a cat").index(tokenizer.token_id("cat</w>"))
+    token_weights = torch.ones(77)
+    token_weights[cat_position] = 1.5
+    factor = plain.mean() / (plain * token_weights[:, None]).mean()
+    expected = plain * token_weights[:, None] * factor
+    assert (weighted - expected).abs().max().item() <= 1e-6
+    assert torch.allclose(weighted[cat_position], plain[cat_position] * 1.5 * factor, rtol=1e-6, atol=1e-6)
+    others = torch.arange(77) != cat_position
+    assert torch.allclose(weighted[others], plain[others] * factor, rtol=1e-6, atol=1e-6)
+    assert abs(weighted.mean().item() - plain.mean().item()) <= 1e-6
+    assert not torch.allclose(weighted, plain)
+
+
+def test_weight_one_everywhere_is_the_plain_encoding_bit_for_bit(sd1_encoder, sdxl_encoders):
+    _, encoder = sd1_encoder
+    _, encoders = sdxl_encoders
+    for towers in ([encoder], encoders):
+        with torch.no_grad():
+            plain = encode_prompts(["a photo of a cat"], towers)
+            explicit = encode_prompts(["(a photo:1) of a ([cat])"], towers)
+        assert torch.equal(explicit.context, plain.context)
+        if plain.pooled is not None:
+            assert torch.equal(explicit.pooled, plain.pooled)
+
+
+def test_weights_apply_per_tower_and_leave_pooled_alone(sdxl_encoders):
+    _, encoders = sdxl_encoders
+    with torch.no_grad():
+        weighted = encode_prompts(["a photo of a [cat]"], encoders)
+        plain = encode_prompts(["a photo of a cat"], encoders)
+        single = encode_prompts(["a photo of a [cat]"], encoders[1:])
+    assert torch.equal(weighted.pooled, plain.pooled)
+    assert not torch.allclose(weighted.context[..., :32], plain.context[..., :32])
+    torch.testing.assert_close(weighted.context[..., 32:], single.context, rtol=0, atol=1e-6)
+
+
+def test_weighted_prompt_does_not_depend_on_its_batch(sd1_encoder):
+    _, encoder = sd1_encoder
+    with torch.no_grad():
+        batch = encode_prompts(["a (cat:1.3)", "[a dog] on a mat"], [encoder]).context
+        alone = encode_prompts(["a (cat:1.3)"], [encoder]).context
+    torch.testing.assert_close(batch[:1], alone, rtol=0, atol=1e-6)
