@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +16,13 @@ from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..text.conditioning import Conditioning, encode_prompts
 from ..text.tokenizer import CLIPTokenizer
+from .images import ImageInput, load_image
+from .img2img import img2img, img2img_size
+from .options import resolve_options
+from .steps import StepCallback
+from .txt2img import txt2img
+
+HASH_CHUNK_BYTES = 1 << 24
 
 
 @dataclass
@@ -27,6 +35,20 @@ class Pipeline:
     vae: AutoencoderKL
     text_encoders: list[CLIPTextModel]
     tokenizers: list[CLIPTokenizer]
+    name: str | None = None
+    path: Path | None = None
+    _model_hash: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model_hash(self) -> str | None:
+        """A1111's "Model hash" of a single-file checkpoint: the first 10 hex digits of its sha256."""
+        if self._model_hash is None and self.path is not None and Path(self.path).is_file():
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as stream:
+                while chunk := stream.read(HASH_CHUNK_BYTES):
+                    digest.update(chunk)
+            self._model_hash = digest.hexdigest()[:10]
+        return self._model_hash
 
     @property
     def latent_scale(self) -> float:
@@ -52,13 +74,85 @@ class Pipeline:
         encoders = list(zip(self.spec.text_encoders, self.text_encoders, self.tokenizers, strict=True))
         return encode_prompts(prompts, encoders, clip_skip=clip_skip)
 
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        sampler: str | None = None,
+        scheduler: str | None = None,
+        seed: int | None = None,
+        batch_size: int = 1,
+        clip_skip: int | None = None,
+        hires=None,
+        refiner=None,
+        callback: StepCallback | None = None,
+        **more,
+    ) -> list:
+        """txt2img: `batch_size` PIL images (item i from seed + i), settings in image.info["lienzo"].
+
+        None takes the family default (see lienzo.pipelines.options); `more` takes the other
+        GenerationOptions fields (variation_seed, variation_strength, guidance_rescale).
+        """
+        options = resolve_options(
+            self.spec,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            scheduler=scheduler,
+            seed=seed,
+            batch_size=batch_size,
+            clip_skip=clip_skip,
+            hires=hires,
+            refiner=refiner,
+            **more,
+        )
+        return txt2img(self, options, callback=callback)
+
+    def img2img(
+        self,
+        image: ImageInput,
+        prompt: str,
+        *,
+        strength: float = 0.6,
+        width: int | None = None,
+        height: int | None = None,
+        callback: StepCallback | None = None,
+        **more,
+    ) -> list:
+        """img2img (SDEdit): `image` noised to `strength` and denoised toward the prompt.
+
+        The size defaults to the image's own, rounded down to multiples of 8; `more` takes generate's
+        keyword arguments (negative_prompt, steps, cfg, sampler, seed, batch_size, ...).
+        """
+        source = load_image(image)
+        width, height = img2img_size(source, width, height)
+        options = resolve_options(
+            self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
+        )
+        return img2img(self, source, options, callback=callback)
+
+    # Masked editing (inpaint, outpaint, depth2img) methods go here.
+
 
 def _build(module_class: type[nn.Module], config, state_dict: dict, device, dtype) -> nn.Module:
-    """Build a network without random init (meta device) and take the checkpoint's tensors as its weights."""
+    """Build a network without random init (meta device) and take the checkpoint's tensors as its weights;
+    convolutional networks get channels_last weights."""
     with torch.device("meta"):
         module = module_class(config)
     module.load_state_dict(state_dict, strict=True, assign=True)
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    module = module.to(device=device, dtype=dtype)
+    if module_class is not CLIPTextModel:
+        module = module.to(memory_format=torch.channels_last)
+    return module.eval().requires_grad_(False)
 
 
 def _tokenizer(folder: Path | None, pad_token: str) -> CLIPTokenizer:
@@ -74,10 +168,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pipeline_from_files(files: ModelFiles, *, device=None, dtype=None) -> Pipeline:
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA, float32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def pipeline_from_files(
+    files: ModelFiles, *, device=None, dtype=None, name: str | None = None, path: Path | None = None
+) -> Pipeline:
     """Assemble a `Pipeline` from checkpoint state dicts already in lienzo's naming."""
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     spec = files.spec
     text_specs = spec.text_encoders
     return Pipeline(
@@ -93,9 +194,14 @@ def pipeline_from_files(files: ModelFiles, *, device=None, dtype=None) -> Pipeli
             _tokenizer(folder, te.pad_token)
             for te, folder in zip(text_specs, files.tokenizer_folders, strict=True)
         ],
+        name=name,
+        path=path,
     )
 
 
 def load(path: str | Path, *, device=None, dtype=None, family: str | None = None) -> Pipeline:
     """Load a diffusers folder or a single-file checkpoint; `family` overrides detection (e.g. "sd2-v")."""
-    return pipeline_from_files(read_model(path, family=family), device=device, dtype=dtype)
+    path = Path(path)
+    files = read_model(path, family=family)
+    name = path.stem if path.is_file() else path.name
+    return pipeline_from_files(files, device=device, dtype=dtype, name=name, path=path)

@@ -1,0 +1,265 @@
+"""Generation settings: the user's values, the family defaults that fill the gaps, and their checks.
+
+Defaults (A1111's current ones): steps 20, CFG scale 7.0, sampler `dpmpp_2m` with the `karras`
+schedule, size = the family's native resolution (512 SD 1.x / SD 2 base, 768 SD 2-v, 1024 SDXL),
+clip skip 1, denoising strength 1.0 for txt2img (img2img passes its own), a random seed.
+
+Every generated image carries `GenerationOptions.to_record(...)` in `image.info["lienzo"]`; its keys
+are listed in `RECORD_KEYS` and are the contract with the metadata writer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..diffusion import SCHEDULERS, resolve_sampler
+from ..errors import InvalidArgumentError
+from ..models.specs import FamilySpec
+
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 7.0
+DEFAULT_SAMPLER = "dpmpp_2m"
+DEFAULT_SCHEDULER = "karras"
+MAX_SEED = 2**32 - 1
+HIRES_UPSCALERS = ("latent", "latent-nearest", "image")
+
+RECORD_KEYS = (
+    "mode",
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "sampler",
+    "scheduler",
+    "cfg",
+    "seed",
+    "width",
+    "height",
+    "batch_size",
+    "batch_index",
+    "clip_skip",
+    "strength",
+    "variation_seed",
+    "variation_strength",
+    "guidance_rescale",
+    "hires",
+    "refiner",
+    "model",
+    "model_hash",
+    "family",
+)
+"""Keys of `image.info["lienzo"]`. `seed` and `variation_seed` are the batch item's own (base + index);
+`hires` is None or {"scale", "steps", "strength", "upscaler", "width", "height"}; `refiner` is None or
+{"model", "model_hash", "switch_at"}; `strength` is the denoising strength (1.0 for plain txt2img);
+`mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"."""
+
+
+@dataclass(frozen=True)
+class HiresOptions:
+    """Hires fix: upscale the first pass by `scale`, then img2img at `strength` for `steps` (None = same)."""
+
+    scale: float = 2.0
+    steps: int | None = None
+    strength: float = 0.5
+    upscaler: str = "latent"
+
+
+@dataclass(frozen=True)
+class RefinerOptions:
+    """SDXL refiner hand-off: the base runs the first `switch_at` of the sigmas, the refiner the rest."""
+
+    pipeline: Any
+    switch_at: float = 0.8
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Fully resolved settings of one generation call (no None left except the optional extras)."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    seed: int
+    batch_size: int = 1
+    clip_skip: int = 1
+    strength: float = 1.0
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    guidance_rescale: float = 0.0
+    hires: HiresOptions | None = None
+    refiner: RefinerOptions | None = field(default=None, compare=False)
+    mode: str = "txt2img"
+
+    def item_seed(self, index: int) -> int:
+        """Seed of batch item `index`: seed + index."""
+        return self.seed + index
+
+    def item_variation_seed(self, index: int) -> int | None:
+        """Variation seed of batch item `index`: variation_seed + index (None when unset)."""
+        return None if self.variation_seed is None else self.variation_seed + index
+
+    def items(self, start: int, count: int) -> GenerationOptions:
+        """The settings of batch items start..start+count-1 as a batch of their own (same images)."""
+        variation = self.item_variation_seed(start)
+        return replace(self, seed=self.item_seed(start), variation_seed=variation, batch_size=count)
+
+    def to_record(
+        self,
+        index: int = 0,
+        *,
+        model: str | None = None,
+        model_hash: str | None = None,
+        family: str | None = None,
+    ) -> dict:
+        """The `image.info["lienzo"]` dict of batch item `index` (keys: RECORD_KEYS)."""
+        hires = None
+        if self.hires is not None:
+            width, height = hires_size(self)
+            hires = {**asdict(self.hires), "width": width, "height": height}
+        refiner = None
+        if self.refiner is not None:
+            refined = self.refiner.pipeline
+            refiner = {
+                "model": getattr(refined, "name", None),
+                "model_hash": getattr(refined, "model_hash", None),
+                "switch_at": self.refiner.switch_at,
+            }
+        record = {
+            "mode": self.mode,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "scheduler": self.scheduler,
+            "cfg": self.cfg,
+            "seed": self.item_seed(index),
+            "width": self.width,
+            "height": self.height,
+            "batch_size": self.batch_size,
+            "batch_index": index,
+            "clip_skip": self.clip_skip,
+            "strength": self.strength,
+            "variation_seed": self.item_variation_seed(index),
+            "variation_strength": self.variation_strength,
+            "guidance_rescale": self.guidance_rescale,
+            "hires": hires,
+            "refiner": refiner,
+            "model": model,
+            "model_hash": model_hash,
+            "family": family,
+        }
+        return record
+
+
+def hires_size(options: GenerationOptions) -> tuple[int, int]:
+    """(width, height) of the hires pass: the first pass scaled and rounded down to multiples of 8."""
+    scale = options.hires.scale if options.hires is not None else 1.0
+    return int(options.width * scale) // 8 * 8, int(options.height * scale) // 8 * 8
+
+
+def random_seed() -> int:
+    """A fresh seed in [0, 2**32 - 1] from the system's entropy."""
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+def _check_size(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 8 or value % 8:
+        fixed = max(8, round(value / 8) * 8) if isinstance(value, int | float) else 512
+        raise InvalidArgumentError(f"{name} must be a positive multiple of 8, got {value}; try {fixed}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise InvalidArgumentError(f"{name} must lie in [0, 1], got {value}; pick a value between 0 and 1")
+
+
+def _check_hires(hires: HiresOptions) -> None:
+    if hires.scale <= 0:
+        raise InvalidArgumentError(f"hires scale must be positive, got {hires.scale}; try 1.5 or 2")
+    if hires.steps is not None and hires.steps < 1:
+        raise InvalidArgumentError(f"hires steps must be 1 or more (or None = same), got {hires.steps}")
+    _check_fraction("hires strength", hires.strength)
+    if hires.upscaler not in HIRES_UPSCALERS:
+        raise InvalidArgumentError(
+            f"unknown hires upscaler {hires.upscaler!r}; use one of: {', '.join(HIRES_UPSCALERS)}"
+        )
+
+
+def _check_refiner(refiner: RefinerOptions) -> None:
+    _check_fraction("refiner switch_at", refiner.switch_at)
+    if not hasattr(refiner.pipeline, "unet"):
+        raise InvalidArgumentError("refiner pipeline must be a loaded model: pass lienzo.load(REFINER_PATH)")
+
+
+def resolve_options(spec: FamilySpec, **user_values) -> GenerationOptions:
+    """GenerationOptions from user values: None takes the family default; every value is checked.
+
+    A sampler given by its A1111 name ("DPM++ 2M Karras") also sets the scheduler unless one is given.
+    """
+    values = {key: value for key, value in user_values.items() if value is not None}
+    unknown = set(values) - set(GenerationOptions.__dataclass_fields__)
+    if unknown:
+        raise InvalidArgumentError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    sampler, implied_scheduler = resolve_sampler(values.get("sampler", DEFAULT_SAMPLER))
+    scheduler = values.get("scheduler", implied_scheduler or DEFAULT_SCHEDULER)
+    if scheduler not in SCHEDULERS:
+        raise InvalidArgumentError(f"unknown scheduler {scheduler!r}; use one of: {', '.join(SCHEDULERS)}")
+    seed = values.get("seed", random_seed())
+    options = GenerationOptions(
+        prompt=values.get("prompt", ""),
+        negative_prompt=values.get("negative_prompt", ""),
+        width=values.get("width", spec.resolution),
+        height=values.get("height", spec.resolution),
+        steps=values.get("steps", DEFAULT_STEPS),
+        cfg=float(values.get("cfg", DEFAULT_CFG)),
+        sampler=sampler,
+        scheduler=scheduler,
+        seed=int(seed),
+        **{key: values[key] for key in _OPTIONAL_FIELDS if key in values},
+    )
+    check_options(options)
+    return options
+
+
+_OPTIONAL_FIELDS = (
+    "batch_size",
+    "clip_skip",
+    "strength",
+    "variation_seed",
+    "variation_strength",
+    "guidance_rescale",
+    "hires",
+    "refiner",
+    "mode",
+)
+
+
+def check_options(options: GenerationOptions) -> None:
+    """Raise InvalidArgumentError, naming the fix, for any value out of range."""
+    _check_size("width", options.width)
+    _check_size("height", options.height)
+    if not isinstance(options.steps, int) or options.steps < 1:
+        raise InvalidArgumentError(f"steps must be 1 or more, got {options.steps}; 20 is a good start")
+    if options.batch_size < 1:
+        raise InvalidArgumentError(f"batch size must be 1 or more, got {options.batch_size}")
+    if options.clip_skip < 1:
+        raise InvalidArgumentError(f"clip skip must be 1 or more (1 = no skip), got {options.clip_skip}")
+    if options.seed < 0 or (options.variation_seed is not None and options.variation_seed < 0):
+        raise InvalidArgumentError(
+            f"seeds must be 0 or more, got {options.seed}; leave seed=None for a random one"
+        )
+    _check_fraction("denoising strength", options.strength)
+    _check_fraction("variation strength", options.variation_strength)
+    _check_fraction("guidance rescale", options.guidance_rescale)
+    if options.hires is not None:
+        _check_hires(options.hires)
+    if options.refiner is not None:
+        _check_refiner(options.refiner)
