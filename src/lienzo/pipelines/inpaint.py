@@ -12,19 +12,18 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ..diffusion import Conditioning, Denoiser, guided_denoiser, img2img_sigmas, parameterization_for
-from ..diffusion.samplers.common import Denoise
+from ..diffusion import img2img_sigmas
 from ..errors import InvalidArgumentError
 from .images import ImageInput, images_to_tensor, load_image, resize_image
 from .masking import (
     LATENT_FACTOR,
     Box,
-    ConcatChannels,
     as_mask,
     blur_mask,
     check_mask_size,
     check_multiple_of_8,
     composite_alpha,
+    conditioned_denoiser,
     crop_box,
     latent_mask,
     mask_to_tensor,
@@ -43,8 +42,6 @@ from .steps import (
     item_generators,
     latent_shape,
     make_denoiser,
-    model_sampling,
-    network,
     prompt_conditioning,
     run_sampler,
     schedule_sigmas,
@@ -60,22 +57,6 @@ class InpaintRegion:
     pixels: torch.Tensor
     mask: torch.Tensor
     box: Box
-
-
-def conditioned_denoiser(
-    pipe, cond: Conditioning, uncond: Conditioning, options: GenerationOptions, extra: torch.Tensor
-) -> Denoise:
-    """The guided denoiser of a UNet that takes `extra` conditioning channels after the latent."""
-    device = pipe.device
-    unet = ConcatChannels(network(pipe), extra.to(device))
-    denoiser = Denoiser(unet, parameterization_for(pipe.prediction), model_sampling())
-
-    def on_device(c: Conditioning) -> Conditioning:
-        return Conditioning(c.context.to(device), None if c.y is None else c.y.to(device))
-
-    return guided_denoiser(
-        denoiser, on_device(cond), on_device(uncond), options.cfg, guidance_rescale=options.guidance_rescale
-    )
 
 
 def load_mask(mask: ImageInput) -> Image.Image:

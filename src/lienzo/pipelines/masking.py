@@ -9,7 +9,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageFilter
 
+from ..diffusion import Conditioning, Denoiser, guided_denoiser, parameterization_for
+from ..diffusion.samplers.common import Denoise
 from ..errors import InvalidArgumentError
+from .options import GenerationOptions
+from .steps import model_sampling, network
 
 MASK_THRESHOLD = 128
 """8-bit mask values at or above this are repainted (white = repaint), values below are kept."""
@@ -184,3 +188,19 @@ class ConcatChannels:
         extra = self.extra.to(device=x.device, dtype=x.dtype)
         extra = extra.repeat(x.shape[0] // extra.shape[0], 1, 1, 1)
         return self.unet(torch.cat([x, extra], dim=1), t, context, y=y)
+
+
+def conditioned_denoiser(
+    pipe, cond: Conditioning, uncond: Conditioning, options: GenerationOptions, extra: torch.Tensor
+) -> Denoise:
+    """The guided denoiser of a UNet that takes `extra` conditioning channels after the latent."""
+    device = pipe.device
+    unet = ConcatChannels(network(pipe), extra.to(device))
+    denoiser = Denoiser(unet, parameterization_for(pipe.prediction), model_sampling())
+
+    def on_device(c: Conditioning) -> Conditioning:
+        return Conditioning(c.context.to(device), None if c.y is None else c.y.to(device))
+
+    return guided_denoiser(
+        denoiser, on_device(cond), on_device(uncond), options.cfg, guidance_rescale=options.guidance_rescale
+    )
