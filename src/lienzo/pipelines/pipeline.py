@@ -16,9 +16,12 @@ from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..text.conditioning import Conditioning, encode_prompts
 from ..text.tokenizer import CLIPTokenizer
+from .depth import depth2img
 from .images import ImageInput, load_image
 from .img2img import img2img, img2img_size
+from .inpaint import inpaint
 from .options import resolve_options
+from .outpaint import outpaint
 from .steps import StepCallback
 from .txt2img import txt2img
 
@@ -140,7 +143,53 @@ class Pipeline:
         )
         return img2img(self, source, options, callback=callback)
 
-    # Masked editing (inpaint, outpaint, depth2img) methods go here.
+    def inpaint(
+        self,
+        image: ImageInput,
+        mask: ImageInput,
+        prompt: str,
+        *,
+        strength: float = 1.0,
+        mask_blur: float = 4,
+        only_masked: bool = False,
+        padding: int = 32,
+        **more,
+    ) -> list:
+        """Repaint the white part of `mask`; pixels outside it come back unchanged.
+
+        Inpaint models (9 channels) get the masked image as conditioning, others blend in the re-noised
+        original at every step. `only_masked` works on a box around the mask plus `padding` at the
+        generation size; `more` takes generate's keyword arguments. See lienzo.pipelines.inpaint.
+        """
+        return inpaint(
+            self,
+            image,
+            mask,
+            prompt,
+            strength=strength,
+            mask_blur=mask_blur,
+            only_masked=only_masked,
+            padding=padding,
+            **more,
+        )
+
+    def outpaint(
+        self,
+        image: ImageInput,
+        prompt: str,
+        *,
+        left: int = 0,
+        right: int = 0,
+        top: int = 0,
+        bottom: int = 0,
+        **more,
+    ) -> list:
+        """Extend the canvas by the margins (multiples of 8) and paint the new area; the original stays."""
+        return outpaint(self, image, prompt, left=left, right=right, top=top, bottom=bottom, **more)
+
+    def depth2img(self, image: ImageInput, depth, prompt: str, *, strength: float = 0.8, **more) -> list:
+        """img2img guided by a depth map image, for SD 2 depth models (family sd2-depth)."""
+        return depth2img(self, image, depth, prompt, strength=strength, **more)
 
 
 def _build(module_class: type[nn.Module], config, state_dict: dict, device, dtype) -> nn.Module:
