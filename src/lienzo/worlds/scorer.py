@@ -14,9 +14,10 @@ from ..errors import InvalidArgumentError
 from .shapes import CANVAS, CELL_CENTRES, CELLS, COLOURS, PALETTE, POSITION_PHRASES, SHAPES, SIZES, draw_shape
 
 MIN_CORE_AREA = 60
-OCCUPANCY_GRID = 5
+OCCUPANCY_GRID = 10
 SIZE_THRESHOLD = sum(SIZES.values()) / 2
-_PALETTE_ARRAY = np.array([PALETTE[name] for name in COLOURS], dtype=np.int32)
+_PALETTE_ARRAY = np.array([PALETTE[name] for name in COLOURS], dtype=np.float32)
+_PALETTE_NORMS = (_PALETTE_ARRAY**2).sum(axis=1)
 _CELL_BY_INDEX = {index: name for name, index in CELLS.items()}
 _PHRASE_TO_CELL = {phrase: cell for cell, phrase in POSITION_PHRASES.items()}
 
@@ -125,8 +126,8 @@ def parse_prompt(prompt: str) -> ExpectedScene:
 
 def snap_to_palette(image: Image.Image) -> np.ndarray:
     """Index of the nearest palette colour for every pixel (H, W), by squared RGB distance."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
-    distances = ((pixels[:, :, None, :] - _PALETTE_ARRAY[None, None]) ** 2).sum(axis=-1)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    distances = _PALETTE_NORMS - 2.0 * (pixels @ _PALETTE_ARRAY.T)
     return distances.argmin(axis=-1)
 
 
