@@ -1,0 +1,126 @@
+"""Training objectives: the loss of one batch of (image, caption) pairs; the latent diffusion loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from lienzo.diffusion import Conditioning as DenoiserConditioning
+from lienzo.diffusion import Denoiser, ModelSampling, NoiseScheduleConfig, parameterization_for
+from lienzo.models.clip import CLIPTextModel
+from lienzo.models.specs import TextEncoderSpec
+from lienzo.models.unet import UNetModel
+from lienzo.models.vae import AutoencoderKL
+from lienzo.text.tokenizer import CLIPTokenizer
+
+CAPTION_TOKENS = 77
+"""Token length of an encoded caption: start, 75 tokens, end (one prompt chunk at inference)."""
+
+Networks = dict[str, Callable[..., object]]
+"""The callables the loss runs for each trainable module: the module itself or its DDP wrapper."""
+
+
+class Objective(Protocol):
+    """A training objective: the modules it trains and the loss of one batch."""
+
+    trainable: dict[str, nn.Module]
+
+    def loss(
+        self, images: torch.Tensor, captions: Sequence[str], generator: torch.Generator, networks: Networks
+    ) -> torch.Tensor:
+        """Scalar loss of a batch; all randomness drawn from `generator` (a CPU generator)."""
+        ...
+
+
+class _OutputRecorder:
+    """Calls a network and keeps its raw output, so the Denoiser's own scalings feed the training loss."""
+
+    def __init__(self, network: Callable[..., torch.Tensor]):
+        self.network = network
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        self.output = self.network(*args, **kwargs)
+        return self.output
+
+
+def drop_captions(captions: Sequence[str], probability: float, generator: torch.Generator) -> list[str]:
+    """Replace each caption by "" with `probability`, so the model also learns the unconditional
+    prediction that classifier-free guidance needs (Ho & Salimans 2022)."""
+    keep = torch.rand(len(captions), generator=generator) >= probability
+    return [caption if kept else "" for caption, kept in zip(captions, keep.tolist(), strict=True)]
+
+
+class LatentDiffusionObjective:
+    """Latent diffusion loss (Rombach et al. 2022): VAE latents, uniform t, x = x0 + sigma_t * noise,
+    UNet through the samplers' Denoiser scalings, loss from the same Parameterization (eps or v)."""
+
+    def __init__(
+        self,
+        unet: UNetModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        *,
+        text_encoder_spec: TextEncoderSpec | None = None,
+        prediction: str = "eps",
+        schedule: NoiseScheduleConfig | None = None,
+        latent_scale: float | None = None,
+        train_text_encoder: bool = False,
+        caption_dropout: float = 0.1,
+    ):
+        self.unet = unet
+        self.vae = vae.requires_grad_(False).eval()
+        self.text_encoder = text_encoder.requires_grad_(train_text_encoder)
+        self.tokenizer = tokenizer
+        self.text_encoder_spec = text_encoder_spec or TextEncoderSpec(config=text_encoder.config)
+        self.parameterization = parameterization_for(prediction)
+        self.model_sampling = ModelSampling.from_config(schedule)
+        self.latent_scale = vae.config.scaling_factor if latent_scale is None else latent_scale
+        self.caption_dropout = caption_dropout
+        self.trainable: dict[str, nn.Module] = {"unet": unet}
+        if train_text_encoder:
+            self.trainable["text_encoder"] = text_encoder
+
+    def describe(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return {
+            "prediction": type(self.parameterization).__name__,
+            "latent_scale": self.latent_scale,
+            "caption_dropout": self.caption_dropout,
+            "trained": sorted(self.trainable),
+            "timesteps": self.model_sampling.num_timesteps,
+        }
+
+    def encode_captions(self, captions: Sequence[str], networks: Networks) -> torch.Tensor:
+        """Cross-attention context of the captions taken literally (one 77-token chunk, no prompt syntax)."""
+        network = networks.get("text_encoder", self.text_encoder)
+        device = self.text_encoder.text_model.embeddings.token_embedding.weight.device
+        ids = self.tokenizer(list(captions), length=CAPTION_TOKENS).to(device)
+        spec = self.text_encoder_spec
+        with torch.set_grad_enabled("text_encoder" in self.trainable and torch.is_grad_enabled()):
+            output = network(
+                ids, hidden_layer=spec.hidden_layer, final_norm=spec.final_norm, want_pooled=False
+            )
+        return output.hidden
+
+    def loss(
+        self, images: torch.Tensor, captions: Sequence[str], generator: torch.Generator, networks: Networks
+    ) -> torch.Tensor:
+        """Mean parameterization loss of one batch of images in [-1, 1] with their captions."""
+        device = next(self.unet.parameters()).device
+        with torch.no_grad():
+            posterior = self.vae.encode(images.to(device))
+            latents = posterior.sample(generator).float() * self.latent_scale
+        batch = latents.shape[0]
+        timesteps = torch.randint(0, self.model_sampling.num_timesteps, (batch,), generator=generator)
+        sigma = self.model_sampling.sigmas[timesteps].to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        context = self.encode_captions(drop_captions(captions, self.caption_dropout, generator), networks)
+        recorder = _OutputRecorder(networks.get("unet", self.unet))
+        denoiser = Denoiser(recorder, self.parameterization, self.model_sampling)
+        denoiser(latents + sigma.view(-1, 1, 1, 1) * noise, sigma, DenoiserConditioning(context))
+        return self.parameterization.loss(recorder.output, latents, noise, sigma)
