@@ -1,0 +1,87 @@
+"""`lienzo eval shapes`: score the evaluation prompt sets, print the accuracy table, save contact sheets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import InvalidArgumentError
+from .evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `lienzo eval shapes`."""
+    parser.add_argument("world", choices=["shapes"], help="the world whose scorer judges the images")
+    parser.add_argument("--model", type=Path, help="model folder or file (default: the built-in model)")
+    parser.add_argument("--prompts", type=int, default=200, help="prompts per category (default: 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the first image")
+    parser.add_argument("--out", type=Path, default=Path("eval-shapes"), help="folder for the contact sheets")
+
+
+def save_png_atomically(image: Image.Image, path: Path) -> None:
+    """Write a PNG through a temporary file in the same folder, so `path` is never half-written."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _check_arguments(prompts_per_category: int, out: Path) -> None:
+    if prompts_per_category < 1:
+        raise InvalidArgumentError(f"--prompts must be at least 1, got {prompts_per_category}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot create the output folder {out}: {error.strerror}; pick another --out"
+        ) from error
+    if not os.access(out, os.W_OK):
+        raise InvalidArgumentError(f"the output folder {out} is not writable; pick another --out")
+
+
+def _pipeline_generator(model: Path | None) -> Callable[[str, int], Image.Image]:
+    from .. import load
+
+    pipe = load(model) if model is not None else load()
+
+    def generate(prompt: str, seed: int) -> Image.Image:
+        return pipe.generate(prompt, seed=seed)[0]
+
+    return generate
+
+
+def run_shapes_eval(
+    generate_fn: Callable[[str, int], Image.Image], prompts_per_category: int, seed: int, out: Path
+) -> EvalReport:
+    """Score every category's prompt set, print the table and write one contact sheet per category."""
+    _check_arguments(prompts_per_category, out)
+    prompts = [p for kind in CATEGORIES for p in evaluation_prompts(prompts_per_category, seed, kind)]
+    report = evaluate(generate_fn, prompts, [seed + index for index in range(len(prompts))])
+    print(report.table())
+    for category in CATEGORIES:
+        chosen = [i for i, item in enumerate(report.items) if item.category == category]
+        sheet = contact_sheet(
+            [report.images[i] for i in chosen],
+            [report.items[i].prompt for i in chosen],
+            [report.items[i].result.matched for i in chosen],
+        )
+        save_png_atomically(sheet, out / f"contact_sheet_{category}.png")
+    print(f"contact sheets written to {out}")
+    return report
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run `lienzo eval shapes` on a loaded model; exit status 0 once the report is written."""
+    _check_arguments(args.prompts, args.out)
+    run_shapes_eval(_pipeline_generator(args.model), args.prompts, args.seed, args.out)
+    return 0
