@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import lienzo
 from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.images import images_to_tensor
+from lienzo.pipelines.inpaint import InpaintRegion, inpaint_latents
 from lienzo.pipelines.masking import (
     Box,
     ConcatChannels,
@@ -20,6 +24,11 @@ from lienzo.pipelines.masking import (
     masked_image,
     paste_back,
 )
+from lienzo.pipelines.options import resolve_options
+from lienzo.pipelines.steps import schedule_sigmas
+from tiny_models import tiny_pipeline_folder
+
+INPAINT_FAMILIES = ("sd1-inpaint", "sd1")
 
 
 def rectangle_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
@@ -112,3 +121,122 @@ def test_concat_channels_repeats_the_extra_input_to_the_batch():
     out = ConcatChannels(unet, extra)(torch.zeros(2, 4, 2, 2), torch.zeros(2), torch.zeros(2, 1, 8))
     assert seen["x"].shape == (2, 9, 2, 2) and out.shape == (2, 4, 2, 2)
     assert torch.equal(seen["x"][1, 4:], extra[0])
+
+
+SIZE = (48, 40)
+MASK_BOX = (8, 8, 32, 24)
+FAST = {"steps": 2, "seed": 3, "sampler": "euler", "cfg": 5.0}
+
+
+@pytest.fixture(scope="module")
+def pipes() -> dict:
+    return {family: lienzo.load(tiny_pipeline_folder(family), device="cpu") for family in INPAINT_FAMILIES}
+
+
+def pixels(image: Image.Image) -> torch.Tensor:
+    """(H, W, 3) uint8 tensor of an RGB image."""
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(
+        image.height, image.width, 3
+    )
+
+
+def kept(image: Image.Image, mask: Image.Image) -> torch.Tensor:
+    """The pixels of `image` outside the (sharp) mask."""
+    return pixels(image)[mask_to_tensor(mask)[0, 0] < 0.5]
+
+
+@pytest.mark.parametrize("family", INPAINT_FAMILIES)
+@pytest.mark.parametrize("only_masked", [False, True])
+def test_inpaint_keeps_unmasked_pixels_bit_for_bit(pipes, family, only_masked):
+    image, mask = noise_image(SIZE), rectangle_mask(SIZE, MASK_BOX)
+    results = pipes[family].inpaint(
+        image, mask, "a red circle", only_masked=only_masked, padding=8, width=32, height=32, **FAST
+    )
+    result = results[0]
+    assert result.size == SIZE and result.info["lienzo"]["mode"] == "inpaint"
+    assert torch.equal(kept(result, mask), kept(image, mask))
+    assert not torch.equal(pixels(result), pixels(image))
+
+
+def test_inpaint_is_deterministic_and_batch_items_follow_seeds(pipes):
+    image, mask = noise_image(SIZE), rectangle_mask(SIZE, MASK_BOX)
+    batch = pipes["sd1"].inpaint(image, mask, "a cat", batch_size=2, **FAST)
+    second = pipes["sd1"].inpaint(image, mask, "a cat", **{**FAST, "seed": FAST["seed"] + 1})
+    assert batch[1].tobytes() == second[0].tobytes()
+    assert batch[0].tobytes() != batch[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mask": Image.new("L", (40, 40))}, "same size"),
+        ({"padding": -8, "only_masked": True}, "multiple of 8"),
+        ({"padding": 12}, "multiple of 8"),
+        ({"strength": 1.5}, r"\[0, 1\]"),
+        ({"strength": -0.1}, r"\[0, 1\]"),
+        ({"image": "does-not-exist.png"}, "does not exist"),
+    ],
+)
+def test_inpaint_rejects_bad_input(pipes, kwargs, message):
+    arguments = {"image": noise_image(SIZE), "mask": rectangle_mask(SIZE, MASK_BOX), **kwargs}
+    with pytest.raises(InvalidArgumentError, match=message):
+        pipes["sd1"].inpaint(arguments.pop("image"), arguments.pop("mask"), "a cat", **arguments, **FAST)
+
+
+def test_inpaint_rejects_an_unreadable_image(pipes, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(InvalidArgumentError, match="cannot read"):
+        pipes["sd1"].inpaint(noise_image(SIZE), broken, "a cat", **FAST)
+
+
+def diffusers_inpaint_latents(
+    family: str, image: Image.Image, mask: Image.Image, sigmas: torch.Tensor, strength: float
+) -> torch.Tensor:
+    """Latents from diffusers' StableDiffusionInpaintPipeline with Euler over the same sigmas and seed.
+
+    The image and masked-image latents are given as VAE means (diffusers would draw samples), so the
+    seeded generator is used only for the initial noise, as in lienzo.
+    """
+    folder = tiny_pipeline_folder(family)
+    reference = diffusers.StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None)
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        reference.scheduler.config, timestep_spacing="linspace"
+    )
+    reference.set_progress_bar_config(disable=True)
+    width, height = image.size
+    init = reference.image_processor.preprocess(image, height=height, width=width)
+    condition = reference.mask_processor.preprocess(mask, height=height, width=width)
+    scale = reference.vae.config.scaling_factor
+    with torch.no_grad():
+        image_latents = reference.vae.encode(init).latent_dist.mean * scale
+        masked_latents = reference.vae.encode(init * (condition < 0.5)).latent_dist.mean * scale
+    return reference(
+        "a red circle",
+        image=image_latents,
+        mask_image=mask,
+        masked_image_latents=masked_latents,
+        height=height,
+        width=width,
+        strength=strength,
+        sigmas=sigmas.tolist(),
+        guidance_scale=FAST["cfg"],
+        generator=torch.Generator().manual_seed(FAST["seed"]),
+        output_type="latent",
+    ).images
+
+
+@pytest.mark.parametrize(("family", "strength"), [("sd1-inpaint", 1.0), ("sd1", 0.5)])
+def test_inpaint_latents_match_diffusers(pipes, family, strength):
+    image, mask = noise_image((32, 32)), rectangle_mask((32, 32), (8, 8, 24, 20))
+    pipe = pipes[family]
+    settings = {**FAST, "steps": 4}
+    options = resolve_options(
+        pipe.spec, prompt="a red circle", width=32, height=32, strength=strength, mode="inpaint", **settings
+    )
+    region = InpaintRegion(images_to_tensor([image]), mask_to_tensor(mask), Box(0, 0, 32, 32))
+    ours = inpaint_latents(pipe, region, options)
+    theirs = diffusers_inpaint_latents(family, image, mask, schedule_sigmas(options), strength)
+    error, scale = (ours - theirs).abs().max().item(), theirs.abs().max().item()
+    print(f"{family} inpaint latents: max abs error {error:.2e}, largest value {scale:.2f}")
+    assert error < 1e-5 * scale
