@@ -1,0 +1,270 @@
+"""A1111's PNG `parameters` text: write it from a generation record, read it back, save PNGs with it.
+
+Layout (AUTOMATIC1111 stable-diffusion-webui): line 1.. the prompt, then `Negative prompt: ...`
+(omitted when empty), then one line of `Key: value` pairs joined by ", ". A value holding a comma,
+colon or newline is written as a JSON string. Records are the dicts of
+`GenerationOptions.to_record` (keys in lienzo.pipelines.options.RECORD_KEYS).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from ..diffusion.samplers import A1111_NAMES, resolve_sampler
+from ..errors import InvalidArgumentError
+from .output import write_png_atomically
+
+PARAMETERS_KEY = "parameters"
+WORKFLOW_KEY = "workflow"
+NEGATIVE_PREFIX = "Negative prompt:"
+SAMPLER_DISPLAY_NAMES = {sampler: display for display, sampler in A1111_NAMES.items()}
+SCHEDULE_DISPLAY_NAMES = {
+    "normal": "Normal",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "simple": "Simple",
+    "sgm_uniform": "SGM Uniform",
+    "ddim_uniform": "DDIM",
+    "beta": "Beta",
+}
+SCHEDULE_IDS = {display.lower(): schedule for schedule, display in SCHEDULE_DISPLAY_NAMES.items()}
+SCHEDULE_IDS.update({"uniform": "normal", "automatic": "normal"})
+"""A1111 "Schedule type" values -> lienzo scheduler ids ("Uniform"/"Automatic": the model's own spacing)."""
+UPSCALER_DISPLAY_NAMES = {"latent": "Latent", "latent-nearest": "Latent (nearest-exact)", "image": "Lanczos"}
+UPSCALER_IDS = {display.lower(): upscaler for upscaler, display in UPSCALER_DISPLAY_NAMES.items()}
+PARAMETER_PAIR = re.compile(r'\s*(\w[\w \-/()]*?):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)')
+"""One `Key: value` pair of the last line; a quoted value is a JSON string."""
+IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+MIN_PARAMETER_PAIRS = 3
+"""A last line with fewer pairs is part of the prompt (A1111's own rule)."""
+
+
+def lienzo_version() -> str:
+    """The running lienzo version, as written in the `Version` field."""
+    import lienzo
+
+    return f"lienzo {lienzo.__version__}"
+
+
+def format_number(value: float | int) -> str:
+    """A number the way A1111 shows it: whole floats without ".0" (7.0 -> "7"), others exactly (repr)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def quote(value: object) -> str:
+    """A value as A1111 writes it: as is, or as a JSON string when it holds ',', ':' or a newline."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
+
+
+def model_field(name: str | None, model_hash: str | None) -> str | None:
+    """A1111's "Refiner" value: `name [hash]`, or whichever part is known."""
+    if name and model_hash:
+        return f"{name} [{model_hash}]"
+    return name or model_hash
+
+
+def parameter_fields(record: dict) -> dict[str, object]:
+    """The `Key: value` fields of a record in A1111's order; None means "leave out"."""
+    hires, refiner = record.get("hires"), record.get("refiner")
+    width, height = record.get("width"), record.get("height")
+    mode = record.get("mode", "txt2img")
+    strength = hires["strength"] if hires else (record.get("strength") if mode != "txt2img" else None)
+    variation_strength = record.get("variation_strength") or 0
+    clip_skip = record.get("clip_skip") or 1
+    sampler, scheduler = record.get("sampler"), record.get("scheduler")
+    return {
+        "Steps": record.get("steps"),
+        "Sampler": SAMPLER_DISPLAY_NAMES.get(sampler, sampler),
+        "Schedule type": SCHEDULE_DISPLAY_NAMES.get(scheduler, scheduler),
+        "CFG scale": record.get("cfg"),
+        "Seed": record.get("seed"),
+        "Size": f"{width}x{height}" if width and height else None,
+        "Model hash": record.get("model_hash"),
+        "Model": record.get("model"),
+        "Denoising strength": strength,
+        "Clip skip": clip_skip if clip_skip > 1 else None,
+        "Variation seed": record.get("variation_seed") if variation_strength > 0 else None,
+        "Variation seed strength": variation_strength if variation_strength > 0 else None,
+        "Guidance rescale": record.get("guidance_rescale") or None,
+        "Hires upscale": hires["scale"] if hires else None,
+        "Hires steps": hires.get("steps") if hires else None,
+        "Hires upscaler": UPSCALER_DISPLAY_NAMES.get(hires["upscaler"], hires["upscaler"]) if hires else None,
+        "Refiner": model_field(refiner.get("model"), refiner.get("model_hash")) if refiner else None,
+        "Refiner switch at": refiner["switch_at"] if refiner else None,
+        "Version": lienzo_version(),
+    }
+
+
+def format_parameters(record: dict) -> str:
+    """A1111's `parameters` text for a generation record (prompt, negative prompt, settings line)."""
+    values = {key: value for key, value in parameter_fields(record).items() if value is not None}
+    settings = ", ".join(
+        f"{key}: {format_number(value) if isinstance(value, int | float) else quote(value)}"
+        for key, value in values.items()
+    )
+    negative = record.get("negative_prompt") or ""
+    negative_line = f"\n{NEGATIVE_PREFIX} {negative}" if negative else ""
+    return f"{record.get('prompt') or ''}{negative_line}\n{settings}".strip()
+
+
+def unquote(value: str) -> str:
+    """A field value without its JSON quotes (left as is when it is not a valid JSON string)."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def split_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, {key: raw value}) of a parameters text; prompts may span lines."""
+    *lines, last = text.replace("\r\n", "\n").strip().split("\n")
+    pairs = PARAMETER_PAIR.findall(last)
+    if len(pairs) < MIN_PARAMETER_PAIRS:
+        lines, pairs = [*lines, last], []
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    for line in lines:
+        if negative_lines or line.startswith(NEGATIVE_PREFIX):
+            negative_lines.append(line.removeprefix(NEGATIVE_PREFIX).strip() if not negative_lines else line)
+        else:
+            prompt_lines.append(line)
+    fields = {key.strip(): unquote(value.strip()) for key, value in pairs}
+    return "\n".join(prompt_lines).strip(), "\n".join(negative_lines).strip(), fields
+
+
+def _number(fields: dict[str, str], key: str, kind: type):
+    """fields[key] as int or float (None when absent); a malformed number names the field to fix."""
+    if key not in fields:
+        return None
+    try:
+        return kind(fields.pop(key))
+    except ValueError as error:
+        raise InvalidArgumentError(
+            f"the parameters text has an unreadable {key!r} value; fix or remove that field"
+        ) from error
+
+
+def _model_and_hash(value: str) -> tuple[str, str | None]:
+    """Split A1111's `name [hash]` into its parts."""
+    match = re.fullmatch(r"(.*?)\s*\[([0-9a-fA-F]+)\]", value)
+    return (match.group(1), match.group(2)) if match else (value, None)
+
+
+def _sampler_and_scheduler(fields: dict[str, str]) -> tuple[str | None, str | None]:
+    """Sampler id and scheduler id; old files write "DPM++ 2M Karras" without a Schedule type."""
+    display, schedule = fields.pop("Sampler", None), fields.pop("Schedule type", None)
+    if display is None:
+        return None, SCHEDULE_IDS.get(schedule.lower(), schedule) if schedule else None
+    try:
+        sampler, implied = resolve_sampler(display)
+    except InvalidArgumentError:
+        sampler, implied = display, None
+    if schedule is not None:
+        return sampler, SCHEDULE_IDS.get(schedule.lower(), schedule.lower())
+    return sampler, implied or "normal"
+
+
+def _hires(fields: dict[str, str], strength: float | None, size: tuple[int, int] | None) -> dict | None:
+    """The record's `hires` dict from A1111's Hires fields (None without "Hires upscale")."""
+    scale = _number(fields, "Hires upscale", float)
+    if scale is None:
+        return None
+    upscaler = fields.pop("Hires upscaler", "Latent")
+    width, height = (int(side * scale) // 8 * 8 for side in size) if size else (None, None)
+    return {
+        "scale": scale,
+        "steps": _number(fields, "Hires steps", int),
+        "strength": 0.5 if strength is None else strength,
+        "upscaler": UPSCALER_IDS.get(upscaler.lower(), upscaler),
+        "width": width,
+        "height": height,
+    }
+
+
+def parse_parameters(text: str) -> dict:
+    """A generation record from A1111's `parameters` text (inverse of `format_parameters`).
+
+    Absent settings are None; fields lienzo does not use are kept as raw strings under "extra".
+    A "Denoising strength" without hires fix marks an img2img-style run (mode "img2img").
+    """
+    prompt, negative, fields = split_parameters(text)
+    sampler, scheduler = _sampler_and_scheduler(fields)
+    width = height = None
+    if (size := IMAGE_SIZE.match(fields.pop("Size", ""))) is not None:
+        width, height = int(size.group(1)), int(size.group(2))
+    strength = _number(fields, "Denoising strength", float)
+    hires = _hires(fields, strength, (width, height) if width else None)
+    refiner = None
+    if "Refiner" in fields:
+        name, refiner_hash = _model_and_hash(fields.pop("Refiner"))
+        switch_at = _number(fields, "Refiner switch at", float)
+        refiner = {
+            "model": name,
+            "model_hash": refiner_hash,
+            "switch_at": 0.8 if switch_at is None else switch_at,
+        }
+    img2img_style = strength is not None and hires is None
+    return {
+        "mode": "img2img" if img2img_style else "txt2img",
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "steps": _number(fields, "Steps", int),
+        "sampler": sampler,
+        "scheduler": scheduler,
+        "cfg": _number(fields, "CFG scale", float),
+        "seed": _number(fields, "Seed", int),
+        "width": width,
+        "height": height,
+        "batch_size": 1,
+        "batch_index": 0,
+        "clip_skip": _number(fields, "Clip skip", int) or 1,
+        "strength": strength if img2img_style else 1.0,
+        "variation_seed": _number(fields, "Variation seed", int),
+        "variation_strength": _number(fields, "Variation seed strength", float) or 0.0,
+        "guidance_rescale": _number(fields, "Guidance rescale", float) or 0.0,
+        "hires": hires,
+        "refiner": refiner,
+        "model": fields.pop("Model", None),
+        "model_hash": fields.pop("Model hash", None),
+        "family": None,
+        "extra": fields,
+    }
+
+
+def save_png(image: Image.Image, path: str | Path, record: dict, workflow: dict | None = None) -> Path:
+    """Write `image` as PNG with the `parameters` tEXt chunk (and a `workflow` JSON chunk), atomically."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(record))
+    if workflow is not None:
+        info.add_text(WORKFLOW_KEY, json.dumps(workflow))
+    return write_png_atomically(image, Path(path), info)
+
+
+def read_parameters(path: str | Path) -> str:
+    """The `parameters` text of a PNG file; a missing file or chunk raises InvalidArgumentError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            text = image.info.get(PARAMETERS_KEY)
+    except FileNotFoundError as error:
+        raise InvalidArgumentError(f"{path} does not exist; give the PNG whose settings to reuse") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidArgumentError(
+            f"cannot read {path} as an image; give a PNG written by lienzo or A1111"
+        ) from error
+    if not text:
+        raise InvalidArgumentError(
+            f"{path} carries no generation parameters; give a PNG written by lienzo or A1111"
+        )
+    return text
