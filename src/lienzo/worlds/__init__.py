@@ -1,5 +1,25 @@
-"""Synthetic worlds with exactly known content: the shapes world and its scorer."""
+"""Synthetic worlds with exactly known content: the shapes world, its dataset, scorer and evaluation."""
 
+from .dataset import ShapesDataConfig, ShapesDataset, caption_corpus
+from .evaluate import EvalReport, contact_sheet, evaluate, evaluation_prompts
+from .scorer import ScoreResult, detect_scene, parse_prompt, score
 from .shapes import Scene, SceneObject, caption, render, sample_scene
 
-__all__ = ["Scene", "SceneObject", "caption", "render", "sample_scene"]
+__all__ = [
+    "EvalReport",
+    "Scene",
+    "SceneObject",
+    "ScoreResult",
+    "ShapesDataConfig",
+    "ShapesDataset",
+    "caption",
+    "caption_corpus",
+    "contact_sheet",
+    "detect_scene",
+    "evaluate",
+    "evaluation_prompts",
+    "parse_prompt",
+    "render",
+    "sample_scene",
+    "score",
+]

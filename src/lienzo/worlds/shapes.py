@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import InvalidArgumentError
+
 CANVAS = 128
 SUPERSAMPLING = 2
 
@@ -141,7 +143,7 @@ def sample_scene(
     """A random scene per the world's spec; held-out colour-shape pairs only when `allow_held_out`."""
     count = int(rng.integers(1, 3)) if objects is None else objects
     if count not in (1, 2):
-        raise ValueError(f"a scene holds one or two objects, not {count}")
+        raise InvalidArgumentError(f"a scene holds one or two objects, not {count}; ask for 1 or 2")
     background = COLOURS[rng.integers(len(COLOURS))]
     cells = [tuple(CELLS)[i] for i in rng.choice(len(CELLS), size=count, replace=False)]
     placed: list[SceneObject] = []
