@@ -1,0 +1,78 @@
+"""Filmstrip previews: the decoded x0 prediction every N sampler steps, side by side, labelled with the step.
+
+The picture of an image emerging from noise: each frame is the VAE decode of the sampler's current
+estimate of the clean latent (the `denoised` value of the step callback), for the first batch item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import InvalidArgumentError
+from .steps import decode_latents
+
+LABEL_HEIGHT = 14
+LABEL_MARGIN = 2
+BACKGROUND = (24, 24, 24)
+LABEL_COLOUR = (235, 235, 235)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One filmstrip frame: its label and the decoded prediction."""
+
+    label: str
+    image: Image.Image
+
+
+@dataclass
+class FilmstripRecorder:
+    """A step callback that decodes the x0 prediction every `every` steps (and at each stage's last step)."""
+
+    pipe: object
+    every: int
+    frames: list[Frame] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise InvalidArgumentError(f"preview interval must be 1 or more steps, got {self.every}")
+
+    def __call__(self, state: dict) -> None:
+        """Record a frame when this step is due; only the first batch item is shown."""
+        step, total = state["i"] + 1, state.get("total", state["i"] + 1)
+        if state.get("batch_start", 0) != 0 or (step % self.every and step != total):
+            return
+        stage = state.get("stage", "base")
+        label = f"step {step}" if stage == "base" else f"{stage} {step}"
+        image = decode_latents(self.pipe, state["denoised"][:1])[0]
+        self.frames.append(Frame(label, image))
+
+    def filmstrip(self) -> Image.Image:
+        """The recorded frames side by side (see `filmstrip`)."""
+        return filmstrip(self.frames)
+
+
+def filmstrip(frames: list[Frame]) -> Image.Image:
+    """Frames in a row at the first frame's height, each under a band with its label."""
+    if not frames:
+        raise InvalidArgumentError("no preview frames were recorded; run at least one sampler step")
+    height = frames[0].image.height
+    font = ImageFont.load_default()
+    scaled = [
+        frame.image.resize((max(1, round(frame.image.width * height / frame.image.height)), height))
+        for frame in frames
+    ]
+    widths = [
+        max(image.width, round(font.getlength(frame.label)) + 2 * LABEL_MARGIN)
+        for frame, image in zip(frames, scaled, strict=True)
+    ]
+    strip = Image.new("RGB", (sum(widths), height + LABEL_HEIGHT), BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    left = 0
+    for frame, image, width in zip(frames, scaled, widths, strict=True):
+        strip.paste(image, (left + (width - image.width) // 2, LABEL_HEIGHT))
+        draw.text((left + LABEL_MARGIN, 1), frame.label, fill=LABEL_COLOUR, font=font)
+        left += width
+    return strip
