@@ -49,8 +49,10 @@ def wrap_module(module: nn.Module, group: ProcessGroup, device: torch.device) ->
     """The module in DistributedDataParallel when training on several processes, else itself."""
     if not group.is_distributed:
         return module
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return DistributedDataParallel(module, device_ids=device_ids if device.type == "cuda" else None)
+    if device.type != "cuda":
+        return DistributedDataParallel(module)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(module, device_ids=[index])
 
 
 def barrier(group: ProcessGroup) -> None:
