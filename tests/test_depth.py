@@ -85,3 +85,52 @@ def test_depth2img_rejects_bad_input(pipe, tmp_path):
         pipe.depth2img(image, broken, "a room", **FAST)
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         pipe.depth2img(image, tmp_path / "missing.png", "a room", **FAST)
+
+
+def diffusers_depth2img_latents(
+    image: Image.Image, depth: torch.Tensor, sigmas: torch.Tensor, strength: float
+):
+    """Latents from diffusers' StableDiffusionDepth2ImgPipeline: Euler over the same sigmas and seed.
+
+    Its VAE posterior is read at the mean (diffusers would draw a sample), so the seeded generator
+    gives the initial noise only, as in lienzo.
+    """
+    reference = diffusers.StableDiffusionDepth2ImgPipeline.from_pretrained(
+        tiny_pipeline_folder("sd2-depth"), depth_estimator=None, feature_extractor=None
+    )
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    set_timesteps, encode = reference.scheduler.set_timesteps, reference.vae.encode
+    reference.scheduler.set_timesteps = lambda steps, device=None: set_timesteps(
+        sigmas=sigmas.tolist(), device=device
+    )
+
+    def encode_to_mean(pixels, *args, **kwargs):
+        mean = encode(pixels).latent_dist.mean
+        return SimpleNamespace(latent_dist=SimpleNamespace(sample=lambda generator=None: mean))
+
+    reference.vae.encode = encode_to_mean
+    return reference(
+        "a room",
+        image=image,
+        depth_map=depth,
+        strength=strength,
+        num_inference_steps=len(sigmas) - 1,
+        guidance_scale=FAST["cfg"],
+        generator=torch.Generator().manual_seed(FAST["seed"]),
+        output_type="latent",
+    ).images
+
+
+def test_depth2img_latents_match_diffusers(pipe):
+    image, depth = photo((32, 32)), gradient((32, 32), True)
+    captured = {}
+    pipe.depth2img(image, depth, "a room", callback=captured.update, **FAST)
+    sigmas = lienzo.diffusion.get_sigmas(
+        "karras", FAST["steps"], lienzo.diffusion.ModelSampling.from_config()
+    )
+    theirs = diffusers_depth2img_latents(image, load_depth_map(depth)[0], sigmas, 0.8)
+    ours = captured["denoised"]  # Euler's last step lands on its x0 estimate
+    error, scale = (ours - theirs).abs().max().item(), theirs.abs().max().item()
+    print(f"sd2-depth depth2img latents: max abs error {error:.2e}, largest value {scale:.2f}")
+    assert error < 1e-5 * scale
