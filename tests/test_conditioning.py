@@ -212,6 +212,13 @@ def test_full_chunk_moves_back_to_a_recent_comma(before, backtrack, lengths):
         assert chunks[0].tokens[-1] == tokenizer.token_id(",</w>")
 
 
+def test_no_comma_means_no_move_whatever_the_backtrack():
+    tokenizer = CLIPTokenizer.from_bundled()
+    for backtrack in (74, 100):
+        chunks = chunk_prompt("cat " * 80, tokenizer, comma_backtrack=backtrack)
+        assert [len(chunk.tokens) for chunk in chunks] == [75, 5]
+
+
 def test_moved_tokens_keep_their_weights():
     tokenizer = CLIPTokenizer.from_bundled()
     chunks = chunk_prompt("cat " * 70 + ", " + "(dog:1.5) " * 5 + "bird " * 5, tokenizer)

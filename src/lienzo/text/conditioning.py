@@ -1,4 +1,4 @@
-"""Prompt encoding: token chunks of 75 (A1111 style), one or more CLIP towers, clip skip, pooled output."""
+"""Prompt encoding, A1111 style: weighted 75-token chunks, several CLIP towers, clip skip, pooled vector."""
 
 from __future__ import annotations
 
@@ -60,12 +60,11 @@ def chunk_prompt(
         for token in next(token_ids):
             if token == comma_id:
                 last_comma = len(current.tokens)
-            elif len(current.tokens) == CHUNK_TOKENS and last_comma >= 0:
-                if CHUNK_TOKENS - last_comma <= comma_backtrack:
-                    cut = last_comma + 1
-                    moved = TokenChunk(current.tokens[cut:], current.weights[cut:])
-                    chunks.append(TokenChunk(current.tokens[:cut], current.weights[:cut]))
-                    current, last_comma = moved, -1
+            elif len(current.tokens) == CHUNK_TOKENS and last_comma >= max(0, CHUNK_TOKENS - comma_backtrack):
+                cut = last_comma + 1
+                moved = TokenChunk(current.tokens[cut:], current.weights[cut:])
+                chunks.append(TokenChunk(current.tokens[:cut], current.weights[:cut]))
+                current, last_comma = moved, -1
             if len(current.tokens) == CHUNK_TOKENS:
                 chunks.append(current)
                 current, last_comma = TokenChunk(), -1
@@ -103,10 +102,12 @@ def emphasize(hidden: Tensor, weights: Tensor) -> Tensor:
     same when the batch repeats one prompt).
     """
     weights = weights.to(device=hidden.device, dtype=hidden.dtype)
+    is_weighted = (weights != 1).any(dim=1).reshape(-1, 1, 1)
+    if not is_weighted.any():
+        return hidden
     weighted = hidden * weights.unsqueeze(-1)
     original_mean = hidden.mean(dim=(1, 2), keepdim=True)
     restored = weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
-    is_weighted = (weights != 1).any(dim=1).reshape(-1, 1, 1)
     return torch.where(is_weighted, restored, hidden)
 
 
