@@ -1,0 +1,96 @@
+"""VAE training on the shared loop: reconstruction plus a small KL term, and the latent scaling factor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.vae import AutoencoderKL
+from lienzo.training.objective import Networks
+
+RECONSTRUCTION_LOSSES = ("l1", "mse")
+
+
+class VAERoundTrip(nn.Module):
+    """Encode, draw a latent with the given noise, decode: one forward pass DDP can wrap."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction of `images` and the per-image KL(q(z|x) || N(0, I))."""
+        posterior = self.vae.encode(images)
+        latents = posterior.mean + posterior.std * noise.to(posterior.mean.dtype)
+        return self.vae.decode(latents), posterior.kl()
+
+
+class VAEObjective:
+    """KL-regularised autoencoder loss (Kingma & Welling 2014; Rombach et al. 2022, sec. 3.1).
+
+    loss = mean reconstruction error per pixel + kl_weight * KL per image / pixels per image, which keeps
+    ldm's ratio (pixel-summed reconstruction + 1e-6 * KL) at kl_weight = 1e-6.
+    """
+
+    def __init__(self, vae: AutoencoderKL, *, reconstruction: str = "l1", kl_weight: float = 1e-6):
+        if reconstruction not in RECONSTRUCTION_LOSSES:
+            raise InvalidArgumentError(f"unknown reconstruction loss {reconstruction!r}; use one of: l1, mse")
+        self.vae = vae.requires_grad_(True).train()
+        self.round_trip = VAERoundTrip(vae)
+        self.reconstruction = reconstruction
+        self.kl_weight = kl_weight
+        self.trainable: dict[str, nn.Module] = {"vae": self.round_trip}
+
+    def describe(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return {"reconstruction": self.reconstruction, "kl_weight": self.kl_weight}
+
+    def reconstruction_error(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Mean L1 or squared error per pixel and channel."""
+        if self.reconstruction == "l1":
+            return F.l1_loss(reconstruction.float(), images.float())
+        return F.mse_loss(reconstruction.float(), images.float())
+
+    def loss(
+        self, images: torch.Tensor, captions: Sequence[str], generator: torch.Generator, networks: Networks
+    ) -> torch.Tensor:
+        """Reconstruction + weighted KL of a batch of images in [-1, 1]; captions are ignored."""
+        device = self.vae.quant_conv.weight.device
+        images = images.to(device)
+        factor = self.vae.downscale_factor
+        latent_shape = (
+            images.shape[0],
+            self.vae.config.embed_dim,
+            images.shape[2] // factor,
+            images.shape[3] // factor,
+        )
+        noise = torch.randn(latent_shape, generator=generator).to(device)
+        reconstruction, kl = networks.get("vae", self.round_trip)(images, noise)
+        pixels_per_image = images[0].numel()
+        return (
+            self.reconstruction_error(reconstruction, images)
+            + self.kl_weight * kl.float().mean() / pixels_per_image
+        )
+
+
+@torch.no_grad()
+def latent_scaling_factor(
+    vae: AutoencoderKL, images: torch.Tensor, *, batch_size: int = 16, seed: int = 0
+) -> float:
+    """1 / std of sampled latents over `images` (N, C, H, W) in [-1, 1]: how SD's 0.18215 was found
+    (Rombach et al. 2022, sec. 4.3.2 and appendix G), so scaled latents have unit variance."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise InvalidArgumentError(
+            f"latent_scaling_factor needs a batch of images (N, C, H, W), got shape {tuple(images.shape)}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    device = vae.quant_conv.weight.device
+    latents = [
+        vae.encode(images[start : start + batch_size].to(device)).sample(generator).float().cpu()
+        for start in range(0, images.shape[0], batch_size)
+    ]
+    return float(1.0 / torch.cat(latents).flatten().std())

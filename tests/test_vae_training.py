@@ -1,0 +1,91 @@
+"""VAE training on the shared loop: the reconstruction error falls; the latent scaling factor is 1/std."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.vae import AutoencoderKL, VAEConfig
+from lienzo.training import train
+from lienzo.training.checkpoint import CHECKPOINT_NAME, load_training_state
+from lienzo.training.vae_training import VAEObjective, latent_scaling_factor
+from test_training import SquaresDataset, quick_config
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A 32x32 -> 4x8x8 autoencoder with seeded random weights."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(VAEConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=4))
+
+
+def fixed_images(count: int = 8) -> torch.Tensor:
+    """The first `count` squares of the test dataset."""
+    return torch.stack([SquaresDataset()[index][0] for index in range(count)])
+
+
+@torch.no_grad()
+def reconstruction_error(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """Mean absolute error of decoding the posterior mean."""
+    return float((vae.decode(vae.encode(images).mean) - images).abs().mean())
+
+
+def test_vae_training_reduces_reconstruction_error(tmp_path: Path):
+    vae = tiny_vae()
+    images = fixed_images()
+    before = reconstruction_error(vae, images)
+    objective = VAEObjective(vae, reconstruction="l1")
+    train(quick_config(12, ema_decay=None), objective, SquaresDataset(), tmp_path)
+    after = reconstruction_error(vae, images)
+    assert after < 0.7 * before, (before, after)
+    state = load_training_state(tmp_path / CHECKPOINT_NAME)
+    torch.testing.assert_close(state["modules"]["vae"]["vae.quant_conv.weight"], vae.quant_conv.weight)
+
+
+def test_kl_term_is_weighted_per_pixel():
+    vae = tiny_vae()
+    images = fixed_images(2)
+    generator_state = torch.Generator().manual_seed(3).get_state()
+    plain = VAEObjective(vae, kl_weight=0.0)
+    weighted = VAEObjective(vae, kl_weight=1.0)
+    generator = torch.Generator()
+    generator.set_state(generator_state)
+    base = plain.loss(images, ["", ""], generator, {})
+    generator.set_state(generator_state)
+    total = weighted.loss(images, ["", ""], generator, {})
+    kl = vae.encode(images).kl().mean() / images[0].numel()
+    torch.testing.assert_close(total - base, kl, rtol=1e-4, atol=1e-6)
+
+
+def test_latent_scaling_factor_is_one_over_latent_std():
+    vae = tiny_vae()
+    images = fixed_images(6)
+    factor = latent_scaling_factor(vae, images, batch_size=4, seed=1)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        parts = [vae.encode(images[:4]).sample(generator), vae.encode(images[4:]).sample(generator)]
+    latents = torch.cat(parts)
+    assert factor == pytest.approx(1.0 / float(latents.std()), rel=1e-6)
+    with torch.no_grad():
+        vae.quant_conv.weight.mul_(2.0)
+        vae.quant_conv.bias.mul_(2.0)
+    assert latent_scaling_factor(vae, images, seed=1) < factor
+
+
+def test_mse_reconstruction_is_the_mean_squared_error():
+    vae = tiny_vae()
+    images = fixed_images(2)
+    generator = torch.Generator().manual_seed(4)
+    loss = VAEObjective(vae, reconstruction="mse", kl_weight=0.0).loss(images, ["", ""], generator, {})
+    generator = torch.Generator().manual_seed(4)
+    posterior = vae.encode(images)
+    noise = torch.randn(posterior.mean.shape, generator=generator)
+    reconstruction = vae.decode(posterior.mean + posterior.std * noise)
+    torch.testing.assert_close(loss, (reconstruction - images).pow(2).mean())
+
+
+def test_unknown_reconstruction_loss_is_refused():
+    with pytest.raises(InvalidArgumentError, match="l1, mse"):
+        VAEObjective(tiny_vae(), reconstruction="huber")
