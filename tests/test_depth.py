@@ -134,3 +134,9 @@ def test_depth2img_latents_match_diffusers(pipe):
     error, scale = (ours - theirs).abs().max().item(), theirs.abs().max().item()
     print(f"sd2-depth depth2img latents: max abs error {error:.2e}, largest value {scale:.2f}")
     assert error < 1e-5 * scale
+
+
+def test_inpaint_refuses_a_depth_model(pipe):
+    image, mask = photo((32, 32)), Image.new("L", (32, 32), 255)
+    with pytest.raises(InvalidArgumentError, match="inpaint model"):
+        pipe.inpaint(image, mask, "a room", **FAST)

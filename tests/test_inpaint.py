@@ -24,7 +24,7 @@ from lienzo.pipelines.masking import (
     masked_image,
     paste_back,
 )
-from lienzo.pipelines.options import resolve_options
+from lienzo.pipelines.options import HiresOptions, resolve_options
 from lienzo.pipelines.steps import schedule_sigmas
 from tiny_models import tiny_pipeline_folder
 
@@ -175,6 +175,7 @@ def test_inpaint_is_deterministic_and_batch_items_follow_seeds(pipes):
         ({"strength": 1.5}, r"\[0, 1\]"),
         ({"strength": -0.1}, r"\[0, 1\]"),
         ({"image": "does-not-exist.png"}, "does not exist"),
+        ({"hires": HiresOptions()}, "generate only"),
     ],
 )
 def test_inpaint_rejects_bad_input(pipes, kwargs, message):

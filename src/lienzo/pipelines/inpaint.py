@@ -15,8 +15,8 @@ from PIL import Image
 from ..diffusion import img2img_sigmas
 from ..errors import InvalidArgumentError
 from .images import ImageInput, images_to_tensor, load_image, resize_image
+from .img2img import img2img_size
 from .masking import (
-    LATENT_FACTOR,
     Box,
     as_mask,
     blur_mask,
@@ -64,15 +64,14 @@ def load_mask(mask: ImageInput) -> Image.Image:
     return as_mask(mask if isinstance(mask, Image.Image) else load_image(mask))
 
 
-def working_size(image: Image.Image, only_masked: bool, settings: dict) -> tuple[int | None, int | None]:
-    """(width, height) to generate at: the user's; else the family default for "only masked", or the
-    image's own size rounded down to multiples of 8."""
-    width, height = settings.pop("width", None), settings.pop("height", None)
+def working_size(
+    image: Image.Image, only_masked: bool, width: int | None, height: int | None
+) -> tuple[int | None, int | None]:
+    """(width, height) to generate at: the given ones; else the family default (None) for "only masked",
+    or the image's own size rounded down to multiples of 8."""
     if only_masked:
         return width, height
-    rounded = (max(LATENT_FACTOR, side // LATENT_FACTOR * LATENT_FACTOR) for side in image.size)
-    default_width, default_height = rounded
-    return width or default_width, height or default_height
+    return img2img_size(image, width, height)
 
 
 def inpaint(
@@ -85,6 +84,8 @@ def inpaint(
     mask_blur: float = 4,
     only_masked: bool = False,
     padding: int = 32,
+    width: int | None = None,
+    height: int | None = None,
     callback: StepCallback | None = None,
     mode: str = "inpaint",
     **settings,
@@ -93,10 +94,14 @@ def inpaint(
     source, mask_image = load_image(image), load_mask(mask)
     check_mask_size(mask_image, source)
     check_multiple_of_8("padding", padding)
-    width, height = working_size(source, only_masked, settings)
+    width, height = working_size(source, only_masked, width, height)
     options = resolve_options(
         pipe.spec, prompt=prompt, width=width, height=height, strength=strength, mode=mode, **settings
     )
+    if options.hires is not None or options.refiner is not None:
+        raise InvalidArgumentError(
+            "hires fix and the SDXL refiner apply to generate only; inpaint without them, then use img2img"
+        )
     blurred = blur_mask(mask_image, mask_blur)
     size = (options.width, options.height)
     box = crop_box(blurred, padding, size, source.size) if only_masked else Box(0, 0, *source.size)
