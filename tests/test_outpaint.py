@@ -67,3 +67,12 @@ def test_outpaint_extends_the_canvas_and_keeps_the_original(pipe, margins, size)
 def test_outpaint_rejects_bad_margins(pipe, margins, message):
     with pytest.raises(InvalidArgumentError, match=message):
         pipe.outpaint(noise_image((32, 24)), "a wide landscape", **margins, **FAST)
+
+
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
+def test_outpaint_works_for_v_prediction_and_sdxl(family):
+    other = lienzo.load(tiny_pipeline_folder(family), device="cpu")
+    image = noise_image((32, 32))
+    result = other.outpaint(image, "a wide landscape", right=8, **FAST)[0]
+    assert result.size == (40, 32) and result.info["lienzo"]["family"] == family
+    assert torch.equal(pixels(result)[:, :32], pixels(image))
