@@ -204,3 +204,24 @@ def test_bad_config_values_are_refused():
         TrainConfig(mixed_precision="fp8")
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path: Path):
+    objective = tiny_objective()
+    result = train(quick_config(2, mixed_precision="bf16"), objective, SquaresDataset(), tmp_path)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(param.dtype == torch.float32 for param in objective.unet.parameters())
+
+
+def test_fp16_on_cpu_is_refused(tmp_path: Path):
+    with pytest.raises(InvalidArgumentError, match="CUDA"):
+        train(quick_config(1, mixed_precision="fp16"), tiny_objective(), SquaresDataset(), tmp_path)
+
+
+def test_trains_on_the_shapes_world_dataset(tmp_path: Path):
+    from lienzo.worlds.dataset import ShapesDataConfig, ShapesDataset
+
+    dataset = ShapesDataset(ShapesDataConfig(seed=3, resolution=32))
+    result = train(quick_config(2), tiny_objective(), dataset, tmp_path)
+    assert result.step == 2 and all(loss > 0 for loss in result.losses)
+    assert load_training_state(result.checkpoint)["data_position"] == 8

@@ -5,5 +5,18 @@ from __future__ import annotations
 from lienzo.training.config import OptimConfig, TrainConfig
 from lienzo.training.loop import TrainResult, train
 from lienzo.training.objective import LatentDiffusionObjective, Objective
+from lienzo.training.tokenizer_training import read_trained_tokenizer, train_clip_tokenizer
+from lienzo.training.vae_training import VAEObjective, latent_scaling_factor
 
-__all__ = ["LatentDiffusionObjective", "Objective", "OptimConfig", "TrainConfig", "TrainResult", "train"]
+__all__ = [
+    "LatentDiffusionObjective",
+    "Objective",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainResult",
+    "VAEObjective",
+    "latent_scaling_factor",
+    "read_trained_tokenizer",
+    "train",
+    "train_clip_tokenizer",
+]
