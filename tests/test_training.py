@@ -23,6 +23,15 @@ COLOURS = {"red": (1.0, -0.6, -0.6), "green": (-0.6, 0.6, -0.6), "blue": (-0.6, 
 PLACES = {"left": 2, "right": 18}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class SquaresDataset:
     """Seeded coloured squares on grey, 32x32, captioned "a <colour> square on the <side>"."""
 
@@ -95,13 +104,14 @@ def fixed_batch_loss(objective: LatentDiffusionObjective) -> float:
     return float(torch.stack(losses).mean())
 
 
-def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path: Path):
-    objective = tiny_objective("eps", train_text_encoder=True)
+@pytest.mark.parametrize(("prediction", "at_most"), [("eps", 0.8), ("v", 0.93)])
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path: Path, prediction: str, at_most: float):
+    objective = tiny_objective(prediction, train_text_encoder=True)
     before = fixed_batch_loss(objective)
-    result = train(quick_config(15), objective, SquaresDataset(), tmp_path)
+    result = train(quick_config(30), objective, SquaresDataset(), tmp_path)
     after = fixed_batch_loss(objective)
-    assert result.step == 15 and len(result.losses) == 15
-    assert after < 0.85 * before, (before, after)
+    assert result.step == 30 and len(result.losses) == 30
+    assert after < at_most * before, (before, after)
 
 
 def test_objective_uses_the_samplers_parameterization():

@@ -15,6 +15,15 @@ from lienzo.training.vae_training import VAEObjective, latent_scaling_factor
 from test_training import SquaresDataset, quick_config
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
     """A 32x32 -> 4x8x8 autoencoder with seeded random weights."""
     torch.manual_seed(seed)
