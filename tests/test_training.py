@@ -165,8 +165,13 @@ def test_sample_fn_sees_ema_weights_and_training_weights_come_back(tmp_path: Pat
     def sample_fn(step: int, folder: Path) -> None:
         seen.append((step, objective.unet.out[2].weight.detach().clone()))
 
-    train(quick_config(4, sample_every=2), objective, SquaresDataset(), tmp_path, sample_fn=sample_fn)
+    result = train(
+        quick_config(4, sample_every=2), objective, SquaresDataset(), tmp_path, sample_fn=sample_fn
+    )
     state = load_training_state(tmp_path / CHECKPOINT_NAME)
+    torch.testing.assert_close(
+        result.ema.state_dict()["unet.out.2.weight"], state["ema"]["unet.out.2.weight"]
+    )
     assert [step for step, _ in seen] == [2, 4]
     torch.testing.assert_close(seen[-1][1], state["ema"]["unet.out.2.weight"])
     torch.testing.assert_close(objective.unet.out[2].weight, state["modules"]["unet"]["out.2.weight"])

@@ -43,11 +43,15 @@ SampleFn = Callable[[int, Path], None]
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run reports: the last step, the losses of this process's steps, the checkpoint."""
+    """What a finished run reports: the last step, this process's losses, the checkpoint and the EMA.
+
+    `ema.copy_to(objective.trainable)` puts the averaged weights into the modules for export.
+    """
 
     step: int
     losses: list[float]
     checkpoint: Path
+    ema: EMA | None
 
 
 def batch_at(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, list[str]]:
@@ -60,6 +64,14 @@ def batch_at(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, li
 def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
     """Linear learning-rate warm-up from 1/(warmup+1) to 1 over `warmup_steps` optimizer steps."""
     return lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
+
+
+def first_parameter_device(objective: Objective) -> torch.device:
+    """The device the trainable modules live on (they must be there before training starts)."""
+    for module in objective.trainable.values():
+        for param in module.parameters():
+            return param.device
+    raise InvalidArgumentError("the objective has no trainable parameters; nothing to train")
 
 
 def ensure_writable(folder: Path) -> None:
@@ -212,11 +224,12 @@ def train(
 ) -> TrainResult:
     """Train `objective`'s modules on `dataset` for `config.steps` optimizer steps, writing to `output_dir`.
 
+    The trainable modules must already be on `device` (default: where their parameters are).
     `resume=True` continues from output_dir's checkpoint when there is one; a path resumes from that file.
     Under torchrun the trainable modules run in DDP, data is sharded by rank and only rank 0 writes.
     """
     folder = Path(output_dir)
-    device = torch.device(device or "cpu")
+    device = torch.device(device) if device is not None else first_parameter_device(objective)
     group = init_from_environment(device)
     checkpoint_path = folder / CHECKPOINT_NAME
     if group.is_main:
@@ -262,4 +275,4 @@ def train(
                 log.plot()
             barrier(group)
     bar.close()
-    return TrainResult(step=trainer.step, losses=losses, checkpoint=checkpoint_path)
+    return TrainResult(step=trainer.step, losses=losses, checkpoint=checkpoint_path, ema=trainer.ema)
