@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import lienzo
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.specs import family_spec
 from lienzo.pipelines.options import RECORD_KEYS, HiresOptions, RefinerOptions, resolve_options
-from lienzo.pipelines.steps import initial_noise, inpaint_blend_denoiser, slerp
+from lienzo.pipelines.steps import initial_noise, inpaint_blend_denoiser, latent_shape, slerp
 from tiny_models import tiny_pipeline_folder
 
 SIZE = 32
@@ -211,3 +212,13 @@ def test_single_file_carries_name_and_a1111_model_hash(tmp_path):
     assert pipe.model_hash is not None and len(pipe.model_hash) == 10
     record = pipe.generate("x", **FAST)[0].info["lienzo"]
     assert (record["model"], record["model_hash"]) == ("tiny-sd1", pipe.model_hash)
+
+
+def test_sizes_the_unet_cannot_take_name_the_nearest_one():
+    sd1_like = SimpleNamespace(
+        vae=SimpleNamespace(downscale_factor=8),
+        spec=SimpleNamespace(unet=family_spec("sd1").unet, vae=family_spec("sd1").vae),
+    )
+    assert latent_shape(sd1_like, 640, 512) == (4, 64, 80)
+    with pytest.raises(InvalidArgumentError, match="multiple of 64, e.g. 512"):
+        latent_shape(sd1_like, 520, 512)

@@ -17,6 +17,7 @@ from .steps import (
     encode_images,
     initial_noise,
     item_generators,
+    latent_shape,
     schedule_sigmas,
 )
 
@@ -33,6 +34,7 @@ def img2img_latents(
 ) -> torch.Tensor:
     """Latents of `options.batch_size` items started from init_latents (batch 1 or batch_size) at
     options.strength of a schedule of options.steps; item i's noise comes from seed + i."""
+    latent_shape(pipe, options.width, options.height)
     generators = item_generators(options)
     noise = initial_noise(options, tuple(init_latents.shape[1:]), generators).to(pipe.device)
     sigmas = img2img_sigmas(schedule_sigmas(options), options.strength)
@@ -50,9 +52,14 @@ def img2img_latents(
     )
 
 
-def img2img_size(image: Image.Image, width: int | None, height: int | None) -> tuple[int, int]:
-    """The working size: the given one, else the image's own rounded down to multiples of 8."""
-    return width or max(8, image.width // 8 * 8), height or max(8, image.height // 8 * 8)
+def img2img_size(
+    image: Image.Image, width: int | None, height: int | None, multiple: int = 8
+) -> tuple[int, int]:
+    """The working size: the given one, else the image's own rounded down to multiples of `multiple`."""
+    return (
+        width or max(multiple, image.width // multiple * multiple),
+        height or max(multiple, image.height // multiple * multiple),
+    )
 
 
 def img2img(

@@ -22,7 +22,7 @@ from .img2img import img2img, img2img_size
 from .inpaint import inpaint
 from .options import resolve_options
 from .outpaint import outpaint
-from .steps import StepCallback
+from .steps import StepCallback, size_multiple
 from .txt2img import txt2img
 
 HASH_CHUNK_BYTES = 1 << 24
@@ -133,11 +133,12 @@ class Pipeline:
     ) -> list:
         """img2img (SDEdit): `image` noised to `strength` and denoised toward the prompt.
 
-        The size defaults to the image's own, rounded down to multiples of 8; `more` takes generate's
+        The size defaults to the image's own, rounded down to a size the model takes (multiples of 64 for
+        SD 1/2, 32 for SDXL); `more` takes generate's
         keyword arguments (negative_prompt, steps, cfg, sampler, seed, batch_size, ...).
         """
         source = load_image(image)
-        width, height = img2img_size(source, width, height)
+        width, height = img2img_size(source, width, height, size_multiple(self))
         options = resolve_options(
             self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
         )

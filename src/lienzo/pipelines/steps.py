@@ -25,6 +25,7 @@ from ..diffusion import (
     sample,
 )
 from ..diffusion.samplers.common import Denoise
+from ..errors import InvalidArgumentError
 from ..models.unet import sdxl_vector_conditioning
 from .images import images_to_tensor, tensor_to_images
 from .options import GenerationOptions
@@ -111,8 +112,21 @@ def prompt_conditioning(pipe, options: GenerationOptions) -> tuple[Conditioning,
     return conditioning_pair(pipe, encode_texts(pipe, options), options.width, options.height, scores)
 
 
+def size_multiple(pipe) -> int:
+    """What width and height must be multiples of: the VAE's factor times 2 per UNet downsampling."""
+    return pipe.vae.downscale_factor * 2 ** (len(pipe.spec.unet.channel_mult) - 1)
+
+
 def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
-    """(channels, height, width) of one item's latent for an image of width x height pixels."""
+    """(channels, height, width) of one item's latent for an image of width x height pixels; a size the
+    UNet cannot take raises InvalidArgumentError naming the nearest one it can."""
+    multiple = size_multiple(pipe)
+    for name, value in (("width", width), ("height", height)):
+        if value % multiple:
+            nearest = max(multiple, round(value / multiple) * multiple)
+            raise InvalidArgumentError(
+                f"{name} {value} does not fit this model: use a multiple of {multiple}, e.g. {nearest}"
+            )
     factor = pipe.vae.downscale_factor
     return pipe.spec.vae.embed_dim, height // factor, width // factor
 
