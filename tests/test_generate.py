@@ -222,3 +222,15 @@ def test_sizes_the_unet_cannot_take_name_the_nearest_one():
     assert latent_shape(sd1_like, 640, 512) == (4, 64, 80)
     with pytest.raises(InvalidArgumentError, match="multiple of 64, e.g. 512"):
         latent_shape(sd1_like, 520, 512)
+
+
+def test_text_encoders_run_once_per_call_whatever_the_batch():
+    pipe = tiny("sdxl")
+    calls = []
+    hooks = [encoder.register_forward_hook(lambda *_: calls.append(1)) for encoder in pipe.text_encoders]
+    try:
+        pipe.generate("x", negative_prompt="y", batch_size=3, sampler="euler_ancestral", **FAST)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls) == len(pipe.text_encoders)

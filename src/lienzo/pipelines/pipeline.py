@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ..io import ModelFiles, read_model
@@ -95,7 +96,7 @@ class Pipeline:
         refiner=None,
         callback: StepCallback | None = None,
         **more,
-    ) -> list:
+    ) -> list[Image.Image]:
         """txt2img: `batch_size` PIL images (item i from seed + i), settings in image.info["lienzo"].
 
         None takes the family default (see lienzo.pipelines.options); `more` takes the other
@@ -130,7 +131,7 @@ class Pipeline:
         height: int | None = None,
         callback: StepCallback | None = None,
         **more,
-    ) -> list:
+    ) -> list[Image.Image]:
         """img2img (SDEdit): `image` noised to `strength` and denoised toward the prompt.
 
         The size defaults to the image's own, rounded down to a size the model takes (multiples of 64 for
