@@ -21,7 +21,7 @@ from .depth import depth2img
 from .images import ImageInput, load_image
 from .img2img import img2img, img2img_size
 from .inpaint import inpaint
-from .options import resolve_options
+from .options import HiresOptions, RefinerOptions, resolve_options
 from .outpaint import outpaint
 from .steps import StepCallback, size_multiple
 from .txt2img import txt2img
@@ -92,8 +92,8 @@ class Pipeline:
         seed: int | None = None,
         batch_size: int = 1,
         clip_skip: int | None = None,
-        hires=None,
-        refiner=None,
+        hires: HiresOptions | None = None,
+        refiner: RefinerOptions | None = None,
         callback: StepCallback | None = None,
         **more,
     ) -> list[Image.Image]:
