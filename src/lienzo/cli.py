@@ -368,6 +368,16 @@ def write_filmstrip(recorder: FilmstripRecorder, first_output: Path) -> Path:
         raise
 
 
+def warn_on_other_model(record: dict, pipe) -> None:
+    """Note on stderr when --from-png names a model hash that differs from the loaded model's."""
+    stored, loaded = record.get("model_hash"), pipe.model_hash
+    if stored and loaded and stored.lower() != loaded.lower():
+        print(
+            f"note: the PNG was made with model hash {stored}, this model has {loaded}; images will differ",
+            file=sys.stderr,
+        )
+
+
 def run_generation(args: argparse.Namespace) -> int:
     """Run generate / img2img / inpaint / outpaint and write one PNG per image."""
     record = stored_record(args)
@@ -378,6 +388,7 @@ def run_generation(args: argparse.Namespace) -> int:
     target = prepare_target(args.output)
     dtype = DTYPES[args.dtype] if args.dtype else None
     pipe = load(args.model, device=args.device, dtype=dtype, family=args.family)
+    warn_on_other_model(record, pipe)
     if getattr(args, "refiner", None) is not None:
         refiner = load(args.refiner, device=args.device, dtype=dtype)
         switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}
