@@ -7,12 +7,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lienzo.cli import main
+from lienzo.cli import main, warn_on_other_model
 from lienzo.pipelines.metadata import parse_parameters, read_parameters, save_png
 from lienzo.pipelines.preview import LABEL_HEIGHT
 from tiny_models import tiny_pipeline_folder
@@ -264,3 +265,11 @@ def test_more_bad_input_in_process(model, inputs, tmp_path, monkeypatch, capsys)
         ):
             failures.append(f"{name}: exit {returncode}, stderr {captured.err!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_from_png_notes_a_different_model_hash(capsys):
+    warn_on_other_model({"model_hash": "0123456789"}, SimpleNamespace(model_hash="abcdefabcd"))
+    assert "0123456789" in capsys.readouterr().err
+    warn_on_other_model({"model_hash": "ABCDEFABCD"}, SimpleNamespace(model_hash="abcdefabcd"))
+    warn_on_other_model({}, SimpleNamespace(model_hash="abcdefabcd"))
+    assert capsys.readouterr().err == ""
