@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-import lienzo
+import lienzo.eval_command
 from lienzo.errors import InvalidArgumentError
-from lienzo.worlds.cli import add_eval_arguments, run_eval
+from lienzo.eval_command import add_eval_arguments, run_eval
 from lienzo.worlds.evaluate import (
     CATEGORIES,
     contact_sheet,
@@ -254,7 +254,9 @@ def parse_eval_args(argv):
 
 def test_eval_command_scores_ground_truth_fully(tmp_path, monkeypatch, capsys):
     loaded = []
-    monkeypatch.setattr(lienzo, "load", lambda *args, **kwargs: loaded.append(args) or GroundTruthPipeline())
+    monkeypatch.setattr(
+        lienzo.eval_command, "load", lambda *args, **kwargs: loaded.append(args) or GroundTruthPipeline()
+    )
     out = tmp_path / "eval"
     args = parse_eval_args(
         ["shapes", "--model", str(tmp_path), "--prompts", "6", "--seed", "4", "--out", str(out)]

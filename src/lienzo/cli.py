@@ -12,6 +12,7 @@ import torch
 
 from .diffusion import SCHEDULERS
 from .errors import InvalidArgumentError, LienzoError
+from .eval_command import add_eval_arguments, run_eval
 from .io import read_model, write_model
 from .io.model_files import dtype_names, parameter_count
 from .models.specs import family_spec
@@ -435,6 +436,7 @@ COMMANDS = [
     *GENERATION_COMMANDS,
     Command("info", "show a model's family, format, components and settings", add_info_arguments, run_info),
     Command("convert", "convert diffusers folders and single files", add_convert_arguments, run_convert),
+    Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
 ]
 
 

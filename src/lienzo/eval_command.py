@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InvalidArgumentError
-from .evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
+from .errors import InvalidArgumentError
+from .pipelines.output import write_png_atomically
+from .pipelines.pipeline import load
+from .worlds.evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,19 +22,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=200, help="prompts per category (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the first image")
     parser.add_argument("--out", type=Path, default=Path("eval-shapes"), help="folder for the contact sheets")
-
-
-def save_png_atomically(image: Image.Image, path: Path) -> None:
-    """Write a PNG through a temporary file in the same folder, so `path` is never half-written."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, format="PNG")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _check_arguments(prompts_per_category: int, out: Path) -> None:
@@ -50,8 +38,6 @@ def _check_arguments(prompts_per_category: int, out: Path) -> None:
 
 
 def _pipeline_generator(model: Path | None) -> Callable[[str, int], Image.Image]:
-    from .. import load
-
     pipe = load(model) if model is not None else load()
 
     def generate(prompt: str, seed: int) -> Image.Image:
@@ -75,7 +61,7 @@ def run_shapes_eval(
             [report.items[i].prompt for i in chosen],
             [report.items[i].result.matched for i in chosen],
         )
-        save_png_atomically(sheet, out / f"contact_sheet_{category}.png")
+        write_png_atomically(sheet, out / f"contact_sheet_{category}.png")
     print(f"contact sheets written to {out}")
     return report
 
