@@ -24,6 +24,7 @@ from .pipelines.options import HIRES_UPSCALERS, HiresOptions, RefinerOptions, re
 from .pipelines.output import prepare_target, release_paths, reserve_paths, write_png_atomically
 from .pipelines.pipeline import load
 from .pipelines.preview import FilmstripRecorder
+from .train_command import TRAIN_EPILOG, add_train_arguments, run_train
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FORMATS = ("diffusers", "single-file")
@@ -437,6 +438,13 @@ COMMANDS = [
     Command("info", "show a model's family, format, components and settings", add_info_arguments, run_info),
     Command("convert", "convert diffusers folders and single files", add_convert_arguments, run_convert),
     Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
+    Command(
+        "train",
+        "train a model with a recipe (shapes: the built-in model)",
+        add_train_arguments,
+        run_train,
+        TRAIN_EPILOG,
+    ),
 ]
 
 

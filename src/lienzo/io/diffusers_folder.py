@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,7 +54,8 @@ def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> M
     read_model_index(folder)
     family = family or detect_folder_family(folder)
     layout = family_layout(family)
-    unet_config = unet_config_from_diffusers(read_json(folder / "unet" / "config.json"))
+    unet_json = read_json(folder / "unet" / "config.json")
+    unet_config = unet_config_from_diffusers(unet_json)
     vae_config = vae_config_from_diffusers(read_json(folder / "vae" / "config.json"))
     unet = unet_diffusers_to_ldm(read_component_weights(folder / "unet", DIFFUSERS_WEIGHTS))
     vae = vae_diffusers_to_ldm(read_component_weights(folder / "vae", DIFFUSERS_WEIGHTS))
@@ -65,6 +67,9 @@ def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> M
         tokenizer = folder / tower.tokenizer_component
         tokenizer_folders.append(tokenizer if tokenizer.is_dir() else None)
     spec = spec_with_configs(family, unet_config, vae_config, text_configs)
+    if "sample_size" in unet_json:
+        resolution = int(unet_json["sample_size"]) * 2 ** (len(vae_config.ch_mult) - 1)
+        spec = replace(spec, resolution=resolution)
     return ModelFiles(family, spec, unet, vae, text_encoders, tokenizer_folders, "diffusers")
 
 

@@ -111,6 +111,7 @@ def depth2img(
             generator=generators[0],
             callback=callback,
             batch_start=start,
+            progress=pipe.progress,
         )
         decoded = decode_latents(pipe, latents)
         attach_records(pipe, decoded, options, start)

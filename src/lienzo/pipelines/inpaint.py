@@ -148,7 +148,14 @@ def inpaint_latents(
         x = noise * sigmas[0] if options.strength == 1 else latent + noise * sigmas[0]
         results.append(
             run_sampler(
-                denoise, x, sigmas, group, generator=generators[0], callback=callback, batch_start=start
+                denoise,
+                x,
+                sigmas,
+                group,
+                generator=generators[0],
+                callback=callback,
+                batch_start=start,
+                progress=pipe.progress,
             )
         )
     return torch.cat(results)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..errors import ModelNotFoundError
 from ..io import ModelFiles, read_model
 from ..models.clip import CLIPTextModel
 from ..models.specs import FamilySpec
@@ -27,11 +28,16 @@ from .steps import StepCallback, size_multiple
 from .txt2img import txt2img
 
 HASH_CHUNK_BYTES = 1 << 24
+BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"
+"""The shapes-world model shipped inside the package, made by `lienzo train recipe shapes`."""
 
 
 @dataclass
 class Pipeline:
-    """A ready-to-run model family; every network is in eval mode with gradients off."""
+    """A ready-to-run model family; every network is in eval mode with gradients off.
+
+    `progress` shows a tqdm bar over each sampling run; set it False for quiet batch work.
+    """
 
     family: str
     spec: FamilySpec
@@ -41,6 +47,7 @@ class Pipeline:
     tokenizers: list[CLIPTokenizer]
     name: str | None = None
     path: Path | None = None
+    progress: bool = True
     _model_hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -250,8 +257,16 @@ def pipeline_from_files(
     )
 
 
-def load(path: str | Path, *, device=None, dtype=None, family: str | None = None) -> Pipeline:
-    """Load a diffusers folder or a single-file checkpoint; `family` overrides detection (e.g. "sd2-v")."""
+def load(path: str | Path | None = None, *, device=None, dtype=None, family: str | None = None) -> Pipeline:
+    """Load a diffusers folder or a single-file checkpoint (no path: the built-in shapes model);
+    `family` overrides detection (e.g. "sd2-v")."""
+    if path is None:
+        if not (BUILTIN_MODEL / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"this install has no built-in model at {BUILTIN_MODEL}; pass a model path, or train one "
+                "with `lienzo train recipe shapes --out DIR`"
+            )
+        path = BUILTIN_MODEL
     path = Path(path)
     files = read_model(path, family=family)
     name = path.stem if path.is_file() else path.name

@@ -53,7 +53,6 @@ def denoise_latents(
     callback: StepCallback | None = None,
     batch_start: int = 0,
     wrap_denoise: DenoiseWrapper | None = None,
-    progress: bool = True,
 ) -> torch.Tensor:
     """Sample x from sigmas[0] to sigmas[-1]; with options.refiner, the base model runs the first
     `switch_at` of the steps and the refiner (with its aesthetic-score conditioning) the rest."""
@@ -61,7 +60,12 @@ def denoise_latents(
     refiner = options.refiner
     steps = len(sigmas) - 1
     handoff = steps if refiner is None else switch_index(steps, refiner.switch_at)
-    run = {"generator": generator, "callback": callback, "batch_start": batch_start, "progress": progress}
+    run = {
+        "generator": generator,
+        "callback": callback,
+        "batch_start": batch_start,
+        "progress": pipe.progress,
+    }
     if handoff > 0:
         base = _stage_denoiser(pipe, prompts.base, options, (6.0, 2.5))
         x = run_sampler(wrap(base), x, sigmas[: handoff + 1], options, stage="base", **run)

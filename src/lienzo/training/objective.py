@@ -13,7 +13,7 @@ from lienzo.diffusion import Denoiser, ModelSampling, NoiseScheduleConfig, param
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import TextEncoderSpec
 from lienzo.models.unet import UNetModel
-from lienzo.models.vae import AutoencoderKL
+from lienzo.models.vae import AutoencoderKL, DiagonalGaussian
 from lienzo.text.tokenizer import CLIPTokenizer
 
 CAPTION_TOKENS = 77
@@ -56,7 +56,10 @@ def drop_captions(captions: Sequence[str], probability: float, generator: torch.
 
 class LatentDiffusionObjective:
     """Latent diffusion loss (Rombach et al. 2022): VAE latents, uniform t, x = x0 + sigma_t * noise,
-    UNet through the samplers' Denoiser scalings, loss from the same Parameterization (eps or v)."""
+    UNet through the samplers' Denoiser scalings, loss from the same Parameterization (eps or v).
+
+    With `encoded_inputs` the dataset yields the VAE posterior moments (mean and log-variance stacked on
+    channels, as `AutoencoderKL.encode` computes them) instead of images, so a frozen VAE encodes once."""
 
     def __init__(
         self,
@@ -71,6 +74,7 @@ class LatentDiffusionObjective:
         latent_scale: float | None = None,
         train_text_encoder: bool = False,
         caption_dropout: float = 0.1,
+        encoded_inputs: bool = False,
     ):
         self.unet = unet
         self.vae = vae.requires_grad_(False).eval()
@@ -81,6 +85,7 @@ class LatentDiffusionObjective:
         self.model_sampling = ModelSampling.from_config(schedule)
         self.latent_scale = vae.config.scaling_factor if latent_scale is None else latent_scale
         self.caption_dropout = caption_dropout
+        self.encoded_inputs = encoded_inputs
         self.trainable: dict[str, nn.Module] = {"unet": unet}
         if train_text_encoder:
             self.trainable["text_encoder"] = text_encoder
@@ -93,6 +98,7 @@ class LatentDiffusionObjective:
             "caption_dropout": self.caption_dropout,
             "trained": sorted(self.trainable),
             "timesteps": self.model_sampling.num_timesteps,
+            "encoded_inputs": self.encoded_inputs,
         }
 
     def encode_captions(self, captions: Sequence[str], networks: Networks) -> torch.Tensor:
@@ -110,10 +116,11 @@ class LatentDiffusionObjective:
     def loss(
         self, images: torch.Tensor, captions: Sequence[str], generator: torch.Generator, networks: Networks
     ) -> torch.Tensor:
-        """Mean parameterization loss of one batch of images in [-1, 1] with their captions."""
+        """Mean parameterization loss of one batch of images in [-1, 1] (or posterior moments) with captions."""
         device = next(self.unet.parameters()).device
         with torch.no_grad():
-            posterior = self.vae.encode(images.to(device))
+            inputs = images.to(device)
+            posterior = DiagonalGaussian(inputs) if self.encoded_inputs else self.vae.encode(inputs)
             latents = posterior.sample(generator).float() * self.latent_scale
         batch = latents.shape[0]
         timesteps = torch.randint(0, self.model_sampling.num_timesteps, (batch,), generator=generator)

@@ -1,0 +1,267 @@
+"""The built-in model's recipe: tokenizer, VAE, then UNet and text encoder, trained from nothing on the
+shapes world and exported as a diffusers folder (`lienzo train recipe shapes --out DIR`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..io.diffusers_folder import write_diffusers_folder
+from ..io.formats import read_state_dict, write_safetensors
+from ..io.model_files import ModelFiles, spec_with_configs
+from ..models.clip import CLIPTextConfig, CLIPTextModel
+from ..models.unet import UNetConfig, UNetModel
+from ..models.vae import AutoencoderKL, VAEConfig
+from ..pipelines.output import write_png_atomically
+from ..pipelines.pipeline import Pipeline, pipeline_from_files
+from ..text.tokenizer import CLIPTokenizer
+from ..training import (
+    LatentDiffusionObjective,
+    OptimConfig,
+    TrainConfig,
+    VAEObjective,
+    latent_scaling_factor,
+    read_trained_tokenizer,
+    train,
+    train_clip_tokenizer,
+)
+from ..training.loop import ensure_writable
+from ..worlds.dataset import ShapesDataConfig, ShapesDataset, caption_corpus
+from ..worlds.evaluate import CATEGORIES, contact_sheet, evaluate, evaluation_prompts
+from .shapes_data import LatentPool, RandomCrops, encode_pool
+
+FAMILY = "sd1"
+"""The built-in model is an SD 1.x-family model (CLIP-style text tower, eps prediction), only smaller."""
+MODEL_FOLDER = "model"
+POOL_FILE = "latent_pool.safetensors"
+
+
+@dataclass(frozen=True)
+class ShapesRecipe:
+    """Every choice that makes the built-in model; `miniature()` is the same recipe in seconds."""
+
+    data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
+    tokenizer_captions: int = 20000
+    tokenizer_vocab: int = 1024
+    vae: VAEConfig = VAEConfig(ch=32, ch_mult=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8)
+    vae_crop: int = 64
+    vae_reconstruction: str = "mse"
+    vae_training: TrainConfig = TrainConfig(
+        steps=2400,
+        batch_size=16,
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=20),
+        ema_decay=None,
+        checkpoint_every=200,
+        log_every=10,
+    )
+    scale_images: int = 512
+    latent_pool: int = 30000
+    text_encoder: CLIPTextConfig = CLIPTextConfig(
+        hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4
+    )
+    unet: UNetConfig = UNetConfig(
+        model_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        transformer_depth=(0, 1, 1),
+        transformer_depth_middle=1,
+        num_head_channels=32,
+        context_dim=128,
+        use_linear_in_transformer=True,
+        norm_groups=16,
+    )
+    diffusion_training: TrainConfig = TrainConfig(
+        steps=3500,
+        batch_size=64,
+        optim=OptimConfig(learning_rate=3e-4, warmup_steps=200),
+        ema_decay=0.999,
+        checkpoint_every=250,
+        sample_every=500,
+        log_every=10,
+    )
+    caption_dropout: float = 0.1
+    sample_prompts: int = 8
+
+    @classmethod
+    def miniature(cls) -> ShapesRecipe:
+        """The whole recipe at toy sizes and a few steps: proves every stage runs, trains nothing useful."""
+        quick = TrainConfig(steps=2, batch_size=2, ema_decay=0.9, checkpoint_every=1, sample_every=2)
+        return cls(
+            tokenizer_captions=200,
+            tokenizer_vocab=600,
+            vae=VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1),
+            vae_crop=32,
+            vae_training=replace(quick, ema_decay=None),
+            scale_images=8,
+            latent_pool=8,
+            text_encoder=CLIPTextConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+            ),
+            unet=UNetConfig(
+                model_channels=32,
+                channel_mult=(1, 2),
+                num_res_blocks=1,
+                transformer_depth=(0, 1),
+                transformer_depth_middle=1,
+                num_head_channels=16,
+                context_dim=32,
+                use_linear_in_transformer=True,
+            ),
+            diffusion_training=quick,
+            sample_prompts=1,
+        )
+
+
+def export_files(
+    recipe: ShapesRecipe,
+    unet: UNetModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer_folder: Path,
+) -> ModelFiles:
+    """The trained modules as SD 1.x-family ModelFiles at the world's 128-pixel resolution."""
+    spec = spec_with_configs(FAMILY, unet.config, vae.config, [text_encoder.config])
+    spec = replace(spec, resolution=recipe.data.resolution)
+
+    def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {key: value.detach().float().clone() for key, value in module.state_dict().items()}
+
+    return ModelFiles(
+        FAMILY, spec, weights(unet), weights(vae), [weights(text_encoder)], [tokenizer_folder], "lienzo"
+    )
+
+
+def sample_report(pipe: Pipeline, prompts_per_category: int, folder: Path, step: int) -> str:
+    """Generate and score a few prompts per category; write their contact sheet; return the summary."""
+    prompts = [p for kind in CATEGORIES for p in evaluation_prompts(prompts_per_category, 1, kind)]
+    pipe.progress = False
+    report = evaluate(
+        lambda prompt, seed: pipe.generate(prompt, seed=seed)[0],
+        prompts,
+        list(range(len(prompts))),
+    )
+    matches = [item.result.matched for item in report.items]
+    sheet = contact_sheet(list(report.images), prompts, matches)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png_atomically(sheet, folder / f"step_{step:06d}.png")
+    return ", ".join(f"{kind} {report.accuracy(kind):.0%}" for kind in CATEGORIES)
+
+
+def train_tokenizer(recipe: ShapesRecipe, folder: Path) -> CLIPTokenizer:
+    """Learn the world's BPE vocabulary (deterministic), written atomically as a CLIP tokenizer folder."""
+    if folder.is_dir():
+        return read_trained_tokenizer(folder)
+    captions = caption_corpus(recipe.tokenizer_captions, seed=recipe.data.seed)
+    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=folder.parent))
+    staging.chmod(0o755)
+    train_clip_tokenizer(captions, recipe.tokenizer_vocab, staging)
+    os.replace(staging, folder)
+    return read_trained_tokenizer(folder)
+
+
+def train_vae(recipe: ShapesRecipe, folder: Path, device: torch.device, progress: bool) -> AutoencoderKL:
+    """Stage 2: the autoencoder on random crops (reconstruction + small KL), resumable."""
+    torch.manual_seed(recipe.vae_training.seed)
+    vae = AutoencoderKL(recipe.vae).to(device)
+    config = replace(recipe.vae_training, progress_bar=progress)
+    crops = RandomCrops(ShapesDataset(recipe.data), recipe.vae_crop, seed=recipe.data.seed)
+    objective = VAEObjective(vae, reconstruction=recipe.vae_reconstruction)
+    train(config, objective, crops, folder, resume=True, device=device)
+    return vae.eval().requires_grad_(False)
+
+
+def with_latent_scale(recipe: ShapesRecipe, vae: AutoencoderKL) -> AutoencoderKL:
+    """Set the VAE config's scaling factor to 1 / std of its latents over the world's images."""
+    dataset = ShapesDataset(replace(recipe.data, seed=recipe.data.seed + 1))
+    images = torch.stack([dataset[index][0] for index in range(recipe.scale_images)])
+    scale = latent_scaling_factor(vae, images)
+    vae.config = replace(vae.config, scaling_factor=round(scale, 5))
+    return vae
+
+
+def latent_pool(recipe: ShapesRecipe, vae: AutoencoderKL, path: Path) -> torch.Tensor:
+    """Stage 3: posterior moments of the pool's scenes, encoded once and kept beside the checkpoints."""
+    if path.is_file():
+        moments = read_state_dict(path)["moments"]
+        if moments.shape[0] == recipe.latent_pool:
+            return moments
+    moments = encode_pool(vae, recipe.data, recipe.latent_pool)
+    write_safetensors(path, {"moments": moments})
+    return moments
+
+
+def train_diffusion(
+    recipe: ShapesRecipe,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    tokenizer_folder: Path,
+    moments: torch.Tensor,
+    folder: Path,
+    device: torch.device,
+    progress: bool,
+) -> tuple[UNetModel, CLIPTextModel]:
+    """Stage 4: UNet and text encoder together on the latent pool, EMA weights returned."""
+    torch.manual_seed(recipe.diffusion_training.seed)
+    text_config = replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab))
+    text_encoder = CLIPTextModel(text_config).to(device)
+    unet = UNetModel(recipe.unet).to(device)
+    objective = LatentDiffusionObjective(
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        latent_scale=vae.config.scaling_factor,
+        train_text_encoder=True,
+        caption_dropout=recipe.caption_dropout,
+        encoded_inputs=True,
+    )
+
+    def sample_fn(step: int, samples: Path) -> None:
+        pipe = pipeline_from_files(
+            export_files(recipe, unet, vae, text_encoder, tokenizer_folder), device=device
+        )
+        summary = sample_report(pipe, recipe.sample_prompts, samples, step)
+        print(f"step {step}: prompts matched: {summary}", flush=True)
+
+    config = replace(recipe.diffusion_training, progress_bar=progress)
+    pool = LatentPool(moments, recipe.data)
+    result = train(config, objective, pool, folder, resume=True, device=device, sample_fn=sample_fn)
+    if result.ema is not None:
+        result.ema.copy_to(objective.trainable)
+    return unet.eval(), text_encoder.eval()
+
+
+def run_recipe(
+    out: str | Path, recipe: ShapesRecipe | None = None, *, resume: bool = False, progress: bool = True
+) -> Path:
+    """Train the built-in model into `out` (stages resume where they stopped); returns the model folder."""
+    recipe = recipe or ShapesRecipe()
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise InvalidArgumentError(
+            f"{out} is not empty; continue the run there with --resume or pick a new --out"
+        )
+    ensure_writable(out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer_folder = out / "tokenizer"
+    tokenizer = train_tokenizer(recipe, tokenizer_folder)
+    vae = with_latent_scale(recipe, train_vae(recipe, out / "vae", device, progress))
+    moments = latent_pool(recipe, vae, out / POOL_FILE)
+    unet, text_encoder = train_diffusion(
+        recipe, vae, tokenizer, tokenizer_folder, moments, out / "diffusion", device, progress
+    )
+    files = export_files(recipe, unet, vae, text_encoder, tokenizer_folder)
+    target = out / MODEL_FOLDER
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=out)) / MODEL_FOLDER
+    write_diffusers_folder(files, staging, dtype=torch.float16)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    shutil.rmtree(staging.parent)
+    return target

@@ -1,0 +1,123 @@
+"""The built-in model's recipe: its datasets, the pre-encoded objective, and the whole recipe in miniature."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import lienzo
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.clip import CLIPTextModel
+from lienzo.models.unet import UNetModel
+from lienzo.models.vae import AutoencoderKL
+from lienzo.recipes import ShapesRecipe, run_recipe
+from lienzo.recipes.shapes_data import LatentPool, RandomCrops, encode_pool
+from lienzo.training import LatentDiffusionObjective, train_clip_tokenizer
+from lienzo.worlds.dataset import ShapesDataset, caption_corpus
+from lienzo.worlds.scorer import parse_prompt
+from test_cli import assert_one_error_line, run_cli
+
+
+@pytest.fixture(scope="module")
+def miniature_run(tmp_path_factory) -> Path:
+    """One miniature recipe run through the CLI, shared by the tests that read its output."""
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    result = run_cli("train", "recipe", "shapes", "--out", out, "--miniature", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "model written to" in result.stdout
+    return out
+
+
+def test_random_crops_are_deterministic_and_sized():
+    crops = RandomCrops(ShapesDataset(), 48, seed=3)
+    first, caption = crops[5]
+    assert first.shape == (3, 48, 48)
+    assert torch.equal(first, crops[5][0]) and caption == crops[5][1]
+    assert not torch.equal(first, crops[6][0])
+
+
+def test_latent_pool_recaptions_each_visit_of_a_scene():
+    config = ShapesRecipe().data
+    moments = torch.randn(4, 8, 2, 2).half()
+    pool = LatentPool(moments, config)
+    latent, text = pool[1]
+    assert torch.equal(latent, moments[1].float())
+    visits = {pool[1 + 4 * k][1] for k in range(12)}
+    assert len(visits) > 1, "the same scene should get captions with different dropped parts"
+    scenes = {parse_prompt(caption).background for caption in visits}
+    assert len(scenes) == 1, "every visit describes the same scene"
+
+
+def test_encoded_inputs_give_the_same_loss_as_images():
+    torch.manual_seed(0)
+    recipe = ShapesRecipe.miniature()
+    vae = AutoencoderKL(recipe.vae).eval()
+    tokenizer = train_clip_tokenizer(caption_corpus(100), 600)
+    text = CLIPTextModel(replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab)))
+    unet = UNetModel(recipe.unet)
+    images, captions = ShapesDataset().batch(2)
+    with torch.no_grad():
+        posterior = vae.encode(images)
+    moments = torch.cat([posterior.mean, posterior.logvar], dim=1)
+    losses = []
+    for encoded, inputs in ((False, images), (True, moments)):
+        objective = LatentDiffusionObjective(unet, vae, text, tokenizer, encoded_inputs=encoded)
+        generator = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            losses.append(objective.loss(inputs, captions, generator, {}))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+def test_encode_pool_matches_the_vae_posterior():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(ShapesRecipe.miniature().vae).eval()
+    config = ShapesRecipe().data
+    pool = encode_pool(vae, config, 3, batch_size=2)
+    assert pool.shape[0] == 3 and pool.dtype == torch.float16
+    images = torch.stack([ShapesDataset(config)[index][0] for index in range(3)])
+    with torch.no_grad():
+        posterior = vae.encode(images)
+    expected = torch.cat([posterior.mean, posterior.logvar], dim=1)
+    torch.testing.assert_close(pool.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_miniature_recipe_makes_a_loadable_model(miniature_run):
+    model = miniature_run / "model"
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert (miniature_run / "diffusion" / "loss.csv").is_file()
+    assert (miniature_run / "diffusion" / "loss.png").is_file()
+    assert list((miniature_run / "diffusion" / "samples").glob("step_*.png"))
+    pipe = lienzo.load(model)
+    assert pipe.spec.resolution == 128
+    scale = json.loads((model / "vae" / "config.json").read_text())["scaling_factor"]
+    assert pipe.latent_scale == pytest.approx(scale) and scale != pytest.approx(0.18215)
+    pipe.progress = False
+    image = pipe.generate("a red circle on a blue background", seed=1, steps=3)[0]
+    assert image.size == (128, 128)
+
+
+def test_resuming_a_finished_run_changes_nothing(miniature_run):
+    weights = miniature_run / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights.read_bytes()
+    run_recipe(miniature_run, ShapesRecipe.miniature(), resume=True, progress=False)
+    assert weights.read_bytes() == before
+
+
+def test_a_used_folder_needs_resume(miniature_run):
+    with pytest.raises(InvalidArgumentError, match="--resume"):
+        run_recipe(miniature_run, ShapesRecipe.miniature(), progress=False)
+    assert_one_error_line(
+        run_cli("train", "recipe", "shapes", "--out", miniature_run, "--miniature"), "--resume"
+    )
+
+
+def test_an_unwritable_output_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_cli("train", "recipe", "shapes", "--out", blocker / "run", "--miniature", "--quiet")
+    assert_one_error_line(result, "--out")
