@@ -116,7 +116,7 @@ class LatentDiffusionObjective:
     def loss(
         self, images: torch.Tensor, captions: Sequence[str], generator: torch.Generator, networks: Networks
     ) -> torch.Tensor:
-        """Mean parameterization loss of one batch of images in [-1, 1] (or posterior moments) with captions."""
+        """Mean parameterization loss of a batch of images in [-1, 1] (or posterior moments) and captions."""
         device = next(self.unet.parameters()).device
         with torch.no_grad():
             inputs = images.to(device)
