@@ -21,7 +21,7 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def unet_error(family: str) -> float:
     """UNet output of lienzo vs diffusers' UNet2DConditionModel (SDXL: text_time vector conditioning)."""
     folder = tiny_pipeline_folder(family)
-    pipe = lienzo.load(folder, device="cpu")
+    pipe = lienzo.load(folder, device="cpu", dtype=torch.float32)
     reference = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").eval()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, pipe.spec.unet.in_channels, 16, 16, generator=generator)
@@ -40,7 +40,7 @@ def unet_error(family: str) -> float:
 def vae_errors(family: str) -> tuple[float, float]:
     """(encode mean, decode) errors of lienzo's VAE vs diffusers' AutoencoderKL."""
     folder = tiny_pipeline_folder(family)
-    pipe = lienzo.load(folder, device="cpu")
+    pipe = lienzo.load(folder, device="cpu", dtype=torch.float32)
     reference = diffusers.AutoencoderKL.from_pretrained(folder / "vae").eval()
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
@@ -78,7 +78,7 @@ def sd_reference_context(reference, clip_skip: int) -> torch.Tensor:
 
 def prompt_errors(family: str, clip_skip: int = 1) -> tuple[float, float | None]:
     """(context, pooled) errors of `pipe.encode_prompt` vs the reference pipeline; pooled None without one."""
-    pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu")
+    pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
     reference = reference_pipeline(family)
     cond = pipe.encode_prompt(PROMPTS, clip_skip=clip_skip)
     with torch.no_grad():

@@ -33,7 +33,7 @@ def photo(size: tuple[int, int]) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def pipe():
-    return lienzo.load(tiny_pipeline_folder("sd2-depth"), device="cpu")
+    return lienzo.load(tiny_pipeline_folder("sd2-depth"), device="cpu", dtype=torch.float32)
 
 
 def test_depth_conditioning_matches_diffusers():
@@ -76,7 +76,9 @@ def test_depth2img_batch_item_follows_its_seed(pipe):
 def test_depth2img_rejects_bad_input(pipe, tmp_path):
     image, depth = photo((32, 32)), gradient((32, 32), True)
     with pytest.raises(InvalidArgumentError, match="depth model"):
-        lienzo.load(tiny_pipeline_folder("sd1"), device="cpu").depth2img(image, depth, "a room", **FAST)
+        lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32).depth2img(
+            image, depth, "a room", **FAST
+        )
     with pytest.raises(InvalidArgumentError, match=r"\[0, 1\]"):
         pipe.depth2img(image, depth, "a room", strength=1.2, **FAST)
     broken = tmp_path / "depth.png"

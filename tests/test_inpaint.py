@@ -130,7 +130,10 @@ FAST = {"steps": 2, "seed": 3, "sampler": "euler", "cfg": 5.0}
 
 @pytest.fixture(scope="module")
 def pipes() -> dict:
-    return {family: lienzo.load(tiny_pipeline_folder(family), device="cpu") for family in INPAINT_FAMILIES}
+    return {
+        family: lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
+        for family in INPAINT_FAMILIES
+    }
 
 
 def pixels(image: Image.Image) -> torch.Tensor:

@@ -251,7 +251,7 @@ def test_filmstrip_places_labelled_frames_side_by_side():
 
 def test_recorder_decodes_every_nth_prediction_and_the_last():
     torch.manual_seed(0)
-    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu")
+    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
     recorder = FilmstripRecorder(pipe, every=2)
     (image,) = pipe.generate(
         "a cat", width=32, height=32, steps=5, seed=3, sampler="euler", callback=recorder

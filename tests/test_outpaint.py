@@ -29,7 +29,7 @@ def pixels(image: Image.Image) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def pipe():
-    return lienzo.load(tiny_pipeline_folder("sd1"), device="cpu")
+    return lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
 
 
 def test_extend_canvas_fills_from_the_edges_and_masks_only_the_new_area():
@@ -71,7 +71,7 @@ def test_outpaint_rejects_bad_margins(pipe, margins, message):
 
 @pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
 def test_outpaint_works_for_v_prediction_and_sdxl(family):
-    other = lienzo.load(tiny_pipeline_folder(family), device="cpu")
+    other = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
     image = noise_image((32, 32))
     result = other.outpaint(image, "a wide landscape", right=8, **FAST)[0]
     assert result.size == (40, 32) and result.info["lienzo"]["family"] == family

@@ -20,7 +20,7 @@ def family(request) -> str:
 
 
 def test_load_detects_family(family):
-    pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu")
+    pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
     assert isinstance(pipe, lienzo.Pipeline)
     assert pipe.family == family
     assert pipe.prediction == ("v" if family == "sd2-v" else "eps")
@@ -36,7 +36,10 @@ def test_vae_matches_diffusers(family):
     expected_scale = diffusers.AutoencoderKL.load_config(tiny_pipeline_folder(family) / "vae")[
         "scaling_factor"
     ]
-    assert lienzo.load(tiny_pipeline_folder(family), device="cpu").latent_scale == expected_scale
+    assert (
+        lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32).latent_scale
+        == expected_scale
+    )
 
 
 @pytest.mark.parametrize("family", PROMPT_FAMILIES)
@@ -50,7 +53,7 @@ def test_encode_prompt_matches_reference_pipeline(family, clip_skip):
 
 def test_sd1_context_is_clip_last_hidden_state():
     folder = tiny_pipeline_folder("sd1")
-    pipe = lienzo.load(folder, device="cpu")
+    pipe = lienzo.load(folder, device="cpu", dtype=torch.float32)
     tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
     encoder = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
     ids = tokenizer(
@@ -62,7 +65,7 @@ def test_sd1_context_is_clip_last_hidden_state():
 
 
 def test_long_prompt_is_chunked():
-    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu")
+    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
     long_prompt = " ".join(["red circle"] * 60)
     cond = pipe.encode_prompt([long_prompt, "a blue square"])
     assert cond.context.shape == (2, 154, pipe.spec.unet.context_dim)
@@ -72,8 +75,8 @@ def test_single_file_round_trip_loads_identically(tmp_path):
     folder = tiny_pipeline_folder("sdxl")
     single = tmp_path / "tiny-sdxl.safetensors"
     lienzo.io.write_model(lienzo.io.read_model(folder), single, format="single-file")
-    from_folder = lienzo.load(folder, device="cpu")
-    from_file = lienzo.load(single, device="cpu")
+    from_folder = lienzo.load(folder, device="cpu", dtype=torch.float32)
+    from_file = lienzo.load(single, device="cpu", dtype=torch.float32)
     assert from_file.family == "sdxl"
     for a, b in zip(
         from_folder.unet.state_dict().values(), from_file.unet.state_dict().values(), strict=True

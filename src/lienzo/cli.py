@@ -171,7 +171,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", type=Path, help="a diffusers folder or a .safetensors/.ckpt file")
     model.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
     model.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default fp16 on CUDA, else fp32)"
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
     )
     model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     output = parser.add_argument_group("input and output")

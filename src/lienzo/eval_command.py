@@ -38,7 +38,8 @@ def _check_arguments(prompts_per_category: int, out: Path) -> None:
 
 
 def _pipeline_generator(model: Path | None) -> Callable[[str, int], Image.Image]:
-    pipe = load(model) if model is not None else load()
+    pipe = load(model)
+    pipe.progress = False
 
     def generate(prompt: str, seed: int) -> Image.Image:
         return pipe.generate(prompt, seed=seed)[0]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..devices import default_device, default_dtype
 from ..errors import ModelNotFoundError
 from ..io import ModelFiles, read_model
 from ..models.clip import CLIPTextModel
@@ -219,16 +220,6 @@ def _tokenizer(folder: Path | None, pad_token: str) -> CLIPTokenizer:
         if folder is not None
         else CLIPTokenizer.from_bundled(pad_token=pad_token)
     )
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """float16 on CUDA, float32 elsewhere."""
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def pipeline_from_files(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import default_device
 from ..errors import InvalidArgumentError
 from ..io.diffusers_folder import write_diffusers_folder
 from ..io.formats import read_state_dict, write_safetensors
@@ -248,7 +249,7 @@ def run_recipe(
             f"{out} is not empty; continue the run there with --resume or pick a new --out"
         )
     ensure_writable(out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     tokenizer_folder = out / "tokenizer"
     tokenizer = train_tokenizer(recipe, tokenizer_folder)
     vae = with_latent_scale(recipe, train_vae(recipe, out / "vae", device, progress))

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
+from lienzo.devices import cpu_has_bf16
 from lienzo.errors import InvalidArgumentError
-
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_has_bf16() -> bool:
-    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bf16 matmul far faster than fp32)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return False
-    flags = set(cpuinfo.read_text(errors="ignore").split())
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,32 @@
+"""What the machine offers: the default device and dtype, and whether the CPU has fast bf16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bf16 matmul far faster than fp32)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return False
+    flags = set(cpuinfo.read_text(errors="ignore").split())
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA, bfloat16 on CPUs with bf16 instructions, float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
