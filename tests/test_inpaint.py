@@ -13,7 +13,6 @@ from lienzo.pipelines.images import images_to_tensor
 from lienzo.pipelines.inpaint import InpaintRegion, inpaint_latents
 from lienzo.pipelines.masking import (
     Box,
-    ConcatChannels,
     binarize,
     blur_mask,
     check_mask_size,
@@ -25,7 +24,7 @@ from lienzo.pipelines.masking import (
     paste_back,
 )
 from lienzo.pipelines.options import HiresOptions, resolve_options
-from lienzo.pipelines.steps import schedule_sigmas
+from lienzo.pipelines.steps import ConcatChannels, schedule_sigmas
 from tiny_models import tiny_pipeline_folder
 
 INPAINT_FAMILIES = ("sd1-inpaint", "sd1")

@@ -13,7 +13,6 @@ from ..diffusion import img2img_sigmas
 from ..errors import InvalidArgumentError
 from .images import ImageInput, load_image, resize_image
 from .img2img import img2img_size
-from .masking import conditioned_denoiser
 from .options import resolve_options
 from .steps import (
     StepCallback,
@@ -24,6 +23,7 @@ from .steps import (
     initial_noise,
     item_generators,
     latent_shape,
+    make_denoiser,
     prompt_conditioning,
     run_sampler,
     schedule_sigmas,
@@ -96,7 +96,7 @@ def depth2img(
     extra = depth_conditioning(load_depth_map(depth), shape[1:])
     init = encode_images(pipe, [resize_image(source, options.width, options.height)])
     cond, uncond = prompt_conditioning(pipe, options)
-    denoise = conditioned_denoiser(pipe, cond, uncond, options, extra)
+    denoise = make_denoiser(pipe, cond, uncond, options, extra)
     sigmas = img2img_sigmas(schedule_sigmas(options), options.strength)
     images = []
     for start, count in batch_groups(options):

@@ -23,7 +23,6 @@ from .masking import (
     check_mask_size,
     check_multiple_of_8,
     composite_alpha,
-    conditioned_denoiser,
     crop_box,
     latent_mask,
     mask_to_tensor,
@@ -134,7 +133,7 @@ def inpaint_latents(
     sigmas = img2img_sigmas(schedule_sigmas(options), options.strength)
     if in_channels == INPAINT_CHANNELS:
         masked = encode_images(pipe, masked_image(region.pixels, region.mask))
-        guided = conditioned_denoiser(pipe, cond, uncond, options, torch.cat([mask, masked], dim=1))
+        guided = make_denoiser(pipe, cond, uncond, options, torch.cat([mask, masked], dim=1))
     else:
         guided = make_denoiser(pipe, cond, uncond, options)
     results = []

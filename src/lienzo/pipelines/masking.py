@@ -9,11 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageFilter
 
-from ..diffusion import Conditioning, Denoiser, guided_denoiser, parameterization_for
-from ..diffusion.samplers.common import Denoise
 from ..errors import InvalidArgumentError
-from .options import GenerationOptions
-from .steps import model_sampling, network
 
 MASK_THRESHOLD = 128
 """8-bit mask values at or above this are repainted (white = repaint), values below are kept."""
@@ -174,33 +170,3 @@ def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def blend_latents(x: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Latent blending: `x` inside the mask, `original` outside it (RePaint-style, Lugmayr et al. 2022)."""
     return mask * x + (1 - mask) * original
-
-
-class ConcatChannels:
-    """A UNet wrapper that appends fixed conditioning channels to its input (inpaint mask, depth map)."""
-
-    def __init__(self, unet, extra: torch.Tensor):
-        self.unet = unet
-        self.extra = extra
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y=None) -> torch.Tensor:
-        """unet(cat(x, extra), t, context, y) with `extra` repeated to x's batch (CFG doubles it)."""
-        extra = self.extra.to(device=x.device, dtype=x.dtype)
-        extra = extra.repeat(x.shape[0] // extra.shape[0], 1, 1, 1)
-        return self.unet(torch.cat([x, extra], dim=1), t, context, y=y)
-
-
-def conditioned_denoiser(
-    pipe, cond: Conditioning, uncond: Conditioning, options: GenerationOptions, extra: torch.Tensor
-) -> Denoise:
-    """The guided denoiser of a UNet that takes `extra` conditioning channels after the latent."""
-    device = pipe.device
-    unet = ConcatChannels(network(pipe), extra.to(device))
-    denoiser = Denoiser(unet, parameterization_for(pipe.prediction), model_sampling())
-
-    def on_device(c: Conditioning) -> Conditioning:
-        return Conditioning(c.context.to(device), None if c.y is None else c.y.to(device))
-
-    return guided_denoiser(
-        denoiser, on_device(cond), on_device(uncond), options.cfg, guidance_rescale=options.guidance_rescale
-    )

@@ -200,10 +200,32 @@ def network(pipe) -> Callable[..., torch.Tensor]:
     return run
 
 
-def make_denoiser(pipe, cond: Conditioning, uncond: Conditioning, options: GenerationOptions) -> Denoise:
-    """`denoise(x, sigma) -> x0` with classifier-free guidance (Ho & Salimans 2022) at options.cfg."""
+class ConcatChannels:
+    """A UNet wrapper that appends fixed conditioning channels to its input (inpaint mask, depth map)."""
+
+    def __init__(self, unet, extra: torch.Tensor):
+        self.unet = unet
+        self.extra = extra
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y=None) -> torch.Tensor:
+        """unet(cat(x, extra), t, context, y) with `extra` repeated to x's batch (CFG doubles it)."""
+        extra = self.extra.to(device=x.device, dtype=x.dtype)
+        extra = extra.repeat(x.shape[0] // extra.shape[0], 1, 1, 1)
+        return self.unet(torch.cat([x, extra], dim=1), t, context, y=y)
+
+
+def make_denoiser(
+    pipe,
+    cond: Conditioning,
+    uncond: Conditioning,
+    options: GenerationOptions,
+    extra: torch.Tensor | None = None,
+) -> Denoise:
+    """`denoise(x, sigma) -> x0` with classifier-free guidance (Ho & Salimans 2022) at options.cfg;
+    `extra` channels (inpaint mask and masked image, depth) are appended to the UNet's input."""
     device = pipe.device
-    denoiser = Denoiser(network(pipe), parameterization_for(pipe.prediction), model_sampling())
+    unet = network(pipe) if extra is None else ConcatChannels(network(pipe), extra.to(device))
+    denoiser = Denoiser(unet, parameterization_for(pipe.prediction), model_sampling())
 
     def on_device(c: Conditioning) -> Conditioning:
         return Conditioning(c.context.to(device), None if c.y is None else c.y.to(device))
