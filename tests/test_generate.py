@@ -214,14 +214,29 @@ def test_single_file_carries_name_and_a1111_model_hash(tmp_path):
     assert (record["model"], record["model_hash"]) == ("tiny-sd1", pipe.model_hash)
 
 
-def test_sizes_the_unet_cannot_take_name_the_nearest_one():
+def test_any_multiple_of_8_fits_and_other_sizes_name_the_nearest_one():
     sd1_like = SimpleNamespace(
         vae=SimpleNamespace(downscale_factor=8),
         spec=SimpleNamespace(unet=family_spec("sd1").unet, vae=family_spec("sd1").vae),
     )
     assert latent_shape(sd1_like, 640, 512) == (4, 64, 80)
-    with pytest.raises(InvalidArgumentError, match="multiple of 64, e.g. 512"):
-        latent_shape(sd1_like, 520, 512)
+    assert latent_shape(sd1_like, 520, 456) == (4, 57, 65)
+    with pytest.raises(InvalidArgumentError, match="width 518 .* multiple of 8, e.g. 520"):
+        latent_shape(sd1_like, 518, 512)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_txt2img_at_odd_latent_sides(family):
+    """72x88 px is a 9x11 latent: the UNet's downsampling rounds up and its upsampling meets the skips."""
+    images = tiny(family).generate("a red circle", **{**FAST, "width": 72, "height": 88})
+    assert images[0].size == (72, 88)
+    assert pixels(images[0]).std() > 0
+
+
+def test_img2img_default_size_is_the_image_rounded_down_to_multiples_of_8():
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 256, (95, 77, 3), dtype=np.uint8))
+    images = tiny("sd1").img2img(source, "a red circle", steps=2, seed=1)
+    assert images[0].size == (72, 88)
 
 
 def test_text_encoders_run_once_per_call_whatever_the_batch():

@@ -104,13 +104,15 @@ def lienzo_unet_from(diffusers_model: UNet2DConditionModel, config: UNetConfig) 
     return model
 
 
+@pytest.mark.parametrize("size", [(16, 16), (9, 11)], ids=["even", "odd"])
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_tiny_unet_matches_diffusers(name: str) -> None:
+def test_tiny_unet_matches_diffusers(name: str, size: tuple[int, int]) -> None:
+    """Odd latent sizes (e.g. 72x88 px) downsample to rounded-up sizes; Upsample meets the skips there."""
     torch.manual_seed(0)
     config = TINY[name]
     reference = random_diffusers_unet(config)
     model = lienzo_unet_from(reference, config)
-    x = torch.randn(2, config.in_channels, 16, 16)
+    x = torch.randn(2, config.in_channels, *size)
     t = torch.tensor([3.0, 911.5])
     context = torch.randn(2, 7, config.context_dim)
     with torch.inference_mode():
@@ -123,7 +125,7 @@ def test_tiny_unet_matches_diffusers(name: str) -> None:
             added = {"text_embeds": pooled, "time_ids": time_ids}
             expected = reference(x, t, context, added_cond_kwargs=added).sample
             actual = model(x, t, context, sdxl_vector_conditioning(pooled, time_ids))
-    assert actual.shape == (2, config.out_channels, 16, 16)
+    assert actual.shape == (2, config.out_channels, *size)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
 

@@ -180,20 +180,31 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
+    """Nearest-neighbour upsampling, 2x or to `output_size` (the skip connection's size, which is odd
+    where the downsampling rounded up), followed by a 3x3 convolution."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(
+        self, x: Tensor, emb: Tensor, context: Tensor | None, output_size: tuple[int, int] | None = None
+    ) -> Tensor:
+        if output_size is None:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, size=output_size, mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.ModuleList):
-    """A list of blocks applied in order, each given the timestep embedding and the context."""
+    """A list of blocks applied in order, each given the timestep embedding and the context; a list
+    that ends in an Upsample hands it `output_size`."""
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
-        for block in self:
+    def forward(
+        self, x: Tensor, emb: Tensor, context: Tensor | None, output_size: tuple[int, int] | None = None
+    ) -> Tensor:
+        *blocks, last = self
+        for block in blocks:
             x = block(x, emb, context)
-        return x
+        if output_size is None:
+            return last(x, emb, context)
+        return last(x, emb, context, output_size)

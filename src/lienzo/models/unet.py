@@ -142,7 +142,9 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = torch.cat([h, skips.pop()], dim=1)
+            upsample_to = tuple(skips[-1].shape[-2:]) if isinstance(block[-1], Upsample) else None
+            h = block(h, emb, context, upsample_to)
         return self.out(h)
 
 

@@ -52,14 +52,9 @@ def img2img_latents(
     )
 
 
-def img2img_size(
-    image: Image.Image, width: int | None, height: int | None, multiple: int = 8
-) -> tuple[int, int]:
-    """The working size: the given one, else the image's own rounded down to multiples of `multiple`."""
-    return (
-        width or max(multiple, image.width // multiple * multiple),
-        height or max(multiple, image.height // multiple * multiple),
-    )
+def img2img_size(image: Image.Image, width: int | None, height: int | None) -> tuple[int, int]:
+    """The working size: the given one, else the image's own rounded down to multiples of 8."""
+    return (width or max(8, image.width // 8 * 8), height or max(8, image.height // 8 * 8))
 
 
 def img2img(

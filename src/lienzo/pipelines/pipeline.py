@@ -25,7 +25,7 @@ from .img2img import img2img, img2img_size
 from .inpaint import inpaint
 from .options import HiresOptions, RefinerOptions, resolve_options
 from .outpaint import outpaint
-from .steps import StepCallback, size_multiple
+from .steps import StepCallback
 from .txt2img import txt2img
 
 HASH_CHUNK_BYTES = 1 << 24
@@ -38,6 +38,7 @@ class Pipeline:
     """A ready-to-run model family; every network is in eval mode with gradients off.
 
     `progress` shows a tqdm bar over each sampling run; set it False for quiet batch work.
+    `vae_tiling` runs the VAE on overlapping tiles (bounded memory): True, False, or None for large latents.
     """
 
     family: str
@@ -49,6 +50,7 @@ class Pipeline:
     name: str | None = None
     path: Path | None = None
     progress: bool = True
+    vae_tiling: bool | None = None
     _model_hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -142,12 +144,11 @@ class Pipeline:
     ) -> list[Image.Image]:
         """img2img (SDEdit): `image` noised to `strength` and denoised toward the prompt.
 
-        The size defaults to the image's own, rounded down to a size the model takes (multiples of 64 for
-        SD 1/2, 32 for SDXL); `more` takes generate's
+        The size defaults to the image's own, rounded down to multiples of 8; `more` takes generate's
         keyword arguments (negative_prompt, steps, cfg, sampler, seed, batch_size, ...).
         """
         source = load_image(image)
-        width, height = img2img_size(source, width, height, size_multiple(self))
+        width, height = img2img_size(source, width, height)
         options = resolve_options(
             self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
         )

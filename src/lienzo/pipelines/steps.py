@@ -112,22 +112,16 @@ def prompt_conditioning(pipe, options: GenerationOptions) -> tuple[Conditioning,
     return conditioning_pair(pipe, encode_texts(pipe, options), options.width, options.height, scores)
 
 
-def size_multiple(pipe) -> int:
-    """What width and height must be multiples of: the VAE's factor times 2 per UNet downsampling."""
-    return pipe.vae.downscale_factor * 2 ** (len(pipe.spec.unet.channel_mult) - 1)
-
-
 def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
-    """(channels, height, width) of one item's latent for an image of width x height pixels; a size the
-    UNet cannot take raises InvalidArgumentError naming the nearest one it can."""
-    multiple = size_multiple(pipe)
-    for name, value in (("width", width), ("height", height)):
-        if value % multiple:
-            nearest = max(multiple, round(value / multiple) * multiple)
-            raise InvalidArgumentError(
-                f"{name} {value} does not fit this model: use a multiple of {multiple}, e.g. {nearest}"
-            )
+    """(channels, height, width) of one item's latent for an image of width x height pixels; a size that
+    is not a multiple of the VAE's factor (8) raises InvalidArgumentError naming the nearest one."""
     factor = pipe.vae.downscale_factor
+    for name, value in (("width", width), ("height", height)):
+        if value % factor:
+            nearest = max(factor, round(value / factor) * factor)
+            raise InvalidArgumentError(
+                f"{name} {value} does not fit this model: use a multiple of {factor}, e.g. {nearest}"
+            )
     return pipe.spec.vae.embed_dim, height // factor, width // factor
 
 
