@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from lienzo.cli import main, warn_on_other_model
+from lienzo.pipelines import steps
 from lienzo.pipelines.metadata import parse_parameters, read_parameters, save_png
 from lienzo.pipelines.preview import LABEL_HEIGHT
 from tiny_models import tiny_pipeline_folder
@@ -273,3 +274,13 @@ def test_from_png_notes_a_different_model_hash(capsys):
     warn_on_other_model({"model_hash": "ABCDEFABCD"}, SimpleNamespace(model_hash="abcdefabcd"))
     warn_on_other_model({}, SimpleNamespace(model_hash="abcdefabcd"))
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("flag", "tiled"), [("on", True), ("off", False), ("auto", False)])
+def test_vae_tiling_flag_sets_the_pipeline(model, tmp_path, monkeypatch, flag, tiled):
+    calls = []
+    monkeypatch.setattr(steps, "decode_tiled", lambda vae, latents: calls.append(1) or vae.decode(latents))
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "x", *FAST, "--seed", "1", "--model", model, "--vae-tiling", flag]
+    assert main([str(arg) for arg in args]) == 0
+    assert bool(calls) == tiled

@@ -28,6 +28,7 @@ from .train_command import TRAIN_EPILOG, add_train_arguments, run_train
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FORMATS = ("diffusers", "single-file")
+VAE_TILING = {"auto": None, "on": True, "off": False}
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
     )
     model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    model.add_argument(
+        "--vae-tiling",
+        choices=list(VAE_TILING),
+        default="auto",
+        help="run the VAE on overlapping tiles: auto (images over 1024x1024), on, off",
+    )
     output = parser.add_argument_group("input and output")
     output.add_argument("-o", "--output", type=Path, help="a .png file or a folder (default outputs/)")
     output.add_argument("--from-png", type=Path, help="reuse the settings stored in a PNG's parameters")
@@ -393,6 +400,7 @@ def run_generation(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else None
     pipe = load(args.model, device=args.device, dtype=dtype, family=args.family)
     warn_on_other_model(record, pipe)
+    pipe.vae_tiling = VAE_TILING[args.vae_tiling]
     if getattr(args, "refiner", None) is not None:
         refiner = load(args.refiner, device=args.device, dtype=dtype)
         switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}

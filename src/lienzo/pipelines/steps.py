@@ -27,6 +27,7 @@ from ..diffusion import (
 from ..diffusion.samplers.common import Denoise
 from ..errors import InvalidArgumentError
 from ..models.unet import sdxl_vector_conditioning
+from ..models.vae_tiling import decode_tiled, encode_tiled
 from .images import images_to_tensor, tensor_to_images
 from .options import GenerationOptions
 
@@ -44,6 +45,10 @@ STOCHASTIC_SAMPLERS = frozenset(
 )
 """Samplers that draw fresh noise during sampling; their batch items run one at a time so that batch
 item i draws exactly the noise of a single run with seed + i."""
+
+AUTO_TILING_CELLS = 128 * 128
+"""With `vae_tiling` None, latents with more cells than SDXL's native 1024x1024 image run the VAE in
+tiles; every family's native size decodes whole, as in diffusers."""
 
 StepCallback = Callable[[dict], None]
 """Called after every sampler step with the sampler's {"i", "x", "sigma", "sigma_next", "denoised"}
@@ -280,25 +285,41 @@ def run_sampler(
             )
 
 
+def vae_tiled(pipe, latent_height: int, latent_width: int) -> bool:
+    """Whether the VAE runs in tiles: `pipe.vae_tiling`, or where that is None, for latents with more
+    cells than AUTO_TILING_CELLS."""
+    if pipe.vae_tiling is None:
+        return latent_height * latent_width > AUTO_TILING_CELLS
+    return pipe.vae_tiling
+
+
 def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    """Images from diffusion latents: VAE-decode latents / latent_scale, one item at a time."""
+    """Images from diffusion latents: VAE-decode latents / latent_scale, one item at a time (in
+    overlapping tiles for large latents, see vae_tiled)."""
+    tiled = vae_tiled(pipe, *latents.shape[-2:])
+    decode = functools.partial(decode_tiled, pipe.vae) if tiled else pipe.vae.decode
     images = []
     with torch.inference_mode():
         for item in latents:
             scaled = (item[None] / pipe.latent_scale).to(device=pipe.device, dtype=pipe.dtype)
-            decoded = pipe.vae.decode(scaled.contiguous(memory_format=torch.channels_last))
+            decoded = decode(scaled.contiguous(memory_format=torch.channels_last))
             images.extend(tensor_to_images(decoded))
     return images
 
 
 def encode_images(pipe, images: list[Image.Image] | torch.Tensor) -> torch.Tensor:
-    """Diffusion latents (float32) of images: latent_scale * the VAE posterior mean."""
+    """Diffusion latents (float32) of images: latent_scale * the VAE posterior mean (in overlapping tiles
+    for large images, see vae_tiled)."""
     pixels = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
+    factor = pipe.vae.downscale_factor
+    tiled = vae_tiled(pipe, pixels.shape[-2] // factor, pixels.shape[-1] // factor)
+    encode = functools.partial(encode_tiled, pipe.vae) if tiled else pipe.vae.encode
     latents = []
     with torch.inference_mode():
         for item in pixels:
             item = item[None].to(device=pipe.device, dtype=pipe.dtype)
-            latents.append(pipe.vae.encode(item.contiguous(memory_format=torch.channels_last)).mean.float())
+            posterior = encode(item.contiguous(memory_format=torch.channels_last))
+            latents.append(posterior.mean.float())
     return torch.cat(latents) * pipe.latent_scale
 
 
