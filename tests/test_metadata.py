@@ -106,6 +106,39 @@ def test_round_trip_of_a_refiner_hand_off():
     assert parse_parameters(text)["refiner"] == record["refiner"]
 
 
+@pytest.mark.parametrize(
+    ("mask", "fields"),
+    [
+        ({"blur": 4.0, "only_masked": False, "padding": 32}, "Mask blur: 4, "),
+        (
+            {"blur": 8.0, "only_masked": True, "padding": 48},
+            "Mask blur: 8, Inpaint area: Only masked, Masked area padding: 48, ",
+        ),
+    ],
+)
+def test_round_trip_of_inpaint_mask_settings(mask, fields):
+    record = {**record_of(replace(BASE, mode="inpaint", strength=0.75)), "mask": mask}
+    text = format_parameters(record)
+    assert f"Denoising strength: 0.75, {fields}" in text
+    parsed = parse_parameters(text)
+    assert parsed["mode"] == "inpaint" and parsed["mask"] == mask and parsed["strength"] == 0.75
+
+
+def test_inpainted_images_record_their_mask_settings():
+    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    pipe.progress = False
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 40, 40))
+    (result,) = pipe.inpaint(
+        image, mask, "a cat", steps=2, seed=1, mask_blur=2, only_masked=True, padding=8, width=32, height=32
+    )
+    assert result.info["lienzo"]["mask"] == {"blur": 2, "only_masked": True, "padding": 8}
+    assert "Mask blur: 2, Inpaint area: Only masked, Masked area padding: 8" in format_parameters(
+        result.info["lienzo"]
+    )
+
+
 def test_parses_an_old_a1111_file_with_the_schedule_in_the_sampler_name():
     text = (
         "masterpiece, best quality, 1girl, (blue hair:1.2), looking at viewer\n"
@@ -152,16 +185,24 @@ def test_parses_a_recent_a1111_file_with_multiline_prompt_hires_and_quoted_hashe
     assert parsed["extra"] == {"Lora hashes": "detail: 62d1d4e1a5cd", "Version": "v1.10.1"}
 
 
-def test_parses_an_a1111_img2img_file_and_keeps_unknown_samplers_as_written():
+def test_parses_an_a1111_inpaint_file_and_keeps_unknown_samplers_as_written():
     text = (
         "portrait of an old man, oil painting\n"
         "Steps: 20, Sampler: Restart, CFG scale: 7.5, Seed: 1234567890, Size: 512x512, "
         "Model hash: cc6cb27103, Denoising strength: 0.75, Mask blur: 4, Version: v1.6.0"
     )
     parsed = parse_parameters(text)
-    assert parsed["negative_prompt"] == "" and parsed["mode"] == "img2img" and parsed["strength"] == 0.75
+    assert parsed["negative_prompt"] == "" and parsed["mode"] == "inpaint" and parsed["strength"] == 0.75
     assert (parsed["sampler"], parsed["scheduler"]) == ("Restart", "normal")
-    assert parsed["extra"]["Mask blur"] == "4"
+    assert parsed["mask"] == {"blur": 4.0, "only_masked": False, "padding": 32}
+
+
+def test_img2img_without_mask_fields_parses_as_img2img():
+    text = (
+        "a harbour\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.6"
+    )
+    parsed = parse_parameters(text)
+    assert parsed["mode"] == "img2img" and parsed["mask"] is None
 
 
 def test_text_without_a_settings_line_is_all_prompt():

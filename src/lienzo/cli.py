@@ -169,7 +169,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--variation-strength", type=float, help="how much variation noise, 0..1")
     sampling.add_argument("--guidance-rescale", type=float, help="CFG rescale factor, 0..1 (default 0)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", type=Path, help="a diffusers folder or a .safetensors/.ckpt file")
+    model.add_argument(
+        "--model",
+        type=Path,
+        help="a diffusers folder or a .safetensors/.ckpt file (default: the built-in model)",
+    )
     model.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
     model.add_argument(
         "--dtype",

@@ -112,7 +112,9 @@ def inpaint(
     latents = inpaint_latents(pipe, region, options, callback=callback)
     alpha = composite_alpha(mask_image, blurred)
     images = [paste_back(source, generated, alpha, box) for generated in decode_latents(pipe, latents)]
-    attach_records(pipe, images, options)
+    attach_records(
+        pipe, images, options, mask={"blur": mask_blur, "only_masked": only_masked, "padding": padding}
+    )
     return images
 
 

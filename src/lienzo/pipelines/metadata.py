@@ -73,7 +73,8 @@ def model_field(name: str | None, model_hash: str | None) -> str | None:
 
 def parameter_fields(record: dict) -> dict[str, object]:
     """The `Key: value` fields of a record in A1111's order; None means "leave out"."""
-    hires, refiner = record.get("hires"), record.get("refiner")
+    hires, refiner, mask = record.get("hires"), record.get("refiner"), record.get("mask")
+    only_masked = bool(mask and mask["only_masked"])
     width, height = record.get("width"), record.get("height")
     mode = record.get("mode", "txt2img")
     strength = hires["strength"] if hires else (record.get("strength") if mode != "txt2img" else None)
@@ -90,6 +91,9 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Model hash": record.get("model_hash"),
         "Model": record.get("model"),
         "Denoising strength": strength,
+        "Mask blur": mask["blur"] if mask else None,
+        "Inpaint area": "Only masked" if only_masked else None,
+        "Masked area padding": mask["padding"] if only_masked else None,
         "Clip skip": clip_skip if clip_skip > 1 else None,
         "Variation seed": record.get("variation_seed") if variation_strength > 0 else None,
         "Variation seed strength": variation_strength if variation_strength > 0 else None,
@@ -191,6 +195,19 @@ def _hires(fields: dict[str, str], strength: float | None, size: tuple[int, int]
     }
 
 
+def _mask(fields: dict[str, str]) -> dict | None:
+    """Inpainting's mask settings from "Mask blur", "Inpaint area" and "Masked area padding"."""
+    if "Mask blur" not in fields:
+        return None
+    only_masked = fields.pop("Inpaint area", "Whole picture") == "Only masked"
+    padding = _number(fields, "Masked area padding", int)
+    return {
+        "blur": _number(fields, "Mask blur", float),
+        "only_masked": only_masked,
+        "padding": 32 if padding is None else padding,
+    }
+
+
 def parse_parameters(text: str) -> dict:
     """A generation record from A1111's `parameters` text (inverse of `format_parameters`).
 
@@ -214,8 +231,9 @@ def parse_parameters(text: str) -> dict:
             "switch_at": 0.8 if switch_at is None else switch_at,
         }
     img2img_style = strength is not None and hires is None
+    mask = _mask(fields)
     return {
-        "mode": "img2img" if img2img_style else "txt2img",
+        "mode": "inpaint" if mask else "img2img" if img2img_style else "txt2img",
         "prompt": prompt,
         "negative_prompt": negative,
         "steps": _number(fields, "Steps", int),
@@ -234,6 +252,7 @@ def parse_parameters(text: str) -> dict:
         "guidance_rescale": _number(fields, "Guidance rescale", float) or 0.0,
         "hires": hires,
         "refiner": refiner,
+        "mask": mask,
         "model": fields.pop("Model", None),
         "model_hash": fields.pop("Model hash", None),
         "family": None,

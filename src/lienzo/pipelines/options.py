@@ -45,13 +45,15 @@ RECORD_KEYS = (
     "guidance_rescale",
     "hires",
     "refiner",
+    "mask",
     "model",
     "model_hash",
     "family",
 )
 """Keys of `image.info["lienzo"]`. `seed` and `variation_seed` are the batch item's own (base + index);
 `hires` is None or {"scale", "steps", "strength", "upscaler", "width", "height"}; `refiner` is None or
-{"model", "model_hash", "switch_at"}; `strength` is the denoising strength (1.0 for plain txt2img);
+{"model", "model_hash", "switch_at"}; `mask` is None or inpainting's {"blur", "only_masked", "padding"};
+`strength` is the denoising strength (1.0 for plain txt2img);
 `mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"."""
 
 
@@ -152,6 +154,7 @@ class GenerationOptions:
             "guidance_rescale": self.guidance_rescale,
             "hires": hires,
             "refiner": refiner,
+            "mask": None,
             "model": model,
             "model_hash": model_hash,
             "family": family,

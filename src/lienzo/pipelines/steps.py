@@ -323,15 +323,19 @@ def encode_images(pipe, images: list[Image.Image] | torch.Tensor) -> torch.Tenso
     return torch.cat(latents) * pipe.latent_scale
 
 
-def attach_records(pipe, images: list[Image.Image], options: GenerationOptions, start: int = 0) -> None:
-    """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]."""
+def attach_records(
+    pipe, images: list[Image.Image], options: GenerationOptions, start: int = 0, mask: dict | None = None
+) -> None:
+    """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]; inpainting adds
+    its `mask` settings ({"blur", "only_masked", "padding"})."""
     for offset, image in enumerate(images):
-        image.info["lienzo"] = options.to_record(
+        record = options.to_record(
             start + offset,
             model=getattr(pipe, "name", None),
             model_hash=getattr(pipe, "model_hash", None),
             family=pipe.family,
         )
+        image.info["lienzo"] = {**record, "mask": mask}
 
 
 def switch_index(steps: int, fraction: float) -> int:

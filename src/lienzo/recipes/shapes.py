@@ -56,7 +56,7 @@ class ShapesRecipe:
     vae_training: TrainConfig = TrainConfig(
         steps=2400,
         batch_size=16,
-        optim=OptimConfig(learning_rate=1e-3, warmup_steps=20),
+        optim=OptimConfig(learning_rate=3e-4, warmup_steps=20),
         ema_decay=None,
         checkpoint_every=200,
         log_every=10,
@@ -78,7 +78,7 @@ class ShapesRecipe:
         norm_groups=16,
     )
     diffusion_training: TrainConfig = TrainConfig(
-        steps=3500,
+        steps=4000,
         batch_size=64,
         optim=OptimConfig(learning_rate=3e-4, warmup_steps=200),
         ema_decay=0.999,
