@@ -61,6 +61,14 @@ class ShapesRecipe:
         checkpoint_every=200,
         log_every=10,
     )
+    decoder_training: TrainConfig = TrainConfig(
+        steps=1200,
+        batch_size=16,
+        optim=OptimConfig(learning_rate=3e-4, warmup_steps=20),
+        ema_decay=None,
+        checkpoint_every=200,
+        log_every=10,
+    )
     scale_images: int = 512
     latent_pool: int = 30000
     text_encoder: CLIPTextConfig = CLIPTextConfig(
@@ -78,7 +86,7 @@ class ShapesRecipe:
         norm_groups=16,
     )
     diffusion_training: TrainConfig = TrainConfig(
-        steps=4000,
+        steps=2500,
         batch_size=64,
         optim=OptimConfig(learning_rate=3e-4, warmup_steps=200),
         ema_decay=0.999,
@@ -99,6 +107,7 @@ class ShapesRecipe:
             vae=VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1),
             vae_crop=32,
             vae_training=replace(quick, ema_decay=None),
+            decoder_training=replace(quick, ema_decay=None),
             scale_images=8,
             latent_pool=8,
             text_encoder=CLIPTextConfig(
@@ -173,6 +182,17 @@ def train_vae(recipe: ShapesRecipe, folder: Path, device: torch.device, progress
     config = replace(recipe.vae_training, progress_bar=progress)
     crops = RandomCrops(ShapesDataset(recipe.data), recipe.vae_crop, seed=recipe.data.seed)
     objective = VAEObjective(vae, reconstruction=recipe.vae_reconstruction)
+    train(config, objective, crops, folder, resume=True, device=device)
+    return vae.eval().requires_grad_(False)
+
+
+def tune_decoder(
+    recipe: ShapesRecipe, vae: AutoencoderKL, folder: Path, device: torch.device, progress: bool
+) -> AutoencoderKL:
+    """Stage 2b: the decoder alone with L1 (sharper edges than MSE), the encoder and latents unchanged."""
+    config = replace(recipe.decoder_training, progress_bar=progress)
+    crops = RandomCrops(ShapesDataset(recipe.data), recipe.vae_crop, seed=recipe.data.seed + 1)
+    objective = VAEObjective(vae, reconstruction="l1", train_encoder=False)
     train(config, objective, crops, folder, resume=True, device=device)
     return vae.eval().requires_grad_(False)
 
@@ -252,7 +272,8 @@ def run_recipe(
     device = default_device()
     tokenizer_folder = out / "tokenizer"
     tokenizer = train_tokenizer(recipe, tokenizer_folder)
-    vae = with_latent_scale(recipe, train_vae(recipe, out / "vae", device, progress))
+    vae = train_vae(recipe, out / "vae", device, progress)
+    vae = with_latent_scale(recipe, tune_decoder(recipe, vae, out / "decoder", device, progress))
     moments = latent_pool(recipe, vae, out / POOL_FILE)
     unet, text_encoder = train_diffusion(
         recipe, vae, tokenizer, tokenizer_folder, moments, out / "diffusion", device, progress

@@ -33,13 +33,26 @@ class VAEObjective:
     """KL-regularised autoencoder loss (Kingma & Welling 2014; Rombach et al. 2022, sec. 3.1).
 
     loss = mean reconstruction error per pixel + kl_weight * KL per image / pixels per image, which keeps
-    ldm's ratio (pixel-summed reconstruction + 1e-6 * KL) at kl_weight = 1e-6.
+    ldm's ratio (pixel-summed reconstruction + 1e-6 * KL) at kl_weight = 1e-6. With `train_encoder=False`
+    only the decoder learns (as SD's ft-MSE/ft-EMA decoders were tuned): the latents, and every model
+    trained on them, stay valid.
     """
 
-    def __init__(self, vae: AutoencoderKL, *, reconstruction: str = "l1", kl_weight: float = 1e-6):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        *,
+        reconstruction: str = "l1",
+        kl_weight: float = 1e-6,
+        train_encoder: bool = True,
+    ):
         if reconstruction not in RECONSTRUCTION_LOSSES:
             raise InvalidArgumentError(f"unknown reconstruction loss {reconstruction!r}; use one of: l1, mse")
         self.vae = vae.requires_grad_(True).train()
+        if not train_encoder:
+            vae.encoder.requires_grad_(False).eval()
+            vae.quant_conv.requires_grad_(False)
+        self.train_encoder = train_encoder
         self.round_trip = VAERoundTrip(vae)
         self.reconstruction = reconstruction
         self.kl_weight = kl_weight
@@ -47,7 +60,10 @@ class VAEObjective:
 
     def describe(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
-        return {"reconstruction": self.reconstruction, "kl_weight": self.kl_weight}
+        description = {"reconstruction": self.reconstruction, "kl_weight": self.kl_weight}
+        if not self.train_encoder:
+            description["trained"] = "decoder"
+        return description
 
     def reconstruction_error(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Mean L1 or squared error per pixel and channel."""
