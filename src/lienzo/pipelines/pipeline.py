@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -249,9 +249,21 @@ def pipeline_from_files(
     )
 
 
-def load(path: str | Path | None = None, *, device=None, dtype=None, family: str | None = None) -> Pipeline:
+def load(
+    path: str | Path | None = None,
+    *,
+    device=None,
+    dtype=None,
+    family: str | None = None,
+    cache: bool = True,
+) -> Pipeline:
     """Load a diffusers folder or a single-file checkpoint (no path: the built-in shapes model);
-    `family` overrides detection (e.g. "sd2-v")."""
+    `family` overrides detection (e.g. "sd2-v").
+
+    The last model loaded stays in memory: loading the same unchanged files with the same device,
+    dtype and family again returns a new Pipeline over the same networks at once (as A1111 keeps its
+    current checkpoint). Settings such as `progress` belong to each Pipeline; `cache=False` reads the
+    files again into networks of its own."""
     if path is None:
         if not (BUILTIN_MODEL / "model_index.json").is_file():
             raise ModelNotFoundError(
@@ -260,6 +272,28 @@ def load(path: str | Path | None = None, *, device=None, dtype=None, family: str
             )
         path = BUILTIN_MODEL
     path = Path(path)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    key = (str(path.resolve()), files_signature(path), str(device), str(dtype), family)
+    if cache and key in _LOADED:
+        return replace(_LOADED[key])
     files = read_model(path, family=family)
     name = path.stem if path.is_file() else path.name
-    return pipeline_from_files(files, device=device, dtype=dtype, name=name, path=path)
+    pipe = pipeline_from_files(files, device=device, dtype=dtype, name=name, path=path)
+    if cache:
+        _LOADED.clear()
+        _LOADED[key] = pipe
+        return replace(pipe)
+    return pipe
+
+
+_LOADED: dict[tuple, Pipeline] = {}
+"""The most recently loaded model by (path, files signature, device, dtype, family)."""
+
+
+def files_signature(path: Path) -> tuple:
+    """(name, size, mtime) of the file, or of every file under the folder: changes when weights change."""
+    if not path.exists():
+        return ()
+    files = [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file())
+    return tuple((str(item), item.stat().st_size, item.stat().st_mtime_ns) for item in files)
