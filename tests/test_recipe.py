@@ -123,3 +123,27 @@ def test_an_unwritable_output_folder_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     result = run_cli("train", "recipe", "shapes", "--out", blocker / "run", "--miniature", "--quiet")
     assert_one_error_line(result, "--out")
+
+
+def test_offset_noise_moves_whole_channels():
+    torch.manual_seed(0)
+    recipe = ShapesRecipe.miniature()
+    vae = AutoencoderKL(recipe.vae).eval()
+    tokenizer = train_clip_tokenizer(caption_corpus(100), 600)
+    text = CLIPTextModel(replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab)))
+    latents = torch.zeros(64, 4, 8, 8)
+    moments = torch.cat([latents, torch.full_like(latents, -30.0)], dim=1)
+    seen = []
+
+    def recording_unet(x, t, context, y=None):
+        seen.append(x)
+        return torch.zeros_like(x)
+
+    means = {}
+    for offset in (0.0, 1.0):
+        objective = LatentDiffusionObjective(
+            UNetModel(recipe.unet), vae, text, tokenizer, encoded_inputs=True, offset_noise=offset
+        )
+        objective.loss(moments, [""] * 64, torch.Generator().manual_seed(3), {"unet": recording_unet})
+        means[offset] = seen[-1].mean(dim=(2, 3)).std().item()
+    assert means[0.0] < 0.3 < 0.7 < means[1.0], means

@@ -95,6 +95,7 @@ class ShapesRecipe:
         log_every=10,
     )
     caption_dropout: float = 0.1
+    offset_noise: float = 0.1
     sample_prompts: int = 8
 
     @classmethod
@@ -241,6 +242,7 @@ def train_diffusion(
         train_text_encoder=True,
         caption_dropout=recipe.caption_dropout,
         encoded_inputs=True,
+        offset_noise=recipe.offset_noise,
     )
 
     def sample_fn(step: int, samples: Path) -> None:

@@ -59,7 +59,9 @@ class LatentDiffusionObjective:
     UNet through the samplers' Denoiser scalings, loss from the same Parameterization (eps or v).
 
     With `encoded_inputs` the dataset yields the VAE posterior moments (mean and log-variance stacked on
-    channels, as `AutoencoderKL.encode` computes them) instead of images, so a frozen VAE encodes once."""
+    channels, as `AutoencoderKL.encode` computes them) instead of images, so a frozen VAE encodes once.
+    `offset_noise` adds that much of one Gaussian per image and channel to the noise (Guttenberg 2023):
+    plain eps-prediction barely learns to move a latent's mean, which is a flat image's colour."""
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class LatentDiffusionObjective:
         train_text_encoder: bool = False,
         caption_dropout: float = 0.1,
         encoded_inputs: bool = False,
+        offset_noise: float = 0.0,
     ):
         self.unet = unet
         self.vae = vae.requires_grad_(False).eval()
@@ -86,6 +89,7 @@ class LatentDiffusionObjective:
         self.latent_scale = vae.config.scaling_factor if latent_scale is None else latent_scale
         self.caption_dropout = caption_dropout
         self.encoded_inputs = encoded_inputs
+        self.offset_noise = offset_noise
         self.trainable: dict[str, nn.Module] = {"unet": unet}
         if train_text_encoder:
             self.trainable["text_encoder"] = text_encoder
@@ -99,6 +103,7 @@ class LatentDiffusionObjective:
             "trained": sorted(self.trainable),
             "timesteps": self.model_sampling.num_timesteps,
             "encoded_inputs": self.encoded_inputs,
+            "offset_noise": self.offset_noise,
         }
 
     def encode_captions(self, captions: Sequence[str], networks: Networks) -> torch.Tensor:
@@ -125,7 +130,10 @@ class LatentDiffusionObjective:
         batch = latents.shape[0]
         timesteps = torch.randint(0, self.model_sampling.num_timesteps, (batch,), generator=generator)
         sigma = self.model_sampling.sigmas[timesteps].to(device)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
+        noise = torch.randn(latents.shape, generator=generator)
+        if self.offset_noise:
+            noise = noise + self.offset_noise * torch.randn(*latents.shape[:2], 1, 1, generator=generator)
+        noise = noise.to(device)
         context = self.encode_captions(drop_captions(captions, self.caption_dropout, generator), networks)
         recorder = _OutputRecorder(networks.get("unet", self.unet))
         denoiser = Denoiser(recorder, self.parameterization, self.model_sampling)
