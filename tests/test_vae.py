@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -16,6 +14,7 @@ from lienzo.io.keymaps.vae import (
     vae_ldm_to_diffusers,
 )
 from lienzo.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
+from tiny_models import randomize_parameters
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -26,23 +25,9 @@ TINY_CONFIGS = [
 PARITY_TOLERANCE = 1e-4
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Give every parameter random values so no zero or unit init can hide a wiring error."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim > 1:
-                param.copy_(noise / math.sqrt(param[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                param.copy_(1.0 + 0.2 * noise)
-            else:
-                param.copy_(0.2 * noise)
-
-
 def _oracle_and_ours(config: VAEConfig, seed: int = 0):
     oracle = diffusers.AutoencoderKL.from_config(vae_config_to_diffusers(config)).eval()
-    _randomize(oracle, seed)
+    randomize_parameters(oracle, seed)
     ours = AutoencoderKL(config).eval()
     ours.load_state_dict(vae_diffusers_to_ldm(oracle.state_dict()), strict=True)
     return oracle, ours
@@ -219,7 +204,7 @@ def test_full_size_keys_and_shapes_match_diffusers_conversion():
 @pytest.mark.slow
 def test_full_size_parity_with_diffusers():
     _, oracle, ours = _full_size_pair("cpu")
-    _randomize(oracle, seed=5)
+    randomize_parameters(oracle, seed=5)
     ours.load_state_dict(vae_diffusers_to_ldm(oracle.state_dict()), strict=True)
     images = _images(1, 64)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.models.vae import AutoencoderKL, VAEConfig
 from lienzo.models.vae_tiling import blend_weights, decode_tiled, encode_tiled, run_tiled, tile_starts
 from lienzo.pipelines import steps
-from tiny_models import tiny_pipeline_folder
+from tiny_models import randomize_parameters, tiny_pipeline_folder
 
 TILE, OVERLAP = 24, 8
 
@@ -23,16 +22,7 @@ TILE, OVERLAP = 24, 8
 def vae() -> AutoencoderKL:
     """A tiny VAE (2 pixels per latent cell) with every parameter random, as in test_vae."""
     model = AutoencoderKL(VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8)).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim > 1:
-                param.copy_(noise / math.sqrt(param[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                param.copy_(1.0 + 0.2 * noise)
-            else:
-                param.copy_(0.2 * noise)
+    randomize_parameters(model, seed=0)
     return model
 
 

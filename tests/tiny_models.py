@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import replace
@@ -174,3 +175,17 @@ def tiny_pipeline_folder(family: str) -> Path:
         _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-tiny-")))
         atexit.register(shutil.rmtree, _CACHE_ROOT[0], True)
     return make_tiny_pipeline_folder(family, _CACHE_ROOT[0] / family)
+
+
+def randomize_parameters(module: torch.nn.Module, seed: int) -> None:
+    """Give every parameter random values so no zero or unit init can hide a wiring error."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.ndim > 1:
+                param.copy_(noise / math.sqrt(param[0].numel()))
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1.0 + 0.2 * noise)
+            else:
+                param.copy_(0.2 * noise)
