@@ -33,6 +33,20 @@ def miniature_run(tmp_path_factory) -> Path:
     return out
 
 
+def miniature_parts():
+    """The miniature recipe with a random VAE, a small trained tokenizer and a matching text encoder."""
+    torch.manual_seed(0)
+    recipe = ShapesRecipe.miniature()
+    vae = AutoencoderKL(recipe.vae).eval()
+    tokenizer = train_clip_tokenizer(caption_corpus(100), 600)
+    return (
+        recipe,
+        vae,
+        tokenizer,
+        CLIPTextModel(replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab))),
+    )
+
+
 def test_random_crops_are_deterministic_and_sized():
     crops = RandomCrops(ShapesDataset(), 48, seed=3)
     first, caption = crops[5]
@@ -54,11 +68,7 @@ def test_latent_pool_recaptions_each_visit_of_a_scene():
 
 
 def test_encoded_inputs_give_the_same_loss_as_images():
-    torch.manual_seed(0)
-    recipe = ShapesRecipe.miniature()
-    vae = AutoencoderKL(recipe.vae).eval()
-    tokenizer = train_clip_tokenizer(caption_corpus(100), 600)
-    text = CLIPTextModel(replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab)))
+    recipe, vae, tokenizer, text = miniature_parts()
     unet = UNetModel(recipe.unet)
     images, captions = ShapesDataset().batch(2)
     with torch.no_grad():
@@ -126,11 +136,7 @@ def test_an_unwritable_output_folder_is_a_clear_error(tmp_path):
 
 
 def test_offset_noise_moves_whole_channels():
-    torch.manual_seed(0)
-    recipe = ShapesRecipe.miniature()
-    vae = AutoencoderKL(recipe.vae).eval()
-    tokenizer = train_clip_tokenizer(caption_corpus(100), 600)
-    text = CLIPTextModel(replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab)))
+    recipe, vae, tokenizer, text = miniature_parts()
     latents = torch.zeros(64, 4, 8, 8)
     moments = torch.cat([latents, torch.full_like(latents, -30.0)], dim=1)
     seen = []
