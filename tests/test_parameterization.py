@@ -103,3 +103,20 @@ def test_denoiser_feeds_the_network_scaled_input_and_timesteps():
     assert torch.allclose(x_in[:, 0, 0, 0], 1 / (1 + sigma**2) ** 0.5)
     assert torch.allclose(t, torch.tensor([999.0, 500.0]), atol=1e-3)
     assert context is cond.context and y is cond.y
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS[:3], ids=repr)
+def test_min_snr_weights_count_the_x0_error_at_most_gamma(parameterization):
+    torch.manual_seed(2)
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    x = x0 + sigma[:, None, None, None] * noise
+    output = parameterization.target(x0, noise, sigma[:, None, None, None]) + 0.1 * torch.randn_like(x0)
+    x0_error = ((parameterization.denoised(x, output, sigma) - x0) ** 2).flatten(1).mean(1)
+    weights = parameterization.min_snr_weights(sigma, gamma=5.0)
+    weighted = parameterization.loss(output, x0, noise, sigma, weights)
+    snr = sigma**-2
+    assert float(weighted) == pytest.approx(float((torch.clamp(snr, max=5.0) * x0_error).mean()), rel=1e-4)
+    huge = parameterization.min_snr_weights(sigma, gamma=1e9)
+    plain_x0_weights = {"EpsPrediction": snr, "VPrediction": snr + 1, "X0Prediction": torch.ones(3)}
+    torch.testing.assert_close(huge * plain_x0_weights[type(parameterization).__name__], snr)

@@ -153,3 +153,18 @@ def test_offset_noise_moves_whole_channels():
         objective.loss(moments, [""] * 64, torch.Generator().manual_seed(3), {"unet": recording_unet})
         means[offset] = seen[-1].mean(dim=(2, 3)).std().item()
     assert means[0.0] < 0.3 < 0.7 < means[1.0], means
+
+
+def test_min_snr_gamma_weights_the_loss_per_sample():
+    recipe, vae, tokenizer, text = miniature_parts()
+    moments = torch.cat([torch.randn(8, 4, 8, 8), torch.full((8, 4, 8, 8), -30.0)], dim=1)
+    unet = UNetModel(recipe.unet)
+    losses = {}
+    for gamma in (None, 1e9, 0.5):
+        objective = LatentDiffusionObjective(
+            unet, vae, text, tokenizer, encoded_inputs=True, caption_dropout=0.0, min_snr_gamma=gamma
+        )
+        with torch.no_grad():
+            losses[gamma] = float(objective.loss(moments, [""] * 8, torch.Generator().manual_seed(4), {}))
+    assert losses[1e9] == pytest.approx(losses[None], rel=1e-5)
+    assert losses[0.5] < 0.9 * losses[None]

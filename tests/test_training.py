@@ -16,6 +16,7 @@ from lienzo.models.vae import AutoencoderKL, VAEConfig
 from lienzo.text.tokenizer import CLIPTokenizer
 from lienzo.training import LatentDiffusionObjective, OptimConfig, TrainConfig, train
 from lienzo.training.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_training_state
+from lienzo.training.ema import EMA
 from lienzo.training.logging import CSV_NAME, PLOT_NAME, read_loss_csv
 from lienzo.training.objective import drop_captions
 
@@ -240,3 +241,17 @@ def test_trains_on_the_shapes_world_dataset(tmp_path: Path):
     result = train(quick_config(2), tiny_objective(), dataset, tmp_path)
     assert result.step == 2 and all(loss > 0 for loss in result.losses)
     assert load_training_state(result.checkpoint)["data_position"] == 8
+
+
+def test_ema_warm_up_forgets_the_initial_weights():
+    param = torch.nn.Parameter(torch.zeros(3))
+    module = torch.nn.Module()
+    module.weight = param
+    ema = EMA({"m": module}, decay=0.999)
+    with torch.no_grad():
+        param.fill_(1.0)
+    ema.update({"m": module}, updates_before=0)
+    torch.testing.assert_close(ema.shadow["m.weight"], torch.full((3,), 0.9))
+    for step in range(1, 2000):
+        ema.update({"m": module}, updates_before=step)
+    assert float(ema.shadow["m.weight"][0]) == pytest.approx(1.0, abs=1e-6)

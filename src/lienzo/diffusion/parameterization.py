@@ -48,12 +48,30 @@ class Parameterization:
         scale = self.scalings(append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.ndim))
         return scale.c_skip * x + scale.c_out * model_output
 
+    def x0_error_factor(self, snr: torch.Tensor) -> torch.Tensor:
+        """How much this target's squared error weighs an error in x0, at signal-to-noise ratio `snr`."""
+        raise NotImplementedError
+
+    def min_snr_weights(self, sigma: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma loss weights (Hang et al. 2023): x0 error counts min(SNR, gamma), SNR = 1/sigma^2."""
+        snr = sigma.float() ** -2
+        return torch.clamp(snr, max=gamma) / self.x0_error_factor(snr)
+
     def loss(
-        self, model_output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+        self,
+        model_output: torch.Tensor,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        sigma: torch.Tensor,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean squared error between the network output and its target (Ho et al. 2020, eq. 14 style)."""
+        """Mean squared error between the network output and its target (Ho et al. 2020, eq. 14 style),
+        each sample's error scaled by `weights` (shape (B,)) when given."""
         sigma = append_dims(torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device), x0.ndim)
-        return torch.mean((model_output.float() - self.target(x0, noise, sigma).float()) ** 2)
+        error = (model_output.float() - self.target(x0, noise, sigma).float()) ** 2
+        if weights is None:
+            return torch.mean(error)
+        return torch.mean(error.flatten(1).mean(1) * weights.to(error.device, error.dtype))
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,10 @@ class EpsPrediction(Parameterization):
     def target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The noise itself."""
         return noise
+
+    def x0_error_factor(self, snr: torch.Tensor) -> torch.Tensor:
+        """|eps error|^2 = SNR * |x0 error|^2."""
+        return snr
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,10 @@ class VPrediction(Parameterization):
         sd = self.sigma_data
         return (noise * sd**2 - sigma * x0) / (sd * (sigma**2 + sd**2) ** 0.5)
 
+    def x0_error_factor(self, snr: torch.Tensor) -> torch.Tensor:
+        """|v error|^2 = (SNR + 1) * |x0 error|^2."""
+        return snr + 1
+
 
 @dataclass(frozen=True)
 class X0Prediction(Parameterization):
@@ -95,6 +121,10 @@ class X0Prediction(Parameterization):
     def target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The clean sample."""
         return x0
+
+    def x0_error_factor(self, snr: torch.Tensor) -> torch.Tensor:
+        """The x0 error itself."""
+        return torch.ones_like(snr)
 
 
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {

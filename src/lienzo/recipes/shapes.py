@@ -86,16 +86,17 @@ class ShapesRecipe:
         norm_groups=16,
     )
     diffusion_training: TrainConfig = TrainConfig(
-        steps=2500,
+        steps=6000,
         batch_size=64,
-        optim=OptimConfig(learning_rate=3e-4, warmup_steps=200),
-        ema_decay=None,
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=200),
+        ema_decay=0.999,
         checkpoint_every=250,
         sample_every=500,
         log_every=10,
     )
     caption_dropout: float = 0.1
     offset_noise: float = 0.1
+    min_snr_gamma: float | None = None
     sample_prompts: int = 8
 
     @classmethod
@@ -243,6 +244,7 @@ def train_diffusion(
         caption_dropout=recipe.caption_dropout,
         encoded_inputs=True,
         offset_noise=recipe.offset_noise,
+        min_snr_gamma=recipe.min_snr_gamma,
     )
 
     def sample_fn(step: int, samples: Path) -> None:

@@ -7,7 +7,9 @@ from torch import nn
 
 
 class EMA:
-    """Shadow copies of the trainable parameters, updated as shadow = d * shadow + (1 - d) * param."""
+    """Shadow copies of the trainable parameters, updated as shadow = d * shadow + (1 - d) * param,
+    with d = min(decay, (1 + n) / (10 + n)) after n earlier updates (TensorFlow's and diffusers' warm-up),
+    so the average forgets the random initialisation within the first few hundred steps."""
 
     def __init__(self, modules: dict[str, nn.Module], decay: float):
         self.decay = decay
@@ -17,10 +19,11 @@ class EMA:
         }
 
     @torch.no_grad()
-    def update(self, modules: dict[str, nn.Module]) -> None:
-        """Move each shadow weight a step (1 - decay) towards its current parameter."""
+    def update(self, modules: dict[str, nn.Module], updates_before: int) -> None:
+        """Move each shadow weight a step (1 - d) towards its current parameter."""
+        decay = min(self.decay, (1 + updates_before) / (10 + updates_before))
         for name, param in named_trainable_parameters(modules).items():
-            self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
+            self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self, modules: dict[str, nn.Module]) -> None:

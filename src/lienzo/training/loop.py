@@ -180,7 +180,7 @@ class _Trainer:
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.modules)
+            self.ema.update(self.modules, self.step)
         self.step += 1
         if group.is_distributed:
             dist.all_reduce(total)

@@ -61,7 +61,9 @@ class LatentDiffusionObjective:
     With `encoded_inputs` the dataset yields the VAE posterior moments (mean and log-variance stacked on
     channels, as `AutoencoderKL.encode` computes them) instead of images, so a frozen VAE encodes once.
     `offset_noise` adds that much of one Gaussian per image and channel to the noise (Guttenberg 2023):
-    plain eps-prediction barely learns to move a latent's mean, which is a flat image's colour."""
+    plain eps-prediction barely learns to move a latent's mean, which is a flat image's colour.
+    `min_snr_gamma` weights each sample by Min-SNR-gamma (Hang et al. 2023; 5 in the paper), so the
+    nearly clean timesteps stop dominating the gradient."""
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class LatentDiffusionObjective:
         caption_dropout: float = 0.1,
         encoded_inputs: bool = False,
         offset_noise: float = 0.0,
+        min_snr_gamma: float | None = None,
     ):
         self.unet = unet
         self.vae = vae.requires_grad_(False).eval()
@@ -90,6 +93,7 @@ class LatentDiffusionObjective:
         self.caption_dropout = caption_dropout
         self.encoded_inputs = encoded_inputs
         self.offset_noise = offset_noise
+        self.min_snr_gamma = min_snr_gamma
         self.trainable: dict[str, nn.Module] = {"unet": unet}
         if train_text_encoder:
             self.trainable["text_encoder"] = text_encoder
@@ -104,6 +108,7 @@ class LatentDiffusionObjective:
             "timesteps": self.model_sampling.num_timesteps,
             "encoded_inputs": self.encoded_inputs,
             "offset_noise": self.offset_noise,
+            "min_snr_gamma": self.min_snr_gamma,
         }
 
     def encode_captions(self, captions: Sequence[str], networks: Networks) -> torch.Tensor:
@@ -138,4 +143,7 @@ class LatentDiffusionObjective:
         recorder = _OutputRecorder(networks.get("unet", self.unet))
         denoiser = Denoiser(recorder, self.parameterization, self.model_sampling)
         denoiser(latents + sigma.view(-1, 1, 1, 1) * noise, sigma, DenoiserConditioning(context))
-        return self.parameterization.loss(recorder.output, latents, noise, sigma)
+        weights = None
+        if self.min_snr_gamma is not None:
+            weights = self.parameterization.min_snr_weights(sigma, self.min_snr_gamma)
+        return self.parameterization.loss(recorder.output, latents, noise, sigma, weights)
