@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
+
 NORM_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
 
@@ -83,7 +85,7 @@ class CrossAttention(nn.Module):
         q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         k = self.to_k(source).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         v = self.to_v(source).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(batch, tokens, -1))
 
 

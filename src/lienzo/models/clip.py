@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError
+from .attention import attention
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class CausalSelfAttention(nn.Module):
             return t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
 
         q, k, v = split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attended = attention(q, k, v, is_causal=True)
         return self.out_proj(attended.transpose(1, 2).reshape(batch, length, width))
 
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention
+
 GROUP_NORM_EPS = 1e-6
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
@@ -95,7 +97,7 @@ class SpatialSelfAttention(nn.Module):
         def tokens(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(batch, 1, channels, height * width).transpose(-1, -2)
 
-        attended = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
+        attended = attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
         attended = attended.transpose(-1, -2).reshape(batch, channels, height, width)
         return x + self.proj_out(attended)
 
