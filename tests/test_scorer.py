@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 import lienzo.eval_command
@@ -255,14 +256,17 @@ def parse_eval_args(argv):
 def test_eval_command_scores_ground_truth_fully(tmp_path, monkeypatch, capsys):
     loaded = []
     monkeypatch.setattr(
-        lienzo.eval_command, "load", lambda *args, **kwargs: loaded.append(args) or GroundTruthPipeline()
+        lienzo.eval_command,
+        "load",
+        lambda *args, **kwargs: loaded.append((args, kwargs)) or GroundTruthPipeline(),
     )
     out = tmp_path / "eval"
     args = parse_eval_args(
         ["shapes", "--model", str(tmp_path), "--prompts", "6", "--seed", "4", "--out", str(out)]
+        + ["--dtype", "fp32"]
     )
     assert run_eval(args) == 0
-    assert loaded == [(tmp_path,)]
+    assert loaded == [((tmp_path,), {"device": None, "dtype": torch.float32})]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:3] for line in lines[1:5]] == [
         ["single", "6", "100.0%"],

@@ -8,8 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from .devices import DTYPES
 from .diffusion import SCHEDULERS
 from .errors import InvalidArgumentError, LienzoError
 from .eval_command import add_eval_arguments, run_eval
@@ -26,7 +25,6 @@ from .pipelines.pipeline import load
 from .pipelines.preview import FilmstripRecorder
 from .train_command import TRAIN_EPILOG, add_train_arguments, run_train
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FORMATS = ("diffusers", "single-file")
 VAE_TILING = {"auto": None, "on": True, "off": False}
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+"""The weight dtypes by the names the command line takes."""
 
 
 def cpu_has_bf16() -> bool:

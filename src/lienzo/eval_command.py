@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .devices import DTYPES
 from .errors import InvalidArgumentError
 from .pipelines.output import write_png_atomically
 from .pipelines.pipeline import load
@@ -22,6 +23,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=200, help="prompts per category (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the first image")
     parser.add_argument("--out", type=Path, default=Path("eval-shapes"), help="folder for the contact sheets")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
 
 
 def _check_arguments(prompts_per_category: int, out: Path) -> None:
@@ -37,8 +44,8 @@ def _check_arguments(prompts_per_category: int, out: Path) -> None:
         raise InvalidArgumentError(f"the output folder {out} is not writable; pick another --out")
 
 
-def _pipeline_generator(model: Path | None) -> Callable[[str, int], Image.Image]:
-    pipe = load(model)
+def _pipeline_generator(args: argparse.Namespace) -> Callable[[str, int], Image.Image]:
+    pipe = load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     pipe.progress = False
 
     def generate(prompt: str, seed: int) -> Image.Image:
@@ -70,5 +77,5 @@ def run_shapes_eval(
 def run_eval(args: argparse.Namespace) -> int:
     """Run `lienzo eval shapes` on a loaded model; exit status 0 once the report is written."""
     _check_arguments(args.prompts, args.out)
-    run_shapes_eval(_pipeline_generator(args.model), args.prompts, args.seed, args.out)
+    run_shapes_eval(_pipeline_generator(args), args.prompts, args.seed, args.out)
     return 0
