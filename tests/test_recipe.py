@@ -101,9 +101,10 @@ def test_miniature_recipe_makes_a_loadable_model(miniature_run):
     model = miniature_run / "model"
     index = json.loads((model / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
-    assert (miniature_run / "diffusion" / "loss.csv").is_file()
-    assert (miniature_run / "diffusion" / "loss.png").is_file()
-    assert list((miniature_run / "diffusion" / "samples").glob("step_*.png"))
+    for phase in ("diffusion", "cooldown"):
+        assert (miniature_run / phase / "loss.csv").is_file()
+        assert (miniature_run / phase / "loss.png").is_file()
+        assert list((miniature_run / phase / "samples").glob("step_*.png"))
     pipe = lienzo.load(model)
     assert pipe.spec.resolution == 128
     scale = json.loads((model / "vae" / "config.json").read_text())["scaling_factor"]

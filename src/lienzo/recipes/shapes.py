@@ -94,6 +94,16 @@ class ShapesRecipe:
         sample_every=500,
         log_every=10,
     )
+    diffusion_cooldown: TrainConfig = TrainConfig(
+        steps=1000,
+        batch_size=64,
+        optim=OptimConfig(learning_rate=2e-4, warmup_steps=50),
+        ema_decay=0.998,
+        checkpoint_every=250,
+        sample_every=500,
+        log_every=10,
+        seed=1,
+    )
     caption_dropout: float = 0.1
     offset_noise: float = 0.1
     min_snr_gamma: float | None = None
@@ -126,6 +136,7 @@ class ShapesRecipe:
                 use_linear_in_transformer=True,
             ),
             diffusion_training=quick,
+            diffusion_cooldown=quick,
             sample_prompts=1,
         )
 
@@ -225,11 +236,12 @@ def train_diffusion(
     tokenizer: CLIPTokenizer,
     tokenizer_folder: Path,
     moments: torch.Tensor,
-    folder: Path,
+    out: Path,
     device: torch.device,
     progress: bool,
 ) -> tuple[UNetModel, CLIPTextModel]:
-    """Stage 4: UNet and text encoder together on the latent pool (EMA weights when the config keeps one)."""
+    """Stage 4: UNet and text encoder together on the latent pool (`out/diffusion/`), then a cool-down
+    at a lower learning rate from the main phase's EMA weights (`out/cooldown/`); returns the EMA weights."""
     torch.manual_seed(recipe.diffusion_training.seed)
     text_config = replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab))
     text_encoder = CLIPTextModel(text_config).to(device)
@@ -254,11 +266,13 @@ def train_diffusion(
         summary = sample_report(pipe, recipe.sample_prompts, samples, step)
         print(f"step {step}: prompts matched: {summary}", flush=True)
 
-    config = replace(recipe.diffusion_training, progress_bar=progress)
     pool = LatentPool(moments, recipe.data)
-    result = train(config, objective, pool, folder, resume=True, device=device, sample_fn=sample_fn)
-    if result.ema is not None:
-        result.ema.copy_to(objective.trainable)
+    phases = [(recipe.diffusion_training, out / "diffusion"), (recipe.diffusion_cooldown, out / "cooldown")]
+    for config, folder in phases:
+        config = replace(config, progress_bar=progress)
+        result = train(config, objective, pool, folder, resume=True, device=device, sample_fn=sample_fn)
+        if result.ema is not None:
+            result.ema.copy_to(objective.trainable)
     return unet.eval(), text_encoder.eval()
 
 
@@ -280,7 +294,7 @@ def run_recipe(
     vae = with_latent_scale(recipe, tune_decoder(recipe, vae, out / "decoder", device, progress))
     moments = latent_pool(recipe, vae, out / POOL_FILE)
     unet, text_encoder = train_diffusion(
-        recipe, vae, tokenizer, tokenizer_folder, moments, out / "diffusion", device, progress
+        recipe, vae, tokenizer, tokenizer_folder, moments, out, device, progress
     )
     files = export_files(recipe, unet, vae, text_encoder, tokenizer_folder)
     target = out / MODEL_FOLDER
