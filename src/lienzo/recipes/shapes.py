@@ -86,7 +86,7 @@ class ShapesRecipe:
         norm_groups=16,
     )
     diffusion_training: TrainConfig = TrainConfig(
-        steps=6000,
+        steps=3000,
         batch_size=64,
         optim=OptimConfig(learning_rate=1e-3, warmup_steps=200),
         ema_decay=0.999,
@@ -95,7 +95,7 @@ class ShapesRecipe:
         log_every=10,
     )
     diffusion_cooldown: TrainConfig = TrainConfig(
-        steps=1000,
+        steps=1500,
         batch_size=64,
         optim=OptimConfig(learning_rate=2e-4, warmup_steps=50),
         ema_decay=0.998,
@@ -106,7 +106,7 @@ class ShapesRecipe:
     )
     caption_dropout: float = 0.1
     offset_noise: float = 0.1
-    min_snr_gamma: float | None = None
+    min_snr_gamma: float | None = 5.0
     sample_prompts: int = 8
 
     @classmethod
