@@ -185,7 +185,6 @@ def bad_inputs(model: Path, inputs: Path, scratch: Path) -> dict[str, tuple[list
             ["generate", "--prompt-file", scratch / "nope.txt", *with_model],
             "does not exist",
         ),
-        "no model": (["generate", "cat", *FAST], "--model PATH"),
     }
 
 

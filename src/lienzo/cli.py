@@ -126,10 +126,6 @@ OUTPAINT_EPILOG = """examples:
   lienzo outpaint beach.png "a wide sandy beach" --left 128 --right 128 --model models/sd15.safetensors
   lienzo outpaint tower.png "clouds above a tower" --top 256 --model models/sd15-inpainting.safetensors
 """
-MISSING_MODEL = (
-    "no model given: pass --model PATH (a diffusers folder or a .safetensors/.ckpt file); "
-    "lienzo has no built-in model yet"
-)
 RECORD_SETTINGS = (
     "negative_prompt",
     "steps",
@@ -314,8 +310,6 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
 
 def check_settings_early(args: argparse.Namespace, settings: dict) -> None:
     """Check every setting before the slow model load (the checks do not depend on the model)."""
-    if args.model is None:
-        raise InvalidArgumentError(MISSING_MODEL)
     resolve_options(family_spec("sd1"), **settings)
     if args.preview_every is not None and args.preview_every < 1:
         raise InvalidArgumentError(f"--preview-every must be 1 or more steps, got {args.preview_every}")
