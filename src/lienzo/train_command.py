@@ -9,7 +9,7 @@ from pathlib import Path
 from .recipes import ShapesRecipe, run_recipe
 
 TRAIN_EPILOG = """examples:
-  lienzo train recipe shapes --out runs/shapes            # the built-in model, about 2 h on 2 CPU cores
+  lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores
   lienzo train recipe shapes --out runs/shapes --resume   # continue a stopped run where it left off
   lienzo train recipe shapes --out /tmp/mini --miniature  # every stage at toy sizes, in seconds
 
