@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .devices import DTYPES
+from .devices import DTYPES, add_device_arguments
 from .diffusion import SCHEDULERS
 from .errors import InvalidArgumentError, LienzoError
 from .eval_command import add_eval_arguments, run_eval
@@ -169,12 +169,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         help="a diffusers folder or a .safetensors/.ckpt file (default: the built-in model)",
     )
     model.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
-    model.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
-    )
-    model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    add_device_arguments(model)
     model.add_argument(
         "--vae-tiling",
         choices=list(VAE_TILING),

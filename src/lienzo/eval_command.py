@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .devices import DTYPES
+from .devices import DTYPES, add_device_arguments
 from .errors import InvalidArgumentError
 from .pipelines.output import write_png_atomically
 from .pipelines.pipeline import load
@@ -23,12 +23,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=200, help="prompts per category (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the first image")
     parser.add_argument("--out", type=Path, default=Path("eval-shapes"), help="folder for the contact sheets")
-    parser.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    add_device_arguments(parser)
 
 
 def _check_arguments(prompts_per_category: int, out: Path) -> None:
