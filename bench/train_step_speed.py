@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lienzo.devices import default_device
+from lienzo.devices import default_device, keep_freed_memory_for_reuse
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
@@ -37,6 +37,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="latents per step")
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--precision", default="auto", help="auto, no, bf16 or fp16")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (train() tunes it on CPU)",
+    )
     parser.add_argument("--profile", action="store_true", help="print profiler tables of 5 more steps")
     return parser.parse_args()
 
@@ -51,6 +56,8 @@ def main() -> None:
     """Time the steps and print milliseconds per step and latents per second."""
     args = parse_args()
     device = torch.device(args.device) if args.device else default_device()
+    if device.type == "cpu" and not args.default_malloc:
+        keep_freed_memory_for_reuse()
     recipe = ShapesRecipe()
     folder = Path(tempfile.mkdtemp(prefix="lienzo-bench-tokenizer-"))
     train_clip_tokenizer(caption_corpus(2000, seed=0), recipe.tokenizer_vocab, folder)
@@ -70,7 +77,10 @@ def main() -> None:
     )
     pool = LatentPool(torch.randn(4096, 8, 16, 16).half(), recipe.data)
     config = replace(
-        recipe.diffusion_training, batch_size=args.batch, mixed_precision=args.precision, progress_bar=False
+        recipe.diffusion[0].training,
+        batch_size=args.batch,
+        mixed_precision=args.precision,
+        progress_bar=False,
     )
     trainer = _Trainer(config, objective, device, ProcessGroup())
     for _ in range(3):

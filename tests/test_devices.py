@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import torch
 
 import lienzo.devices as devices
@@ -26,3 +29,8 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
     assert devices.cpu_has_bf16()
     cpuinfo.write_text("flags\t\t: fpu sse avx2\n")
     assert not devices.cpu_has_bf16()
+
+
+def test_glibc_malloc_accepts_the_training_settings():
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert devices.keep_freed_memory_for_reuse() is on_glibc

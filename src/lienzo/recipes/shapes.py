@@ -44,6 +44,18 @@ POOL_FILE = "latent_pool.safetensors"
 
 
 @dataclass(frozen=True)
+class DiffusionPhase:
+    """One stretch of the diffusion stage, started from the previous stretch's EMA weights and written
+    to `out/<folder>/`; `two_object_share` and `caption_drop` (the size and position drop rate)
+    change the data it draws, `None` keeps the pool's."""
+
+    folder: str
+    training: TrainConfig
+    two_object_share: float | None = None
+    caption_drop: float | None = None
+
+
+@dataclass(frozen=True)
 class ShapesRecipe:
     """Every choice that makes the built-in model; `miniature()` is the same recipe in seconds."""
 
@@ -85,24 +97,47 @@ class ShapesRecipe:
         use_linear_in_transformer=True,
         norm_groups=16,
     )
-    diffusion_training: TrainConfig = TrainConfig(
-        steps=3000,
-        batch_size=64,
-        optim=OptimConfig(learning_rate=1e-3, warmup_steps=200),
-        ema_decay=0.999,
-        checkpoint_every=250,
-        sample_every=500,
-        log_every=10,
-    )
-    diffusion_cooldown: TrainConfig = TrainConfig(
-        steps=1500,
-        batch_size=64,
-        optim=OptimConfig(learning_rate=2e-4, warmup_steps=50),
-        ema_decay=0.998,
-        checkpoint_every=250,
-        sample_every=500,
-        log_every=10,
-        seed=1,
+    diffusion: tuple[DiffusionPhase, ...] = (
+        DiffusionPhase(
+            "diffusion",
+            TrainConfig(
+                steps=3000,
+                batch_size=64,
+                optim=OptimConfig(learning_rate=1e-3, warmup_steps=200),
+                ema_decay=0.999,
+                checkpoint_every=250,
+                sample_every=500,
+                log_every=10,
+            ),
+        ),
+        DiffusionPhase(
+            "cooldown",
+            TrainConfig(
+                steps=1500,
+                batch_size=64,
+                optim=OptimConfig(learning_rate=2e-4, warmup_steps=50),
+                ema_decay=0.998,
+                checkpoint_every=250,
+                sample_every=500,
+                log_every=10,
+                seed=1,
+            ),
+        ),
+        DiffusionPhase(
+            "binding",
+            TrainConfig(
+                steps=3000,
+                batch_size=64,
+                optim=OptimConfig(learning_rate=3e-4, warmup_steps=50),
+                ema_decay=0.998,
+                checkpoint_every=250,
+                sample_every=500,
+                log_every=10,
+                seed=2,
+            ),
+            two_object_share=0.75,
+            caption_drop=0.15,
+        ),
     )
     caption_dropout: float = 0.1
     offset_noise: float = 0.1
@@ -135,8 +170,10 @@ class ShapesRecipe:
                 context_dim=32,
                 use_linear_in_transformer=True,
             ),
-            diffusion_training=quick,
-            diffusion_cooldown=quick,
+            diffusion=(
+                DiffusionPhase("diffusion", quick),
+                DiffusionPhase("binding", quick, two_object_share=0.75, caption_drop=0.15),
+            ),
             sample_prompts=1,
         )
 
@@ -240,9 +277,9 @@ def train_diffusion(
     device: torch.device,
     progress: bool,
 ) -> tuple[UNetModel, CLIPTextModel]:
-    """Stage 4: UNet and text encoder together on the latent pool (`out/diffusion/`), then a cool-down
-    at a lower learning rate from the main phase's EMA weights (`out/cooldown/`); returns the EMA weights."""
-    torch.manual_seed(recipe.diffusion_training.seed)
+    """Stage 4: UNet and text encoder together on the latent pool, phase after phase (a main phase at a
+    high learning rate, a cool-down, a phase that dwells on two-object scenes); returns the EMA weights."""
+    torch.manual_seed(recipe.diffusion[0].training.seed)
     text_config = replace(recipe.text_encoder, vocab_size=len(tokenizer.vocab))
     text_encoder = CLIPTextModel(text_config).to(device)
     unet = UNetModel(recipe.unet).to(device)
@@ -266,11 +303,15 @@ def train_diffusion(
         summary = sample_report(pipe, recipe.sample_prompts, samples, step)
         print(f"step {step}: prompts matched: {summary}", flush=True)
 
-    pool = LatentPool(moments, recipe.data)
-    phases = [(recipe.diffusion_training, out / "diffusion"), (recipe.diffusion_cooldown, out / "cooldown")]
-    for config, folder in phases:
-        config = replace(config, progress_bar=progress)
-        result = train(config, objective, pool, folder, resume=True, device=device, sample_fn=sample_fn)
+    for phase in recipe.diffusion:
+        data = recipe.data
+        if phase.caption_drop is not None:
+            data = replace(data, drop_size=phase.caption_drop, drop_position=phase.caption_drop)
+        pool = LatentPool(moments, data, two_object_share=phase.two_object_share)
+        config = replace(phase.training, progress_bar=progress)
+        result = train(
+            config, objective, pool, out / phase.folder, resume=True, device=device, sample_fn=sample_fn
+        )
         if result.ema is not None:
             result.ema.copy_to(objective.trainable)
     return unet.eval(), text_encoder.eval()

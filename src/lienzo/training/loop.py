@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from lienzo.devices import keep_freed_memory_for_reuse
 from lienzo.errors import InvalidArgumentError
 from lienzo.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -231,6 +232,8 @@ def train(
     folder = Path(output_dir)
     device = torch.device(device) if device is not None else first_parameter_device(objective)
     group = init_from_environment(device)
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()
     checkpoint_path = folder / CHECKPOINT_NAME
     if group.is_main:
         ensure_writable(folder)
