@@ -55,6 +55,22 @@ class DiffusionPhase:
     caption_drop: float | None = None
 
 
+def diffusion_phase_training(
+    steps: int, learning_rate: float, *, warmup_steps: int, ema_decay: float, seed: int = 0
+) -> TrainConfig:
+    """A diffusion phase's training: batches of 64 latents, checkpoints every 250 steps, samples every 500."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=64,
+        optim=OptimConfig(learning_rate=learning_rate, warmup_steps=warmup_steps),
+        ema_decay=ema_decay,
+        checkpoint_every=250,
+        sample_every=500,
+        log_every=10,
+        seed=seed,
+    )
+
+
 @dataclass(frozen=True)
 class ShapesRecipe:
     """Every choice that makes the built-in model; `miniature()` is the same recipe in seconds."""
@@ -100,41 +116,15 @@ class ShapesRecipe:
     diffusion: tuple[DiffusionPhase, ...] = (
         DiffusionPhase(
             "diffusion",
-            TrainConfig(
-                steps=3000,
-                batch_size=64,
-                optim=OptimConfig(learning_rate=1e-3, warmup_steps=200),
-                ema_decay=0.999,
-                checkpoint_every=250,
-                sample_every=500,
-                log_every=10,
-            ),
+            diffusion_phase_training(3000, 1e-3, warmup_steps=200, ema_decay=0.999),
         ),
         DiffusionPhase(
             "cooldown",
-            TrainConfig(
-                steps=1500,
-                batch_size=64,
-                optim=OptimConfig(learning_rate=2e-4, warmup_steps=50),
-                ema_decay=0.998,
-                checkpoint_every=250,
-                sample_every=500,
-                log_every=10,
-                seed=1,
-            ),
+            diffusion_phase_training(1500, 2e-4, warmup_steps=50, ema_decay=0.998, seed=1),
         ),
         DiffusionPhase(
             "binding",
-            TrainConfig(
-                steps=3000,
-                batch_size=64,
-                optim=OptimConfig(learning_rate=3e-4, warmup_steps=50),
-                ema_decay=0.998,
-                checkpoint_every=250,
-                sample_every=500,
-                log_every=10,
-                seed=2,
-            ),
+            diffusion_phase_training(3000, 3e-4, warmup_steps=50, ema_decay=0.998, seed=2),
             two_object_share=0.75,
             caption_drop=0.15,
         ),
