@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lienzo.cli import main, warn_on_other_model
+from lienzo.cli import main
+from lienzo.cli.generate import warn_on_other_model
 from lienzo.pipelines import steps
 from lienzo.pipelines.metadata import parse_parameters, read_parameters, save_png
 from lienzo.pipelines.preview import LABEL_HEIGHT

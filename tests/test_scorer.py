@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-import lienzo.eval_command
+import lienzo.cli.eval
+from lienzo.cli.eval import add_eval_arguments, run_eval
 from lienzo.errors import InvalidArgumentError
-from lienzo.eval_command import add_eval_arguments, run_eval
 from lienzo.worlds.evaluate import (
     CATEGORIES,
     contact_sheet,
@@ -256,7 +256,7 @@ def parse_eval_args(argv):
 def test_eval_command_scores_ground_truth_fully(tmp_path, monkeypatch, capsys):
     loaded = []
     monkeypatch.setattr(
-        lienzo.eval_command,
+        lienzo.cli.eval,
         "load",
         lambda *args, **kwargs: loaded.append((args, kwargs)) or GroundTruthPipeline(),
     )

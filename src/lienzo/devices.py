@@ -3,7 +3,6 @@ C allocator's settings for CPU training."""
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import sys
 from pathlib import Path
@@ -56,13 +55,3 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
-
-
-def add_device_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The `--dtype` and `--device` options of the commands that load a model."""
-    parser.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")

@@ -23,22 +23,38 @@ def is_file_target(target: Path) -> bool:
     return target.suffix.lower() in IMAGE_SUFFIXES and not target.is_dir()
 
 
+def output_folder(target: Path) -> Path:
+    """The folder an output target writes into: the target itself, or a .png file's parent."""
+    return target.parent if is_file_target(target) else target
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` when it exists, else its closest ancestor that does."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(folder: Path, option: str = "-o") -> None:
+    """Raise InvalidArgumentError unless `folder` (or the folder to make it in) takes files; makes nothing."""
+    existing = nearest_existing(Path(folder))
+    if not existing.is_dir():
+        reason = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} is not writable"
+    else:
+        return
+    raise InvalidArgumentError(f"cannot write to {folder} ({reason}); choose a writable path with {option}")
+
+
 def prepare_target(target: Path | None) -> Path:
-    """The output target, checked before any work: its folder is created and must be writable."""
+    """The output target, checked before any work: its folder must be writable or creatable (not made yet)."""
     target = DEFAULT_FOLDER if target is None else Path(target)
     if target.suffix and not is_file_target(target) and not target.is_dir():
         raise InvalidArgumentError(
             f"cannot write {target}: images are saved as PNG; name a .png file or a folder with -o"
         )
-    folder = target.parent if is_file_target(target) else target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise InvalidArgumentError(
-            f"cannot write to {folder} ({error.strerror or error}); choose a writable output path with -o"
-        ) from error
+    check_writable_folder(output_folder(target))
     return target
 
 
@@ -65,10 +81,11 @@ def create_exclusively(path: Path) -> bool:
 
 
 def reserve_paths(target: Path, seeds: list[int]) -> list[Path]:
-    """One new, empty file per seed, created exclusively so no existing file is ever replaced."""
-    counter = 0 if is_file_target(target) else next_number(target)
+    """One new, empty file per seed, made exclusively so no file is ever replaced; makes the folder."""
     reserved: list[Path] = []
     try:
+        output_folder(target).mkdir(parents=True, exist_ok=True)
+        counter = 0 if is_file_target(target) else next_number(target)
         for seed in seeds:
             while not create_exclusively(path := proposed_path(target, counter, seed)):
                 counter += 1

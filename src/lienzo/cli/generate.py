@@ -1,105 +1,25 @@
-"""The `lienzo` command line: one subcommand per task, each a thin wrapper over the Python API."""
+"""`lienzo generate / img2img / inpaint / outpaint`: draw images, one PNG each with its parameters."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from .devices import DTYPES, add_device_arguments
-from .diffusion import SCHEDULERS
-from .errors import InvalidArgumentError, LienzoError
-from .eval_command import add_eval_arguments, run_eval
-from .io import read_model, write_model
-from .io.model_files import dtype_names, parameter_count
-from .models.specs import family_spec
-from .pipelines.images import load_image
-from .pipelines.inpaint import load_mask
-from .pipelines.masking import check_mask_size, check_multiple_of_8
-from .pipelines.metadata import parse_parameters, read_parameters, save_png
-from .pipelines.options import HIRES_UPSCALERS, HiresOptions, RefinerOptions, resolve_options
-from .pipelines.output import prepare_target, release_paths, reserve_paths, write_png_atomically
-from .pipelines.pipeline import load
-from .pipelines.preview import FilmstripRecorder
-from .train_command import TRAIN_EPILOG, add_train_arguments, run_train
+from ..diffusion import SCHEDULERS
+from ..errors import InvalidArgumentError
+from ..pipelines.images import load_image
+from ..pipelines.inpaint import load_mask
+from ..pipelines.masking import check_mask_size
+from ..pipelines.metadata import parse_parameters, read_parameters, save_png
+from ..pipelines.options import HIRES_UPSCALERS, HiresOptions, RefinerOptions
+from ..pipelines.output import prepare_target, release_paths, reserve_paths, write_png_atomically
+from ..pipelines.pipeline import load
+from ..pipelines.preview import FilmstripRecorder
+from ..pipelines.requests import MODE_EXTRAS, SIDES, validate_request
+from .arguments import add_device_arguments, add_family_argument, chosen_dtype, parse_size
 
-FORMATS = ("diffusers", "single-file")
 VAE_TILING = {"auto": None, "on": True, "off": False}
-
-
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: its name, one-line help, how it adds its arguments, and what it runs."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    epilog: str = ""
-
-
-def add_info_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `lienzo info`."""
-    parser.add_argument("path", type=Path, help="a diffusers folder or a .safetensors/.ckpt file")
-    parser.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
-
-
-def run_info(args: argparse.Namespace) -> int:
-    """Print a model's family, format, components and settings."""
-    files = read_model(args.path, family=args.family)
-    spec = files.spec
-    downscale = 2 ** (len(spec.vae.ch_mult) - 1)
-    lines = [
-        f"path: {args.path}",
-        f"family: {files.family}",
-        f"format: {files.source_format}",
-        f"prediction: {spec.prediction}",
-        f"resolution: {spec.resolution}",
-        f"latent: {spec.vae.embed_dim} channels at 1/{downscale} of the image size, "
-        f"scaling factor {spec.vae.scaling_factor}",
-        f"vector conditioning: {spec.vector_conditioning or 'none'}",
-        "components:",
-    ]
-    for name, state_dict in files.components().items():
-        lines.append(
-            f"  {name}: {parameter_count(state_dict):,} parameters, {', '.join(dtype_names(state_dict))}"
-        )
-    lines.append("configs:")
-    lines.append(f"  unet: {spec.unet}")
-    lines.append(f"  vae: {spec.vae}")
-    for index, tower in enumerate(spec.text_encoders):
-        lines.append(f"  text_encoder[{index}]: {tower.config}")
-    print("\n".join(lines))
-    return 0
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `lienzo convert`."""
-    parser.add_argument("src", type=Path, help="a diffusers folder or a .safetensors/.ckpt file")
-    parser.add_argument("dst", type=Path, help="output: a .safetensors file or a folder")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating-point weights")
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        help="output layout (default: single-file for a .safetensors DST, else diffusers)",
-    )
-    parser.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Convert a model between diffusers folders and single files, optionally changing its dtype."""
-    if args.dst.exists() and not args.overwrite:
-        raise InvalidArgumentError(f"{args.dst} already exists; pass --overwrite to replace it")
-    files = read_model(args.src, family=args.family)
-    dtype = DTYPES[args.dtype] if args.dtype else None
-    written = write_model(files, args.dst, format=args.format, dtype=dtype, overwrite=args.overwrite)
-    print(f"wrote {files.family} model to {written}")
-    return 0
-
-
 GENERATE_EPILOG = """examples:
   lienzo generate "a red circle on a blue square" --model models/sd15.safetensors --seed 42
   lienzo generate "a lighthouse at dusk" -n "blurry, text" --size 768x512 --steps 30 --cfg 6.5 \\
@@ -142,6 +62,8 @@ RECORD_SETTINGS = (
 )
 """Settings a --from-png file supplies (command-line flags override them)."""
 COMMAND_SETTINGS = (*RECORD_SETTINGS, "batch_size", "strength")
+CLI_EXTRAS = ("preview_every", "refiner", "refiner_switch_at")
+"""Extras the command line handles itself rather than passing to the pipeline method."""
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +90,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a diffusers folder or a .safetensors/.ckpt file (default: the built-in model)",
     )
-    model.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
+    add_family_argument(model)
     add_device_arguments(model)
     model.add_argument(
         "--vae-tiling",
@@ -217,20 +139,11 @@ def add_outpaint_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `lienzo outpaint`."""
     parser.add_argument("image", type=Path, help="the image to extend")
     add_generation_arguments(parser)
-    for side in ("left", "right", "top", "bottom"):
+    for side in SIDES:
         parser.add_argument(
             f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)"
         )
     parser.add_argument("--mask-blur", type=float, help="blur of the seam in pixels (default 4)")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """(width, height) from "512x768" (or "512" for a square)."""
-    parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(part.strip().isdigit() for part in parts):
-        raise InvalidArgumentError(f"--size must look like 512x768 (WIDTHxHEIGHT), got {text!r}")
-    width, height = (int(part) for part in (parts * 2)[:2])
-    return width, height
 
 
 def read_prompts(args: argparse.Namespace, record: dict) -> list[str]:
@@ -303,20 +216,9 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
     return settings
 
 
-def check_settings_early(args: argparse.Namespace, settings: dict) -> None:
-    """Check every setting before the slow model load (the checks do not depend on the model)."""
-    resolve_options(family_spec("sd1"), **settings)
-    if args.preview_every is not None and args.preview_every < 1:
-        raise InvalidArgumentError(f"--preview-every must be 1 or more steps, got {args.preview_every}")
-    if args.command == "inpaint" and args.padding is not None:
-        check_multiple_of_8("padding", args.padding)
-    if args.command == "outpaint":
-        for side in ("left", "right", "top", "bottom"):
-            check_multiple_of_8(side, getattr(args, side))
-        if not any(getattr(args, side) for side in ("left", "right", "top", "bottom")):
-            raise InvalidArgumentError("outpainting needs a margin: give --left, --right, --top or --bottom")
-    if getattr(args, "refiner_switch_at", None) is not None and getattr(args, "refiner", None) is None:
-        raise InvalidArgumentError("--refiner-switch-at needs --refiner PATH")
+def command_extras(args: argparse.Namespace) -> dict:
+    """The command's options beyond the generation settings, by their `validate_request` names."""
+    return {key: getattr(args, key) for key in MODE_EXTRAS[args.command]}
 
 
 def input_images(args: argparse.Namespace) -> dict:
@@ -332,19 +234,10 @@ def input_images(args: argparse.Namespace) -> dict:
 
 def run_pipeline(pipe, args: argparse.Namespace, prompt: str, images: dict, settings: dict, callback):
     """Call the pipeline method of the command with its own options."""
-    if args.command == "generate":
-        return pipe.generate(prompt, callback=callback, **settings)
-    extras = {"callback": callback}
-    if args.command == "inpaint":
-        extras |= {"only_masked": args.only_masked}
-        extras |= {
-            key: getattr(args, key) for key in ("mask_blur", "padding") if getattr(args, key) is not None
-        }
-    if args.command == "outpaint":
-        extras |= {side: getattr(args, side) for side in ("left", "right", "top", "bottom")}
-        extras |= {"mask_blur": args.mask_blur} if args.mask_blur is not None else {}
+    extras = command_extras(args)
+    options = {key: value for key, value in extras.items() if value is not None and key not in CLI_EXTRAS}
     method = getattr(pipe, args.command)
-    return method(*images.values(), prompt, **settings, **extras)
+    return method(*images.values(), prompt, callback=callback, **settings, **options)
 
 
 def write_images(images: list, target: Path) -> list[Path]:
@@ -385,10 +278,10 @@ def run_generation(args: argparse.Namespace) -> int:
     record = stored_record(args)
     prompts = read_prompts(args, record)
     settings = gather_settings(args, record)
-    check_settings_early(args, settings)
+    validate_request(args.command, settings, command_extras(args))
     images = input_images(args)
     target = prepare_target(args.output)
-    dtype = DTYPES[args.dtype] if args.dtype else None
+    dtype = chosen_dtype(args)
     pipe = load(args.model, device=args.device, dtype=dtype, family=args.family)
     warn_on_other_model(record, pipe)
     pipe.vae_tiling = VAE_TILING[args.vae_tiling]
@@ -404,77 +297,3 @@ def run_generation(args: argparse.Namespace) -> int:
             paths.append(write_filmstrip(recorder, paths[0]))
         print("\n".join(str(path) for path in paths))
     return 0
-
-
-GENERATION_COMMANDS = [
-    Command(
-        "generate",
-        "draw images from a prompt (txt2img)",
-        add_generate_arguments,
-        run_generation,
-        GENERATE_EPILOG,
-    ),
-    Command(
-        "img2img", "redraw an image following a prompt", add_img2img_arguments, run_generation, IMG2IMG_EPILOG
-    ),
-    Command(
-        "inpaint",
-        "repaint the masked part of an image",
-        add_inpaint_arguments,
-        run_generation,
-        INPAINT_EPILOG,
-    ),
-    Command(
-        "outpaint",
-        "extend an image beyond its borders",
-        add_outpaint_arguments,
-        run_generation,
-        OUTPAINT_EPILOG,
-    ),
-]
-
-
-COMMANDS = [
-    *GENERATION_COMMANDS,
-    Command("info", "show a model's family, format, components and settings", add_info_arguments, run_info),
-    Command("convert", "convert diffusers folders and single files", add_convert_arguments, run_convert),
-    Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
-    Command(
-        "train",
-        "train a model with a recipe (shapes: the built-in model)",
-        add_train_arguments,
-        run_train,
-        TRAIN_EPILOG,
-    ),
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="lienzo", description="Stable Diffusion, built whole.")
-    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        sub = subcommands.add_parser(
-            command.name,
-            help=command.help,
-            description=command.help,
-            epilog=command.epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `lienzo` command line; user errors print `error: <message>` and return 1."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except LienzoError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
-from .recipes import ShapesRecipe, run_recipe
+from ..pipelines.output import check_writable_folder
+from ..recipes import ShapesRecipe, run_recipe
 
 TRAIN_EPILOG = """examples:
   lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores
@@ -31,10 +33,33 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def first_missing_folder(folder: Path) -> Path | None:
+    """The outermost folder that making `folder` would create (None when it exists)."""
+    outermost = None
+    while not folder.exists() and folder != folder.parent:
+        outermost, folder = folder, folder.parent
+    return outermost
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove `folder` and its subfolders when they hold no file at all."""
+    if not folder.is_dir() or any(not path.is_dir() for path in folder.rglob("*")):
+        return
+    for parent, _, _ in os.walk(folder, topdown=False):
+        os.rmdir(parent)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the recipe and print where the model was written and how long it took."""
+    check_writable_folder(args.out, "--out")
+    created = first_missing_folder(args.out)
     recipe = ShapesRecipe.miniature() if args.miniature else ShapesRecipe()
     started = time.perf_counter()
-    model = run_recipe(args.out, recipe, resume=args.resume, progress=not args.quiet)
+    try:
+        model = run_recipe(args.out, recipe, resume=args.resume, progress=not args.quiet)
+    except BaseException:
+        if created is not None:
+            remove_if_empty(created)
+        raise
     print(f"model written to {model} in {time.perf_counter() - started:.0f} s")
     return 0

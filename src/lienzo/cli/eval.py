@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from .devices import DTYPES, add_device_arguments
-from .errors import InvalidArgumentError
-from .pipelines.output import write_png_atomically
-from .pipelines.pipeline import load
-from .worlds.evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
+from ..errors import InvalidArgumentError
+from ..pipelines.output import check_writable_folder, write_png_atomically
+from ..pipelines.pipeline import load
+from ..worlds.evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
+from .arguments import add_device_arguments, chosen_dtype
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,18 +28,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_arguments(prompts_per_category: int, out: Path) -> None:
     if prompts_per_category < 1:
         raise InvalidArgumentError(f"--prompts must be at least 1, got {prompts_per_category}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InvalidArgumentError(
-            f"cannot create the output folder {out}: {error.strerror}; pick another --out"
-        ) from error
-    if not os.access(out, os.W_OK):
-        raise InvalidArgumentError(f"the output folder {out} is not writable; pick another --out")
+    check_writable_folder(out, "--out")
 
 
 def _pipeline_generator(args: argparse.Namespace) -> Callable[[str, int], Image.Image]:
-    pipe = load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+    pipe = load(args.model, device=args.device, dtype=chosen_dtype(args))
     pipe.progress = False
 
     def generate(prompt: str, seed: int) -> Image.Image:
@@ -57,6 +49,7 @@ def run_shapes_eval(
     prompts = [p for kind in CATEGORIES for p in evaluation_prompts(prompts_per_category, seed, kind)]
     report = evaluate(generate_fn, prompts, [seed + index for index in range(len(prompts))])
     print(report.table())
+    out.mkdir(parents=True, exist_ok=True)
     for category in CATEGORIES:
         chosen = [i for i, item in enumerate(report.items) if item.category == category]
         sheet = contact_sheet(
