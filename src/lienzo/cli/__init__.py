@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 
+from .. import __version__
 from ..errors import LienzoError
 from .eval import add_eval_arguments, run_eval
 from .generate import (
@@ -86,8 +87,6 @@ def version() -> str:
     try:
         return metadata.version("lienzo")
     except metadata.PackageNotFoundError:
-        from .. import __version__
-
         return __version__
 
 
@@ -144,7 +143,7 @@ def report_unexpected(error: Exception, command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `lienzo` command line; every failure is one `error:` line and exit status 1."""
+    """Run the `lienzo` command line; a failure prints one `error:` line and returns 1, Ctrl+C returns 130."""
     args = build_parser().parse_args(argv)
     debug = debug_requested(args)
     try:
