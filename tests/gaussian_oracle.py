@@ -130,12 +130,12 @@ def convergence_order(steps: Sequence[int], errors: Sequence[float]) -> float:
 
 
 def eps_model(denoise: Denoise, t_to_sigma: Callable[[torch.Tensor], torch.Tensor]):
-    """A UNet-like `model(x_vp, t, context=None, y=None) -> eps` built from a denoiser (VP input scaling).
+    """A UNet-like `model(x_vp, t, cond=None) -> eps` built from a denoiser (VP input scaling).
 
     The network input is x_vp = x / sqrt(1 + sigma^2); it returns eps = (x - D(x, sigma)) / sigma.
     """
 
-    def model(x_vp: torch.Tensor, t: torch.Tensor, context=None, y=None) -> torch.Tensor:
+    def model(x_vp: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_vp.shape[0])
         sigma = t_to_sigma(t).to(x_vp.dtype)
         sig = _sigma_like(sigma, x_vp)

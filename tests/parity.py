@@ -6,6 +6,7 @@ import diffusers
 import torch
 
 import lienzo
+from lienzo.models.conditioning import Conditioning
 from lienzo.models.unet import sdxl_vector_conditioning
 from tiny_models import SDXL_TIME_IDS, tiny_pipeline_folder
 
@@ -32,9 +33,9 @@ def unet_error(family: str) -> float:
         pooled = torch.randn(2, pipe.spec.text_encoders[-1].config.projection_dim, generator=generator)
         time_ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0][: SDXL_TIME_IDS[family]]] * 2)
         extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
-        y = sdxl_vector_conditioning(pooled, time_ids)
+        y = sdxl_vector_conditioning(pooled, time_ids, pipe.spec.unet.addition_time_embed_dim)
     with torch.no_grad():
-        return max_error(pipe.unet(x, t, context, y=y), reference(x, t, context, **extra).sample)
+        return max_error(pipe.unet(x, t, Conditioning(context, y)), reference(x, t, context, **extra).sample)
 
 
 def vae_errors(family: str) -> tuple[float, float]:

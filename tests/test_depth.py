@@ -13,6 +13,7 @@ from PIL import Image
 import lienzo
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.depth import depth_conditioning, load_depth_map
+from lienzo.pipelines.options import HiresOptions
 from tiny_models import tiny_pipeline_folder
 
 FAST = {"steps": 4, "seed": 7, "sampler": "euler", "cfg": 5.0}
@@ -64,6 +65,19 @@ def test_depth2img_shapes_and_the_depth_map_changes_the_result(pipe):
     assert across[0].info["lienzo"]["strength"] == 0.8
     assert across[0].tobytes() == again[0].tobytes()
     assert across[0].tobytes() != down[0].tobytes()
+
+
+def test_depth2img_with_hires_fix_gives_the_depth_map_at_the_larger_size(pipe):
+    seen = []
+    image, depth = photo((32, 24)), gradient((32, 24), True)
+    hires = HiresOptions(scale=2.0, strength=0.6)
+    result = pipe.depth2img(image, depth, "a room", hires=hires, callback=seen.append, **FAST)[0]
+    factor = pipe.spec.vae.downscale_factor
+    stages = {state["stage"]: tuple(factor * side for side in state["x"].shape[-2:]) for state in seen}
+    assert stages == {"base": (24, 32), "hires": (48, 64)}
+    assert result.size == (64, 48) and result.info["lienzo"]["hires"]["strength"] == 0.6
+    flat = pipe.depth2img(image, torch.zeros(24, 32), "a room", hires=hires, **FAST)[0]
+    assert flat.tobytes() != result.tobytes()
 
 
 def test_depth2img_batch_item_follows_its_seed(pipe):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,7 +120,8 @@ def test_a1111_sampler_name_sets_the_scheduler():
         ({"batch_size": 0}, "batch size"),
         ({"seed": -3}, "seed=None"),
         ({"hires": HiresOptions(upscaler="magic")}, "upscaler"),
-        ({"refiner": RefinerOptions(pipeline=None)}, "lienzo.load"),
+        ({"refiner": RefinerOptions(model=None)}, "REFINER_PATH"),
+        ({"sampler": "euler_ancestral", "sampler_options": {"warp": 2}}, "eta=1.0, s_noise=1.0"),
         ({"colour": "red"}, "unknown generation option"),
     ],
 )
@@ -181,7 +181,7 @@ def test_hires_fix_doubles_the_size(upscaler):
 
 
 def test_refiner_takes_over_at_switch_point():
-    base, refiner = tiny("sdxl"), tiny("sdxl-refiner")
+    base, refiner = tiny("sdxl"), tiny_pipeline_folder("sdxl-refiner")
     stages = []
     refined = base.generate(
         "x", refiner=RefinerOptions(refiner, switch_at=0.5), callback=stages.append, **{**FAST, "steps": 4}
@@ -215,10 +215,7 @@ def test_single_file_carries_name_and_a1111_model_hash(tmp_path):
 
 
 def test_any_multiple_of_8_fits_and_other_sizes_name_the_nearest_one():
-    sd1_like = SimpleNamespace(
-        vae=SimpleNamespace(downscale_factor=8),
-        spec=SimpleNamespace(unet=family_spec("sd1").unet, vae=family_spec("sd1").vae),
-    )
+    sd1_like = family_spec("sd1")
     assert latent_shape(sd1_like, 640, 512) == (4, 64, 80)
     assert latent_shape(sd1_like, 520, 456) == (4, 57, 65)
     with pytest.raises(InvalidArgumentError, match="width 518 .* multiple of 8, e.g. 520"):
@@ -249,3 +246,31 @@ def test_text_encoders_run_once_per_call_whatever_the_batch():
         for hook in hooks:
             hook.remove()
     assert len(calls) == len(pipe.text_encoders)
+
+
+def test_a_stochastic_batch_runs_at_once_and_gives_item_i_the_image_of_seed_plus_i():
+    pipe = tiny("sd1")
+    settings = {**FAST, "sampler": "euler_ancestral", "steps": 3, "progress": False}
+    calls = []
+    batch = pipe.generate("x", batch_size=4, callback=calls.append, **settings)
+    assert {state["x"].shape[0] for state in calls} == {4} and len(calls) == 3
+    for index, image in enumerate(batch):
+        alone = pipe.generate("x", **{**settings, "seed": FAST["seed"] + index})[0]
+        difference = np.abs(pixels(image) - pixels(alone)).max()
+        assert difference <= 1, (index, difference)
+    assert batch[0].tobytes() != batch[1].tobytes()
+
+
+def test_sampler_options_reach_the_sampler_and_the_record():
+    pipe = tiny("sd1")
+    settings = {**FAST, "sampler": "euler_ancestral", "steps": 3, "progress": False}
+    default = pipe.generate("x", **settings)[0]
+    explicit = pipe.generate("x", sampler_options={"eta": 1.0, "s_noise": 1.0}, **settings)[0]
+    quiet = pipe.generate("x", sampler_options={"eta": 0.0}, **settings)[0]
+    euler = pipe.generate("x", **{**settings, "sampler": "euler"})[0]
+    scaled = pipe.generate("x", sampler_options={"s_noise": 0.5}, **settings)[0]
+    assert explicit.tobytes() == default.tobytes()
+    assert quiet.tobytes() == euler.tobytes()
+    assert scaled.tobytes() not in (default.tobytes(), quiet.tobytes())
+    assert quiet.info["lienzo"]["sampler_options"] == {"eta": 0.0}
+    assert default.info["lienzo"]["sampler_options"] == {}

@@ -13,11 +13,9 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 
 import lienzo
-from lienzo.pipelines.img2img import img2img_latents
+from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.options import resolve_options
-from lienzo.pipelines.refiner import encode_prompts_once
 from lienzo.pipelines.steps import decode_latents, encode_images, initial_noise, latent_shape, schedule_sigmas
-from lienzo.pipelines.txt2img import txt2img_latents
 from tiny_models import tiny_pipeline_folder
 
 TOLERANCE = 1e-3
@@ -72,12 +70,13 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("family", ["sd1", "sd2-v", "sdxl"])
 def test_txt2img_latents_match_diffusers(family):
     pipe, options = lienzo_setup(family)
-    ours = txt2img_latents(pipe, options, encode_prompts_once(pipe, options))
+    ours = generate_latents(pipe, options, progress=False)
     reference = reference_pipeline(family)
     reference.scheduler.set_timesteps(STEPS)
-    noise = initial_noise(options, latent_shape(pipe, SIZE, SIZE))
-    assert torch.allclose(reference.scheduler.sigmas.float(), schedule_sigmas(options), rtol=1e-4)
-    start = noise * schedule_sigmas(options)[0] / reference.scheduler.init_noise_sigma
+    noise = initial_noise(options, latent_shape(pipe.spec, SIZE, SIZE))
+    sigmas = schedule_sigmas(pipe.spec, options)
+    assert torch.allclose(reference.scheduler.sigmas.float(), sigmas, rtol=1e-4)
+    start = noise * sigmas[0] / reference.scheduler.init_noise_sigma
     with torch.no_grad():
         expected = reference(
             PROMPT,
@@ -97,8 +96,8 @@ def test_txt2img_latents_match_diffusers(family):
 def test_img2img_latents_match_diffusers():
     pipe, options = lienzo_setup("sd1", strength=0.5, mode="img2img")
     image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    init_latents = encode_images(pipe, image)
-    ours = img2img_latents(pipe, options, encode_prompts_once(pipe, options), init_latents)
+    init_latents = encode_images(pipe.vae, image)
+    ours = generate_latents(pipe, options, start=init_latents, progress=False)
     folder = tiny_pipeline_folder("sd1")
     reference = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None)
     reference.scheduler = euler_karras(reference)
@@ -124,7 +123,7 @@ def test_img2img_latents_match_diffusers():
 def test_decoded_image_matches_diffusers_decode():
     pipe, _ = lienzo_setup("sd1")
     latents = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(2))
-    ours = decode_latents(pipe, latents)[0]
+    ours = decode_latents(pipe.vae, latents)[0]
     reference = diffusers.AutoencoderKL.from_pretrained(tiny_pipeline_folder("sd1") / "vae").eval()
     with torch.no_grad():
         decoded = reference.decode(latents / reference.config.scaling_factor).sample

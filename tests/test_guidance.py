@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lienzo.diffusion import Conditioning, Denoiser, EpsPrediction, ModelSampling, guided_denoiser
+from lienzo.diffusion import (
+    Conditioning,
+    ControlResiduals,
+    Denoiser,
+    EpsPrediction,
+    ModelSampling,
+    concat_conditionings,
+    guided_denoiser,
+)
 from lienzo.diffusion.guidance import rescale_guidance
 from lienzo.errors import InvalidArgumentError
 
@@ -18,7 +26,8 @@ class AttentionNetwork:
         self.query = torch.randn(4, 8)
         self.calls: list[tuple[int, int]] = []
 
-    def __call__(self, x, t, context, y=None):
+    def __call__(self, x, t, cond):
+        context = cond.context
         self.calls.append((x.shape[0], context.shape[1]))
         q = torch.einsum("bchw,cd->bhwd", x, self.query)
         attention = torch.softmax(torch.einsum("bhwd,bld->bhwl", q, context), dim=-1)
@@ -97,3 +106,33 @@ def test_guidance_needs_an_unconditional_input():
         guided_denoiser(denoiser, Conditioning(torch.zeros(1, 77, 8)), None, cfg_scale=7.0)
     with pytest.raises(InvalidArgumentError, match="guidance_rescale"):
         guided_denoiser(denoiser, Conditioning(torch.zeros(1, 77, 8)), None, guidance_rescale=2.0)
+
+
+def test_cfg_batches_every_kind_of_conditioning_in_one_pass():
+    """context (token counts tiled), y, extra channels and control residuals all reach the network as
+    cond rows then uncond rows, each repeated to the batch."""
+    seen = []
+
+    def network(x, t, cond):
+        seen.append(cond)
+        return torch.zeros_like(x)
+
+    def conditioning(value: float, tokens: int) -> Conditioning:
+        control = ControlResiduals((torch.full((1, 2, 4, 4), value),), torch.full((1, 2, 2, 2), -value))
+        return Conditioning(
+            torch.full((1, tokens, 8), value),
+            torch.full((1, 5), value),
+            torch.full((1, 1, 4, 4), value),
+            control,
+        )
+
+    denoiser = Denoiser(network, EpsPrediction(), ModelSampling.from_config())
+    guided = guided_denoiser(denoiser, conditioning(1.0, 77), conditioning(2.0, 154), cfg_scale=3.0)
+    guided(torch.zeros(3, 4, 4, 4), torch.full((3,), 1.0))
+    (cond,) = seen
+    expected_rows = torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    assert cond.context.shape == (6, 154, 8)
+    for tensor in (cond.context, cond.y, cond.concat, cond.control.skips[0], -cond.control.middle):
+        assert torch.equal(tensor.flatten(1)[:, 0], expected_rows)
+    with pytest.raises(InvalidArgumentError, match="concat"):
+        concat_conditionings(conditioning(1.0, 77), Conditioning(torch.zeros(1, 77, 8), torch.zeros(1, 5)), 1)

@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw
 
 import lienzo
 from lienzo.errors import InvalidArgumentError
-from lienzo.pipelines.images import images_to_tensor
-from lienzo.pipelines.inpaint import InpaintRegion, inpaint_latents
+from lienzo.pipelines.generation import generate_latents
+from lienzo.pipelines.inpaint import InpaintRegion, inpaint_conditions
 from lienzo.pipelines.masking import (
     Box,
     binarize,
@@ -24,7 +24,7 @@ from lienzo.pipelines.masking import (
     paste_back,
 )
 from lienzo.pipelines.options import HiresOptions, resolve_options
-from lienzo.pipelines.steps import ConcatChannels, schedule_sigmas
+from lienzo.pipelines.steps import schedule_sigmas
 from tiny_models import tiny_pipeline_folder
 
 INPAINT_FAMILIES = ("sd1-inpaint", "sd1")
@@ -109,19 +109,6 @@ def test_latent_mask_and_masked_image_follow_diffusers():
     assert masked_image(image, mask).sum() == 3 * (32 * 32 - 16 * 8)
 
 
-def test_concat_channels_repeats_the_extra_input_to_the_batch():
-    seen = {}
-
-    def unet(x, t, context, y=None):
-        seen["x"] = x
-        return x[:, :4]
-
-    extra = torch.arange(5.0).reshape(1, 5, 1, 1).expand(1, 5, 2, 2)
-    out = ConcatChannels(unet, extra)(torch.zeros(2, 4, 2, 2), torch.zeros(2), torch.zeros(2, 1, 8))
-    assert seen["x"].shape == (2, 9, 2, 2) and out.shape == (2, 4, 2, 2)
-    assert torch.equal(seen["x"][1, 4:], extra[0])
-
-
 SIZE = (48, 40)
 MASK_BOX = (8, 8, 32, 24)
 FAST = {"steps": 2, "seed": 3, "sampler": "euler", "cfg": 5.0}
@@ -177,13 +164,27 @@ def test_inpaint_is_deterministic_and_batch_items_follow_seeds(pipes):
         ({"strength": 1.5}, r"\[0, 1\]"),
         ({"strength": -0.1}, r"\[0, 1\]"),
         ({"image": "does-not-exist.png"}, "does not exist"),
-        ({"hires": HiresOptions()}, "generate only"),
     ],
 )
 def test_inpaint_rejects_bad_input(pipes, kwargs, message):
     arguments = {"image": noise_image(SIZE), "mask": rectangle_mask(SIZE, MASK_BOX), **kwargs}
     with pytest.raises(InvalidArgumentError, match=message):
         pipes["sd1"].inpaint(arguments.pop("image"), arguments.pop("mask"), "a cat", **arguments, **FAST)
+
+
+@pytest.mark.parametrize("family", INPAINT_FAMILIES)
+def test_inpaint_with_hires_fix_samples_again_at_the_larger_size(pipes, family):
+    """The hires pass gets the mask (and an inpaint model its masked-image channels) at its own size."""
+    image, mask = noise_image(SIZE), rectangle_mask(SIZE, MASK_BOX)
+    seen = []
+    hires = HiresOptions(scale=1.5, strength=0.6)
+    result = pipes[family].inpaint(image, mask, "a red circle", hires=hires, callback=seen.append, **FAST)[0]
+    factor = pipes[family].spec.vae.downscale_factor
+    stages = {state["stage"]: tuple(factor * side for side in state["x"].shape[-2:]) for state in seen}
+    assert stages == {"base": (40, 48), "hires": (56, 72)}
+    assert result.size == SIZE and result.info["lienzo"]["hires"]["width"] == 72
+    assert torch.equal(kept(result, mask), kept(image, mask))
+    assert not torch.equal(pixels(result), pixels(image))
 
 
 def test_inpaint_rejects_an_unreadable_image(pipes, tmp_path):
@@ -237,9 +238,10 @@ def test_inpaint_latents_match_diffusers(pipes, family, strength):
     options = resolve_options(
         pipe.spec, prompt="a red circle", width=32, height=32, strength=strength, mode="inpaint", **settings
     )
-    region = InpaintRegion(images_to_tensor([image]), mask_to_tensor(mask), Box(0, 0, 32, 32))
-    ours = inpaint_latents(pipe, region, options)
-    theirs = diffusers_inpaint_latents(family, image, mask, schedule_sigmas(options), strength)
+    conditions = inpaint_conditions(pipe, InpaintRegion(image, mask, Box(0, 0, 32, 32)), None)
+    start = None if strength == 1 else conditions(32, 32).latent
+    ours = generate_latents(pipe, options, start=start, conditions=conditions, progress=False)
+    theirs = diffusers_inpaint_latents(family, image, mask, schedule_sigmas(pipe.spec, options), strength)
     error, scale = (ours - theirs).abs().max().item(), theirs.abs().max().item()
     print(f"{family} inpaint latents: max abs error {error:.2e}, largest value {scale:.2f}")
     assert error < 1e-5 * scale

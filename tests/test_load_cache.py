@@ -11,13 +11,41 @@ import lienzo
 from tiny_models import tiny_pipeline_folder
 
 
-def test_loading_again_reuses_the_networks_but_not_the_settings():
+def test_loading_again_shares_the_weights_in_views_of_their_own():
     first = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
     again = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
-    assert again is not first
-    assert again.unet is first.unet and again.vae is first.vae
-    first.progress = False
-    assert again.progress is True
+    assert again is not first and again.unet is not first.unet
+    assert again.vae is first.vae
+    for (name, weight), other in zip(
+        first.unet.state_dict().items(), again.unet.state_dict().values(), strict=True
+    ):
+        assert weight.data_ptr() == other.data_ptr(), name
+
+
+def test_patching_one_pipeline_leaves_another_untouched_and_unpatching_restores_it():
+    first = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    second = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    settings = {"steps": 2, "seed": 1, "width": 32, "height": 32, "progress": False}
+    before = second.generate("a circle", **settings)[0].tobytes()
+    name = "out.2.weight"
+    original = first.unet.get_parameter(name)
+    first.unet_patcher.patch({name: lambda weight: torch.full_like(weight, 0.5)})
+    assert torch.equal(first.unet.get_parameter(name), original.float() + 0.5)
+    assert second.unet.get_parameter(name) is original
+    assert first.generate("a circle", **settings)[0].tobytes() != before
+    assert second.generate("a circle", **settings)[0].tobytes() == before
+    third = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    assert third.unet.get_parameter(name) is original
+    first.unet_patcher.unpatch()
+    assert first.unet.get_parameter(name) is original
+    assert first.generate("a circle", **settings)[0].tobytes() == before
+
+
+def test_the_refiner_does_not_evict_the_base():
+    base = lienzo.load(tiny_pipeline_folder("sdxl"), device="cpu", dtype=torch.float32)
+    lienzo.load(tiny_pipeline_folder("sdxl-refiner"), device="cpu", dtype=torch.float32)
+    again = lienzo.load(tiny_pipeline_folder("sdxl"), device="cpu", dtype=torch.float32)
+    assert again.vae is base.vae
 
 
 def test_other_settings_or_no_cache_load_new_networks():

@@ -126,7 +126,6 @@ def test_round_trip_of_inpaint_mask_settings(mask, fields):
 
 def test_inpainted_images_record_their_mask_settings():
     pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
-    pipe.progress = False
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 40, 40))

@@ -63,7 +63,7 @@ def test_parameterization_names():
 def v_model(denoise, t_to_sigma):
     """A v-predicting network built from an exact denoiser."""
 
-    def model(x_vp, t, context=None, y=None):
+    def model(x_vp, t, cond=None):
         sigma = t_to_sigma(torch.as_tensor(t, dtype=torch.float64)).float().reshape(-1, 1, 1, 1)
         x = x_vp * (1 + sigma**2) ** 0.5
         x0 = denoise(x, sigma.reshape(-1))
@@ -89,8 +89,8 @@ def test_denoiser_recovers_the_exact_posterior_mean(parameterization, network):
 def test_denoiser_feeds_the_network_scaled_input_and_timesteps():
     calls = []
 
-    def network(x, t, context, y=None):
-        calls.append((x, t, context, y))
+    def network(x, t, cond):
+        calls.append((x, t, cond))
         return torch.zeros_like(x)
 
     model_sampling = ModelSampling.from_config()
@@ -99,10 +99,37 @@ def test_denoiser_feeds_the_network_scaled_input_and_timesteps():
     sigma = model_sampling.sigmas[[999, 500]]
     cond = Conditioning(context=torch.zeros(2, 77, 8), y=torch.ones(2, 16))
     assert torch.equal(denoiser(x, sigma, cond), x)
-    x_in, t, context, y = calls[0]
+    x_in, t, received = calls[0]
     assert torch.allclose(x_in[:, 0, 0, 0], 1 / (1 + sigma**2) ** 0.5)
     assert torch.allclose(t, torch.tensor([999.0, 500.0]), atol=1e-3)
-    assert context is cond.context and y is cond.y
+    assert received is cond
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS[:3], ids=repr)
+def test_denoiser_loss_is_the_parameterization_loss_of_the_raw_output(parameterization):
+    """Denoiser.loss noises x0 to sigma, runs the network as sampling does and scores its raw output."""
+    model_sampling = ModelSampling.from_config()
+    seen = {}
+
+    def network(x, t, cond):
+        seen["x"] = x
+        return torch.sin(x) + t.reshape(-1, 1, 1, 1) / 1000
+
+    denoiser = Denoiser(network, parameterization, model_sampling)
+    torch.manual_seed(4)
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    sigma = model_sampling.sigmas[[10, 400, 900]]
+    cond = Conditioning(context=torch.zeros(3, 77, 8))
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    loss = denoiser.loss(x0, noise, sigma, cond, weights)
+    x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
+    output = network(
+        x * parameterization.scalings(sigma.reshape(-1, 1, 1, 1)).c_in, model_sampling.sigma_to_t(sigma), cond
+    )
+    expected = parameterization.loss(output, x0, noise, sigma, weights)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(parameterization.denoised(x, output, sigma), denoiser(x, sigma, cond))
+    torch.testing.assert_close(parameterization.output_for(x, denoiser(x, sigma, cond), sigma), output)
 
 
 @pytest.mark.parametrize("parameterization", PARAMETERIZATIONS[:3], ids=repr)

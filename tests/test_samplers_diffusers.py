@@ -12,8 +12,16 @@ import pytest
 import torch
 
 from gaussian_oracle import eps_model, gaussian_denoiser
-from lienzo.diffusion import Conditioning, Denoiser, EpsPrediction, ModelSampling, get_sigmas, guided_denoiser
-from lienzo.diffusion.samplers import SAMPLER_FUNCTIONS
+from lienzo.diffusion import (
+    Conditioning,
+    Denoiser,
+    EpsPrediction,
+    ModelSampling,
+    SeededNoise,
+    get_sigmas,
+    guided_denoiser,
+)
+from lienzo.diffusion.samplers import get_sampler
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -68,7 +76,7 @@ def test_deterministic_k_samplers_match_diffusers(name, scheduler_class, karras,
     noise = initial_noise()
     theirs = run_diffusers_discrete(scheduler, model, noise * scheduler.init_noise_sigma)
     sigmas = their_sigmas.float()
-    ours = SAMPLER_FUNCTIONS[name](lienzo_denoise(model, model_sampling), noise * sigmas[0], sigmas)
+    ours = get_sampler(name)(lienzo_denoise(model, model_sampling), noise * sigmas[0], sigmas)
     assert relative_error(ours, theirs) < 1e-5
 
 
@@ -82,7 +90,7 @@ def test_euler_ancestral_matches_diffusers_with_identical_noise(model, model_sam
     sigmas = scheduler.sigmas.float()
     denoise = lienzo_denoise(model, model_sampling)
     generator = torch.Generator().manual_seed(5)
-    ours = SAMPLER_FUNCTIONS["euler_ancestral"](denoise, noise * sigmas[0], sigmas, generator=generator)
+    ours = get_sampler("euler_ancestral")(denoise, noise * sigmas[0], sigmas, noise=SeededNoise(generator))
     assert relative_error(ours, theirs) < 1e-5
 
 
@@ -109,11 +117,11 @@ def test_ddim_matches_diffusers(eta, model, model_sampling):
     assert torch.equal(sigmas, get_sigmas("ddim_uniform", 20, model_sampling))
     noise = initial_noise()
     theirs = run_diffusers_vp(scheduler, model, noise, torch.Generator().manual_seed(3), eta=eta)
-    ours = SAMPLER_FUNCTIONS["ddim"](
+    ours = get_sampler("ddim")(
         lienzo_denoise(model, model_sampling),
         noise * (1 + sigmas[0] ** 2) ** 0.5,
         sigmas,
-        generator=torch.Generator().manual_seed(3),
+        noise=SeededNoise(torch.Generator().manual_seed(3)),
         eta=eta,
     )
     assert relative_error(ours, theirs) < 1e-5
@@ -125,11 +133,11 @@ def test_ddpm_matches_diffusers_with_identical_noise(model, model_sampling):
     sigmas = vp_sigmas(model_sampling, scheduler.timesteps)
     noise = initial_noise()
     theirs = run_diffusers_vp(scheduler, model, noise, torch.Generator().manual_seed(4))
-    ours = SAMPLER_FUNCTIONS["ddpm"](
+    ours = get_sampler("ddpm")(
         lienzo_denoise(model, model_sampling),
         noise * (1 + sigmas[0] ** 2) ** 0.5,
         sigmas,
-        generator=torch.Generator().manual_seed(4),
+        noise=SeededNoise(torch.Generator().manual_seed(4)),
     )
     assert relative_error(ours, theirs) < 1e-5
 
@@ -140,10 +148,10 @@ def test_lcm_matches_diffusers_with_identical_noise(model, model_sampling):
     sigmas = vp_sigmas(model_sampling, scheduler.timesteps)
     noise = initial_noise()
     theirs = run_diffusers_vp(scheduler, model, noise, torch.Generator().manual_seed(6))
-    ours = SAMPLER_FUNCTIONS["lcm"](
+    ours = get_sampler("lcm")(
         lienzo_denoise(model, model_sampling),
         noise * (1 + sigmas[0] ** 2) ** 0.5,
         sigmas,
-        generator=torch.Generator().manual_seed(6),
+        noise=SeededNoise(torch.Generator().manual_seed(6)),
     )
     assert relative_error(ours, theirs) < 1e-5

@@ -13,8 +13,8 @@ from gaussian_oracle import (
     mixture_denoiser,
     reference_solution,
 )
-from lienzo.diffusion import SAMPLERS, resolve_sampler, sample
-from lienzo.diffusion.samplers import SAMPLER_FUNCTIONS
+from lienzo.diffusion import SAMPLERS, SeededNoise, resolve_sampler, sample
+from lienzo.diffusion.samplers import get_sampler
 from lienzo.diffusion.sigma_schedules import karras_sigmas
 from lienzo.errors import InvalidArgumentError
 
@@ -52,7 +52,7 @@ def test_deterministic_sampler_converges_at_its_order_on_gaussian_data(name):
     exact = exact_ode_solution(x_T, SIGMA_MAX, SIGMA_MIN, MU, STD)
     errors = []
     for steps in STEPS:
-        x = SAMPLER_FUNCTIONS[name](gaussian_denoiser(MU, STD), x_T, ode_sigmas(steps))
+        x = get_sampler(name)(gaussian_denoiser(MU, STD), x_T, ode_sigmas(steps))
         errors.append(float((x - exact).abs().max()))
     assert errors[-1] < errors[0]
     assert convergence_order(STEPS, errors) == pytest.approx(EXPECTED_ORDER[name], abs=0.25)
@@ -69,7 +69,7 @@ def mixture_problem():
 @pytest.mark.parametrize("name", sorted(EXPECTED_ORDER))
 def test_deterministic_sampler_converges_at_its_order_on_a_mixture(name, mixture_problem):
     denoise, x_T, reference = mixture_problem
-    sampler = SAMPLER_FUNCTIONS[name]
+    sampler = get_sampler(name)
     errors = [rms(sampler(denoise, x_T, ode_sigmas(steps)) - reference) for steps in MIXTURE_STEPS]
     assert convergence_order(MIXTURE_STEPS, errors) == pytest.approx(EXPECTED_ORDER[name], abs=0.25)
 
@@ -81,7 +81,7 @@ def test_heun_on_full_schedules_to_zero_converges_to_the_exact_sample():
     errors = []
     for n in steps:
         sigmas = karras_sigmas(n, 0.002, SIGMA_MAX).double()
-        x = SAMPLER_FUNCTIONS["heun"](gaussian_denoiser(MU, STD), x_T, sigmas)
+        x = get_sampler("heun")(gaussian_denoiser(MU, STD), x_T, sigmas)
         errors.append(float((x - exact).abs().max()))
     assert errors[-1] < 3e-3
     assert convergence_order(steps, errors) == pytest.approx(2.0, abs=0.25)
@@ -101,7 +101,7 @@ def test_stochastic_sampler_reproduces_the_data_distribution(name, steps, denois
     generator = torch.Generator().manual_seed(11)
     x_T = torch.randn((n, 1), generator=generator, dtype=torch.float64) * (SIGMA_MAX**2 + STD**2) ** 0.5 + MU
     sigmas = karras_sigmas(steps, 0.002, SIGMA_MAX).double()
-    x = SAMPLER_FUNCTIONS[name](denoiser, x_T, sigmas, generator=generator)
+    x = get_sampler(name)(denoiser, x_T, sigmas, noise=SeededNoise(generator))
     assert float(x.mean()) == pytest.approx(MU, abs=4 * STD / n**0.5)
     assert float(x.var()) == pytest.approx(STD**2, rel=0.05)
 
@@ -113,7 +113,7 @@ def test_ancestral_ddim_and_ddpm_are_the_same_chain_as_euler_ancestral():
 
     def run(name, **options):
         generator = torch.Generator().manual_seed(2)
-        return SAMPLER_FUNCTIONS[name](denoise, x_T, sigmas, generator=generator, **options)
+        return get_sampler(name)(denoise, x_T, sigmas, noise=SeededNoise(generator), **options)
 
     ancestral = run("euler_ancestral")
     assert torch.allclose(run("ddim", eta=1.0), ancestral, atol=1e-10)
@@ -130,7 +130,7 @@ def test_seed_reproduces_stochastic_samples(name):
 
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        return SAMPLER_FUNCTIONS[name](denoise, x_T, sigmas, generator=generator, **options)
+        return get_sampler(name)(denoise, x_T, sigmas, noise=SeededNoise(generator), **options)
 
     assert torch.equal(run(3), run(3))
     assert not torch.equal(run(3), run(4))
@@ -151,7 +151,7 @@ def test_registry_lists_every_sampler_id():
         "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ipndm", "uni_pc",
     }  # fmt: skip
     assert expected <= set(SAMPLERS)
-    assert SAMPLERS == tuple(SAMPLER_FUNCTIONS)
+    assert all(callable(info.fn) and info.a1111_name != "" for info in SAMPLERS.values())
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from gaussian_oracle import (
     mixture_denoiser,
     reference_solution,
 )
+from lienzo.diffusion import SeededNoise
 from lienzo.diffusion.samplers import get_sampler
 from lienzo.diffusion.samplers.multistep import lms_coefficient, sample_ipndm
 from lienzo.diffusion.samplers.unipc import sample_uni_pc, unipc_step
@@ -199,7 +200,7 @@ def test_stochastic_samplers_reproduce_data_mean_and_variance(name):
     x_start = mu + torch.sqrt(std**2 + SIGMA_MAX**2) * noise
     sigmas = with_zero(karras_sigmas(60, sigma_min=0.02))
     out = get_sampler(name)(
-        gaussian_denoiser(mu, std), x_start, sigmas, generator=torch.Generator().manual_seed(1)
+        gaussian_denoiser(mu, std), x_start, sigmas, noise=SeededNoise(torch.Generator().manual_seed(1))
     )
     z_mean = (out.mean(0) - mu) / (std / math.sqrt(count))
     z_var = (out.var(0) - std**2) / (std**2 * math.sqrt(2 / (count - 1)))
@@ -211,7 +212,9 @@ def test_stochastic_samplers_reproduce_data_mean_and_variance(name):
 def test_stochastic_samplers_follow_the_seed(name):
     denoise, sigmas = gaussian_denoiser(MU, STD), with_zero(karras_sigmas(6))
     runs = [
-        get_sampler(name)(denoise, start_points(), sigmas, generator=torch.Generator().manual_seed(seed))
+        get_sampler(name)(
+            denoise, start_points(), sigmas, noise=SeededNoise(torch.Generator().manual_seed(seed))
+        )
         for seed in (3, 3, 4)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -224,7 +227,9 @@ def test_stochastic_samplers_follow_the_seed(name):
 )
 def test_zero_eta_removes_the_noise(stochastic, ode):
     denoise, sigmas = gaussian_denoiser(MU, STD), with_zero(karras_sigmas(8))
-    quiet = get_sampler(stochastic)(denoise, start_points(), sigmas, eta=0.0, generator=torch.Generator())
+    quiet = get_sampler(stochastic)(
+        denoise, start_points(), sigmas, eta=0.0, noise=SeededNoise(torch.Generator())
+    )
     reference = get_sampler(ode)(
         denoise, start_points(), sigmas, **({"eta": 0.0} if "ancestral" in ode else {})
     )

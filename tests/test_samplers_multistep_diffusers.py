@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gaussian_oracle import eps_model, exact_ode_solution, gaussian_denoiser
+from lienzo.diffusion import SeededNoise, sample
 from lienzo.diffusion.samplers import get_sampler
 
 diffusers = pytest.importorskip("diffusers")
@@ -102,12 +103,10 @@ def run_lienzo(
     """Run a lienzo sampler from the diffusers start: noise * sigma, or VP noise * sqrt(1 + sigma^2)."""
     denoise = model.replay_denoiser()
     seen = []
-    generator = None if noise_seed is None else torch.Generator().manual_seed(noise_seed)
+    noise = None if noise_seed is None else SeededNoise(torch.Generator().manual_seed(noise_seed))
     sigma = float(sigmas[0])
     x_start = initial_noise() * (math.sqrt(1 + sigma**2) if vp_start else sigma)
-    out = get_sampler(name)(
-        denoise, x_start, sigmas.float(), generator=generator, callback=seen.append, **options
-    )
+    out = sample(denoise, x_start, sigmas.float(), name, noise=noise, callback=seen.append, **options)
     assert denoise.remaining == [], "lienzo made fewer model calls than diffusers"
     return out, [step["x"] for step in seen]
 

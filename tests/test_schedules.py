@@ -13,7 +13,7 @@ from lienzo.diffusion import (
     NoiseScheduleConfig,
     get_sigmas,
     img2img_sigmas,
-    img2img_start,
+    noise_latent,
     partial_denoise_sigmas,
 )
 from lienzo.diffusion.schedules import alphas_cumprod_for, make_betas
@@ -145,15 +145,18 @@ def test_img2img_strength_picks_the_schedule_tail(model_sampling):
         img2img_sigmas(sigmas, 1.5)
 
 
-def test_img2img_start_noises_with_the_seeded_generator(model_sampling):
+def test_img2img_noises_the_latent_to_the_first_sigma_of_the_tail(model_sampling):
     sigmas = get_sigmas("normal", 10, model_sampling)
-    latent = torch.ones(1, 4, 8, 8)
-    x, tail = img2img_start(latent, sigmas, 0.6, torch.Generator().manual_seed(9))
+    latent = torch.ones(2, 4, 8, 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(9))
+    tail = img2img_sigmas(sigmas, 0.6)
     assert len(tail) == 7
-    assert torch.allclose(x, latent + tail[0] * noise)
-    unchanged, no_steps = img2img_start(latent, sigmas, 0.0, torch.Generator().manual_seed(9))
-    assert torch.equal(unchanged, latent) and len(no_steps) == 1
+    assert torch.equal(noise_latent(latent, noise, float(tail[0])), latent + noise * float(tail[0]))
+    assert torch.equal(noise_latent(None, noise, float(tail[0])), noise * float(tail[0]))
+    per_row = torch.tensor([2.0, 0.0])
+    rows = noise_latent(latent, noise, per_row)
+    assert torch.equal(rows[0], latent[0] + 2.0 * noise[0]) and torch.equal(rows[1], latent[1])
+    assert len(img2img_sigmas(sigmas, 0.0)) == 1
 
 
 def test_partial_denoise_runs_exactly_the_requested_steps(model_sampling):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -16,6 +18,7 @@ from lienzo.io.keymaps.unet import (
     unet_ldm_to_diffusers,
 )
 from lienzo.models.blocks import timestep_embedding
+from lienzo.models.conditioning import Conditioning, ControlResiduals
 from lienzo.models.specs import SD1, SD2, SDXL, SDXL_REFINER, family_spec
 from lienzo.models.unet import UNetConfig, UNetModel, sdxl_vector_conditioning
 
@@ -118,13 +121,13 @@ def test_tiny_unet_matches_diffusers(name: str, size: tuple[int, int]) -> None:
     with torch.inference_mode():
         if config.adm_in_channels is None:
             expected = reference(x, t, context).sample
-            actual = model(x, t, context)
+            actual = model(x, t, Conditioning(context))
         else:
             pooled = torch.randn(2, POOLED)
             time_ids = TIME_IDS[(config.adm_in_channels - POOLED) // 256]
             added = {"text_embeds": pooled, "time_ids": time_ids}
             expected = reference(x, t, context, added_cond_kwargs=added).sample
-            actual = model(x, t, context, sdxl_vector_conditioning(pooled, time_ids))
+            actual = model(x, t, Conditioning(context, sdxl_vector_conditioning(pooled, time_ids, 256)))
     assert actual.shape == (2, config.out_channels, *size)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
@@ -140,7 +143,11 @@ def test_bf16_channels_last_stays_close_to_fp32() -> None:
     with torch.inference_mode():
         expected = reference(x, t, context).sample
         fast = model.to(torch.bfloat16, memory_format=torch.channels_last)
-        actual = fast(x.to(torch.bfloat16, memory_format=torch.channels_last), t, context.to(torch.bfloat16))
+        actual = fast(
+            x.to(torch.bfloat16, memory_format=torch.channels_last),
+            t,
+            Conditioning(context.to(torch.bfloat16)),
+        )
     assert actual.dtype == torch.bfloat16
     relative = (actual.float() - expected).norm() / expected.norm()
     assert relative < 0.05
@@ -220,9 +227,9 @@ def test_config_inference_on_full_size_layouts() -> None:
 
 def test_sdxl_vector_conditioning_width_and_layout() -> None:
     pooled = torch.randn(2, 1280)
-    y = sdxl_vector_conditioning(pooled, TIME_IDS[6])
+    y = sdxl_vector_conditioning(pooled, TIME_IDS[6], 256)
     assert y.shape == (2, 2816)
-    assert sdxl_vector_conditioning(torch.randn(2, 1280), TIME_IDS[5]).shape == (2, 2560)
+    assert sdxl_vector_conditioning(torch.randn(2, 1280), TIME_IDS[5], 256).shape == (2, 2560)
     assert torch.equal(y[:, :1280], pooled)
     assert torch.equal(y[1, 1280 + 256 : 1280 + 512], timestep_embedding(torch.tensor([80.0]), 256)[0])
 
@@ -239,10 +246,10 @@ def test_vector_conditioning_is_required_exactly_when_configured() -> None:
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([1.0])
     sdxl = UNetModel(TINY["sdxl"])
     with pytest.raises(ValueError, match="sdxl_vector_conditioning"):
-        sdxl(x, t, torch.randn(1, 3, 32))
+        sdxl(x, t, Conditioning(torch.randn(1, 3, 32)))
     sd1 = UNetModel(TINY["sd1"])
     with pytest.raises(ValueError, match="y=None"):
-        sd1(x, t, torch.randn(1, 3, 32), torch.randn(1, 8))
+        sd1(x, t, Conditioning(torch.randn(1, 3, 32), torch.randn(1, 8)))
 
 
 def test_scalar_timestep_is_broadcast_over_the_batch() -> None:
@@ -251,7 +258,8 @@ def test_scalar_timestep_is_broadcast_over_the_batch() -> None:
     x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 32)
     with torch.inference_mode():
         torch.testing.assert_close(
-            model(x, torch.tensor(250.0), context), model(x, torch.tensor([250.0] * 2), context)
+            model(x, torch.tensor(250.0), Conditioning(context)),
+            model(x, torch.tensor([250.0] * 2), Conditioning(context)),
         )
 
 
@@ -282,12 +290,64 @@ def test_full_size_unet_matches_diffusers(name: str) -> None:
     with torch.inference_mode():
         if config.adm_in_channels is None:
             expected = reference(x, t, context).sample
-            actual = model(x, t, context)
+            actual = model(x, t, Conditioning(context))
         else:
             pooled, time_ids = torch.randn(1, 1280), TIME_IDS[6][:1]
             added = {"text_embeds": pooled, "time_ids": time_ids}
             expected = reference(x, t, context, added_cond_kwargs=added).sample
-            actual = model(x, t, context, sdxl_vector_conditioning(pooled, time_ids))
+            actual = model(x, t, Conditioning(context, sdxl_vector_conditioning(pooled, time_ids, 256)))
     scale = expected.abs().max().item()
     assert scale > 0.01
     assert (actual - expected).abs().max().item() <= 1e-4 * scale
+
+
+def test_control_residuals_match_diffusers_additional_residuals() -> None:
+    """cond.control adds to every skip and after the middle block, as diffusers' ControlNet inputs do."""
+    torch.manual_seed(0)
+    config = TINY["sd1"]
+    reference = random_diffusers_unet(config)
+    model = lienzo_unet_from(reference, config)
+    x, t, context = (
+        torch.randn(2, 4, 16, 16),
+        torch.tensor([3.0, 600.0]),
+        torch.randn(2, 7, config.context_dim),
+    )
+    with torch.inference_mode():
+        _, skips = model.encode(x, model.embed(t, None, 2, x.dtype), context)
+        residuals = [torch.randn_like(skip) for skip in skips]
+        middle = torch.randn_like(skips[-1])
+        expected = reference(
+            x,
+            t,
+            context,
+            down_block_additional_residuals=tuple(residuals),
+            mid_block_additional_residual=middle,
+        ).sample
+        actual = model(x, t, Conditioning(context, control=ControlResiduals(tuple(residuals), middle)))
+        plain = model(x, t, Conditioning(context))
+    assert (actual - plain).abs().max() > 0.01
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="ControlNet made for this model family"):
+        model(x, t, Conditioning(context, control=ControlResiduals(tuple(residuals[:-1]), middle)))
+
+
+def test_concat_channels_are_appended_to_the_input() -> None:
+    """cond.concat (batch 1 stands for every row) is the UNet's extra input channels."""
+    torch.manual_seed(0)
+    config = replace(TINY["sd1"], in_channels=9)
+    model = UNetModel(config).eval()
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 600.0]), torch.randn(2, 7, config.context_dim)
+    extra = torch.randn(1, 5, 8, 8)
+    with torch.inference_mode():
+        joined = model(torch.cat([x, extra.expand(2, -1, -1, -1)], dim=1), t, Conditioning(context))
+        torch.testing.assert_close(model(x, t, Conditioning(context, concat=extra)), joined)
+
+
+def test_addition_time_embed_dim_sets_the_vector_width() -> None:
+    """An SDXL UNet whose size/crop values embed in 8 dims takes y of width pooled + 6 * 8."""
+    config = replace(TINY["sdxl"], adm_in_channels=POOLED + 6 * 8, addition_time_embed_dim=8)
+    model = UNetModel(config).eval()
+    y = sdxl_vector_conditioning(torch.randn(1, POOLED), TIME_IDS[6][:1], config.addition_time_embed_dim)
+    with torch.inference_mode():
+        out = model(torch.randn(1, 4, 8, 8), torch.tensor([10.0]), Conditioning(torch.randn(1, 3, 32), y))
+    assert out.shape == (1, 4, 8, 8)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from lienzo.diffusion.denoiser import Conditioning, Denoiser
-from lienzo.diffusion.guidance import guided_denoiser, rescale_guidance
-from lienzo.diffusion.img2img import img2img_sigmas, img2img_start, noise_latent, partial_denoise_sigmas
+from lienzo.diffusion.denoiser import Conditioning, ControlResiduals, Denoiser
+from lienzo.diffusion.guidance import concat_conditionings, guided_denoiser, rescale_guidance
+from lienzo.diffusion.img2img import img2img_sigmas, noise_latent, partial_denoise_sigmas
 from lienzo.diffusion.parameterization import (
     EpsPrediction,
     Parameterization,
@@ -14,12 +14,18 @@ from lienzo.diffusion.parameterization import (
     X0Prediction,
     parameterization_for,
 )
-from lienzo.diffusion.samplers import SAMPLER_FUNCTIONS, get_sampler, resolve_sampler
-from lienzo.diffusion.samplers.common import Callback, Denoise
-from lienzo.diffusion.schedules import ModelSampling, NoiseScheduleConfig, rescale_zero_terminal_snr
+from lienzo.diffusion.samplers import (
+    SAMPLERS,
+    SamplerInfo,
+    check_sampler_options,
+    get_sampler,
+    resolve_sampler,
+    sampler_info,
+)
+from lienzo.diffusion.samplers.common import Callback, Denoise, NoiseSource, SeededNoise
+from lienzo.diffusion.schedules import ModelSampling, rescale_zero_terminal_snr
 from lienzo.diffusion.sigma_schedules import SCHEDULERS, get_sigmas
-
-SAMPLERS: tuple[str, ...] = tuple(SAMPLER_FUNCTIONS)
+from lienzo.models.specs import NoiseScheduleConfig
 
 
 def sample(
@@ -27,18 +33,32 @@ def sample(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     sampler: str = "euler",
-    generator: torch.Generator | None = None,
+    *,
+    noise: NoiseSource | None = None,
     callback: Callback | None = None,
     **options,
 ) -> torch.Tensor:
-    """Run the named sampler (id or A1111 name) from x at sigmas[0] down to sigmas[-1]."""
-    return get_sampler(sampler)(denoise, x, sigmas, generator=generator, callback=callback, **options)
+    """Run the named sampler (id or A1111 name) from x at sigmas[0] down to sigmas[-1]; `options` are
+    the sampler's own (eta, s_noise, ...: SAMPLERS[id].options) and unknown ones are refused."""
+    info = sampler_info(sampler)
+    check_sampler_options(sampler, options)
+    if noise is not None and info.takes_noise:
+        options["noise"] = noise
+    return info.fn(denoise, x, sigmas, callback=callback, **options)
 
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULERS",
+    "Callback",
     "Conditioning",
+    "ControlResiduals",
+    "Denoise",
+    "NoiseSource",
+    "SamplerInfo",
+    "SeededNoise",
+    "check_sampler_options",
+    "concat_conditionings",
     "Denoiser",
     "EpsPrediction",
     "ModelSampling",
@@ -50,12 +70,12 @@ __all__ = [
     "get_sigmas",
     "guided_denoiser",
     "img2img_sigmas",
-    "img2img_start",
     "noise_latent",
     "parameterization_for",
     "partial_denoise_sigmas",
     "rescale_guidance",
     "rescale_zero_terminal_snr",
     "resolve_sampler",
+    "sampler_info",
     "sample",
 ]

@@ -6,10 +6,12 @@ import math
 
 import torch
 
-from lienzo.diffusion.denoiser import Conditioning, Denoiser
+from lienzo.diffusion.denoiser import Conditioning, ControlResiduals, Denoiser
 from lienzo.diffusion.parameterization import VPrediction
-from lienzo.diffusion.samplers.common import Denoise, append_dims
+from lienzo.diffusion.samplers.common import Denoise
 from lienzo.errors import InvalidArgumentError
+
+V_PREDICTION = VPrediction()
 
 
 def _batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:
@@ -22,39 +24,49 @@ def _tile_tokens(context: torch.Tensor, length: int) -> torch.Tensor:
     return context.repeat(1, length // context.shape[1], 1)
 
 
-def concat_conditionings(first: Conditioning, second: Conditioning, batch: int) -> Conditioning:
-    """One Conditioning holding `first` then `second` along the batch (token counts tiled to their lcm)."""
-    length = math.lcm(first.context.shape[1], second.context.shape[1])
-    context = torch.cat([_tile_tokens(_batched(c.context, batch), length) for c in (first, second)], dim=0)
-    if (first.y is None) != (second.y is None):
+def batched_conditioning(cond: Conditioning, batch: int) -> Conditioning:
+    """`cond` with every batch-1 tensor repeated to `batch` rows."""
+    return cond.map(lambda tensor: _batched(tensor, batch))
+
+
+def _cat_optional(name: str, first, second, join):
+    """join(first, second) when both are given, None when neither is; one alone is a mistake."""
+    if (first is None) != (second is None):
         raise InvalidArgumentError(
-            "give a `y` vector to both the conditional and unconditional inputs, or to neither"
+            f"give `{name}` to both the conditional and unconditional inputs, or to neither"
         )
-    y = None if first.y is None else torch.cat([_batched(first.y, batch), _batched(second.y, batch)], dim=0)
-    return Conditioning(context, y)
+    return None if first is None else join(first, second)
 
 
-def _to_v(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The v-prediction that yields x0 at (x, sigma)."""
-    scale = VPrediction().scalings(sigma)
-    return (x0 - scale.c_skip * x) / scale.c_out
+def _cat_control(first: ControlResiduals, second: ControlResiduals) -> ControlResiduals:
+    """Two batches of control residuals stacked along the batch."""
+    skips = tuple(torch.cat(pair) for pair in zip(first.skips, second.skips, strict=True))
+    middle = _cat_optional("control.middle", first.middle, second.middle, lambda a, b: torch.cat([a, b]))
+    return ControlResiduals(skips, middle)
 
 
-def _from_v(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The x0 implied by a v-prediction at (x, sigma)."""
-    scale = VPrediction().scalings(sigma)
-    return scale.c_skip * x + scale.c_out * v
+def concat_conditionings(first: Conditioning, second: Conditioning, batch: int) -> Conditioning:
+    """One Conditioning holding `first` then `second` along the batch, each at `batch` rows: contexts
+    (token counts tiled to their lcm), vectors y, extra channels and control residuals alike."""
+    first, second = batched_conditioning(first, batch), batched_conditioning(second, batch)
+    length = math.lcm(first.context.shape[1], second.context.shape[1])
+    context = torch.cat([_tile_tokens(c.context, length) for c in (first, second)], dim=0)
+    return Conditioning(
+        context,
+        y=_cat_optional("y", first.y, second.y, lambda a, b: torch.cat([a, b])),
+        concat=_cat_optional("concat", first.concat, second.concat, lambda a, b: torch.cat([a, b])),
+        control=_cat_optional("control", first.control, second.control, _cat_control),
+    )
 
 
 def rescale_guidance(
     x: torch.Tensor, guided: torch.Tensor, cond: torch.Tensor, sigma: torch.Tensor, rescale: float
 ) -> torch.Tensor:
     """Match the guided prediction's std to the conditional one in v space (Lin et al. 2024, eq. 15-16)."""
-    sigma = append_dims(sigma, x.ndim)
-    v_guided, v_cond = _to_v(x, guided, sigma), _to_v(x, cond, sigma)
+    v_guided, v_cond = V_PREDICTION.output_for(x, guided, sigma), V_PREDICTION.output_for(x, cond, sigma)
     dims = tuple(range(1, x.ndim))
     v_rescaled = v_guided * v_cond.std(dim=dims, keepdim=True) / v_guided.std(dim=dims, keepdim=True)
-    return _from_v(x, rescale * v_rescaled + (1 - rescale) * v_guided, sigma)
+    return V_PREDICTION.denoised(x, rescale * v_rescaled + (1 - rescale) * v_guided, sigma)
 
 
 def guided_denoiser(
@@ -80,8 +92,7 @@ def guided_denoiser(
         batch = x.shape[0]
         sigma_value = float(sigma.max())
         if cfg_scale == 1 or not low <= sigma_value <= high:
-            y = None if cond.y is None else _batched(cond.y, batch)
-            return denoiser(x, sigma, Conditioning(_batched(cond.context, batch), y))
+            return denoiser(x, sigma, batched_conditioning(cond, batch))
         paired = concat_conditionings(cond, uncond, batch)
         both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), paired)
         cond_x0, uncond_x0 = both[:batch], both[batch:]

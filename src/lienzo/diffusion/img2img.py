@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lienzo.diffusion.samplers.common import seeded_noise
+from lienzo.diffusion.samplers.common import append_dims
 from lienzo.diffusion.schedules import ModelSampling
 from lienzo.diffusion.sigma_schedules import get_sigmas
 from lienzo.errors import InvalidArgumentError
@@ -35,16 +35,9 @@ def partial_denoise_sigmas(
     return full[-(steps + 1) :]
 
 
-def noise_latent(latent: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
-    """latent + sigma * n with n from the seeded CPU generator (float32), unchanged when sigma is 0."""
-    if sigma == 0:
-        return latent
-    return latent + seeded_noise(latent, generator) * sigma
-
-
-def img2img_start(
-    latent: torch.Tensor, sigmas: torch.Tensor, strength: float, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noised latent, remaining sigmas) to sample from for an img2img run at `strength`."""
-    tail = img2img_sigmas(sigmas, strength)
-    return noise_latent(latent, float(tail[0]), generator), tail
+def noise_latent(
+    latent: torch.Tensor | None, noise: torch.Tensor, sigma: float | torch.Tensor
+) -> torch.Tensor:
+    """x = x0 + sigma * noise, the forward process in Karras et al. 2022 notation; no latent means x0 = 0."""
+    noised = noise * (sigma if isinstance(sigma, float) else append_dims(sigma.to(noise), noise.ndim))
+    return noised if latent is None else latent + noised

@@ -48,6 +48,11 @@ class Parameterization:
         scale = self.scalings(append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.ndim))
         return scale.c_skip * x + scale.c_out * model_output
 
+    def output_for(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The network output whose x0 estimate at (x, sigma) is x0: the inverse of `denoised`."""
+        scale = self.scalings(append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.ndim))
+        return (x0 - scale.c_skip * x) / scale.c_out
+
     def x0_error_factor(self, snr: torch.Tensor) -> torch.Tensor:
         """How much this target's squared error weighs an error in x0, at signal-to-noise ratio `snr`."""
         raise NotImplementedError

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.models.specs import NoiseScheduleConfig
 
 BETA_SCHEDULES = ("scaled_linear", "linear", "cosine")
 
 ZERO_SNR_ALPHA_CUMPROD_FLOOR = 2.0**-24
 """alphas_cumprod used in place of an exact 0 (zero terminal SNR) when building sigmas: sigma_max = 4096."""
-
-
-@dataclass(frozen=True)
-class NoiseScheduleConfig:
-    """A discrete noise schedule: beta schedule name, number of training timesteps and beta endpoints."""
-
-    beta_schedule: str = "scaled_linear"
-    timesteps: int = 1000
-    linear_start: float = 0.00085
-    linear_end: float = 0.012
-    zero_terminal_snr: bool = False
 
 
 def make_betas(schedule: str, timesteps: int, linear_start: float, linear_end: float) -> torch.Tensor:

@@ -17,8 +17,7 @@ from .blocks import (
     Upsample,
     timestep_embedding,
 )
-
-SDXL_NUMBER_EMBED_DIM = 256
+from .conditioning import Conditioning
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,8 @@ class UNetConfig:
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None
     norm_groups: int = 32
+    addition_time_embed_dim: int = 256
+    """Width of the sinusoidal embedding of each SDXL size/crop/score value in y (sgm: 256)."""
 
     def heads_at(self, channels: int) -> tuple[int, int]:
         """(heads, head_dim) of an attention layer with `channels` channels."""
@@ -53,11 +54,12 @@ def _embedding_mlp(in_features: int, out_features: int) -> nn.Sequential:
     )
 
 
-class UNetModel(nn.Module):
-    """Conditional denoising UNet of latent diffusion (Rombach et al. 2022), ldm/sgm parameter layout.
+class UNetEncoder(nn.Module):
+    """The encoder half of the ldm UNet: time (and vector) embedding, input blocks and middle block.
 
-    `forward(x, t, context, y)` predicts the model output (eps or v) for latents `x` at discrete
-    timesteps `t`, cross-attending to `context`; `y` is the SDXL vector conditioning (Podell et al. 2023).
+    The UNet extends it with the decoder half; a ControlNet (Zhang et al. 2023) builds the same blocks
+    from the same config. Attribute names follow the ldm checkpoints (`time_embed`, `label_emb`,
+    `input_blocks`, `middle_block`), so either loads its state dict as is.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -70,47 +72,102 @@ class UNetModel(nn.Module):
             )
         self.config = config
         mc, groups = config.model_channels, config.norm_groups
-        emb_channels = 4 * mc
-        self.time_embed = _embedding_mlp(mc, emb_channels)
+        self.emb_channels = 4 * mc
+        self.time_embed = _embedding_mlp(mc, self.emb_channels)
         if config.adm_in_channels is not None:
-            self.label_emb = nn.Sequential(_embedding_mlp(config.adm_in_channels, emb_channels))
-
-        def transformer(channels: int, depth: int) -> SpatialTransformer:
-            heads, head_dim = config.heads_at(channels)
-            return SpatialTransformer(
-                channels, heads, head_dim, depth, config.context_dim, groups, config.use_linear_in_transformer
-            )
+            self.label_emb = nn.Sequential(_embedding_mlp(config.adm_in_channels, self.emb_channels))
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential([InputConv(config.in_channels, mc)])])
-        skip_channels = [mc]
+        self.skip_channels = [mc]
         channels = mc
         level_shapes = zip(config.channel_mult, config.transformer_depth, strict=True)
         for level, (mult, depth) in enumerate(level_shapes):
             for _ in range(config.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(channels, emb_channels, mult * mc, groups)]
+                layers: list[nn.Module] = [ResBlock(channels, self.emb_channels, mult * mc, groups)]
                 channels = mult * mc
                 if depth > 0:
-                    layers.append(transformer(channels, depth))
+                    layers.append(self.transformer(channels, depth))
                 self.input_blocks.append(TimestepEmbedSequential(layers))
-                skip_channels.append(channels)
+                self.skip_channels.append(channels)
             if level != levels - 1:
                 self.input_blocks.append(TimestepEmbedSequential([Downsample(channels)]))
-                skip_channels.append(channels)
+                self.skip_channels.append(channels)
 
-        middle: list[nn.Module] = [ResBlock(channels, emb_channels, channels, groups)]
+        middle: list[nn.Module] = [ResBlock(channels, self.emb_channels, channels, groups)]
         if config.transformer_depth_middle > 0:
-            middle.append(transformer(channels, config.transformer_depth_middle))
-        middle.append(ResBlock(channels, emb_channels, channels, groups))
+            middle.append(self.transformer(channels, config.transformer_depth_middle))
+        middle.append(ResBlock(channels, self.emb_channels, channels, groups))
         self.middle_block = TimestepEmbedSequential(middle)
 
+    def transformer(self, channels: int, depth: int) -> SpatialTransformer:
+        """A spatial transformer of `depth` blocks at a level with `channels` channels."""
+        config = self.config
+        heads, head_dim = config.heads_at(channels)
+        return SpatialTransformer(
+            channels,
+            heads,
+            head_dim,
+            depth,
+            config.context_dim,
+            config.norm_groups,
+            config.use_linear_in_transformer,
+        )
+
+    def embed(self, t: Tensor, y: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
+        """The timestep embedding of t (B,), plus the embedded vector y (B, adm) for SDXL-style models."""
+        timesteps = t.reshape(-1).expand(batch)
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        if self.config.adm_in_channels is not None:
+            if y is None:
+                adm = self.config.adm_in_channels
+                raise ValueError(
+                    f"this UNet needs a vector conditioning y of shape (batch, {adm}); "
+                    "build it with sdxl_vector_conditioning(pooled, values, dim)"
+                )
+            return emb + self.label_emb(y.to(emb.dtype))
+        if y is not None:
+            raise ValueError("this UNet takes no vector conditioning y; pass y=None")
+        return emb
+
+    def encode(self, h: Tensor, emb: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(middle block output, skip connections) of the input h."""
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        return self.middle_block(h, emb, context), skips
+
+
+def with_concat(x: Tensor, cond: Conditioning) -> Tensor:
+    """x with the conditioning's extra input channels appended (a batch of 1 repeats for every row)."""
+    if cond.concat is None:
+        return x
+    extra = cond.concat.to(device=x.device, dtype=x.dtype)
+    return torch.cat([x, extra.expand(x.shape[0], *extra.shape[1:])], dim=1)
+
+
+class UNetModel(UNetEncoder):
+    """Conditional denoising UNet of latent diffusion (Rombach et al. 2022), ldm/sgm parameter layout.
+
+    `forward(x, t, cond)` predicts the model output (eps or v) for latents `x` at discrete timesteps `t`:
+    `cond.concat` is appended to x's channels, the blocks cross-attend to `cond.context`, `cond.y` is the
+    SDXL vector conditioning (Podell et al. 2023), and `cond.control` residuals are added to the skip
+    connections and after the middle block, as ControlNet prescribes (Zhang et al. 2023).
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__(config)
+        mc, groups, levels = config.model_channels, config.norm_groups, len(config.channel_mult)
+        skip_channels = list(self.skip_channels)
+        channels = skip_channels[-1]
         self.output_blocks = nn.ModuleList()
         for level in reversed(range(levels)):
             mult, depth = config.channel_mult[level], config.transformer_depth[level]
             for index in range(config.num_res_blocks + 1):
-                layers = [ResBlock(channels + skip_channels.pop(), emb_channels, mult * mc, groups)]
+                layers = [ResBlock(channels + skip_channels.pop(), self.emb_channels, mult * mc, groups)]
                 channels = mult * mc
                 if depth > 0:
-                    layers.append(transformer(channels, depth))
+                    layers.append(self.transformer(channels, depth))
                 if level and index == config.num_res_blocks:
                     layers.append(Upsample(channels))
                 self.output_blocks.append(TimestepEmbedSequential(layers))
@@ -121,35 +178,32 @@ class UNetModel(nn.Module):
             nn.Conv2d(mc, config.out_channels, 3, padding=1),
         )
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
-        """Output for latents x (B, C, H, W), timesteps t (B,), context (B, T, D), vector y (B, adm)."""
-        timesteps = t.reshape(-1).expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
-        if self.config.adm_in_channels is not None:
-            if y is None:
-                adm = self.config.adm_in_channels
+    def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """Output for latents x (B, C, H, W) at timesteps t (B,) under `cond`."""
+        emb = self.embed(t, cond.y, x.shape[0], x.dtype)
+        h, skips = self.encode(with_concat(x, cond), emb, cond.context)
+        control = cond.control
+        if control is not None:
+            if len(control.skips) != len(skips):
                 raise ValueError(
-                    f"this UNet needs a vector conditioning y of shape (batch, {adm}); "
-                    "build it with sdxl_vector_conditioning(pooled, values)"
+                    f"control residuals hold {len(control.skips)} skips but this UNet has {len(skips)}; "
+                    "use a ControlNet made for this model family"
                 )
-            emb = emb + self.label_emb(y.to(emb.dtype))
-        elif y is not None:
-            raise ValueError("this UNet takes no vector conditioning y; pass y=None")
-        skips = []
-        h = x
-        for block in self.input_blocks:
-            h = block(h, emb, context)
-            skips.append(h)
-        h = self.middle_block(h, emb, context)
+            skips = [
+                skip + residual.to(skip.dtype) for skip, residual in zip(skips, control.skips, strict=True)
+            ]
+            if control.middle is not None:
+                h = h + control.middle.to(h.dtype)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             upsample_to = tuple(skips[-1].shape[-2:]) if isinstance(block[-1], Upsample) else None
-            h = block(h, emb, context, upsample_to)
+            h = block(h, emb, cond.context, upsample_to)
         return self.out(h)
 
 
-def sdxl_vector_conditioning(pooled: Tensor, values: Tensor) -> Tensor:
-    """SDXL vector y: pooled text embedding, then a 256-d sinusoidal embedding of each size/crop/score."""
+def sdxl_vector_conditioning(pooled: Tensor, values: Tensor, dim: int) -> Tensor:
+    """SDXL vector y: pooled text embedding, then a `dim`-wide sinusoidal embedding of each
+    size/crop/score value (the UNet config's `addition_time_embed_dim`)."""
     batch = values.shape[0]
-    numbers = timestep_embedding(values.flatten(), SDXL_NUMBER_EMBED_DIM).reshape(batch, -1)
+    numbers = timestep_embedding(values.flatten(), dim).reshape(batch, -1)
     return torch.cat([pooled, numbers.to(pooled.dtype)], dim=-1)

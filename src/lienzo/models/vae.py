@@ -28,6 +28,11 @@ class VAEConfig:
     norm_groups: int = 32
     scaling_factor: float = 0.18215
 
+    @property
+    def downscale_factor(self) -> int:
+        """Pixels per latent cell along each side: 2 per downsampling level."""
+        return 2 ** (len(self.ch_mult) - 1)
+
 
 class DiagonalGaussian:
     """Posterior q(z|x) = N(mean, exp(logvar)) of a VAE (Kingma & Welling 2014), logvar clamped as ldm."""
@@ -233,7 +238,7 @@ class AutoencoderKL(nn.Module):
     @property
     def downscale_factor(self) -> int:
         """Pixels per latent cell along each side."""
-        return 2 ** (len(self.config.ch_mult) - 1)
+        return self.config.downscale_factor
 
     def encode(self, images: torch.Tensor) -> DiagonalGaussian:
         """Posterior over latents (VAE space, unscaled) of images (B, C, H, W) in [-1, 1]."""

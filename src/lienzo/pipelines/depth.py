@@ -9,27 +9,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..diffusion import img2img_sigmas
 from ..errors import InvalidArgumentError
+from .generation import generate_latents, img2img_size
 from .images import ImageInput, load_image, resize_image
-from .img2img import img2img_size
 from .options import resolve_options
-from .steps import (
-    StepCallback,
-    attach_records,
-    batch_groups,
-    decode_latents,
-    encode_images,
-    initial_noise,
-    item_generators,
-    latent_shape,
-    make_denoiser,
-    prompt_conditioning,
-    run_sampler,
-    schedule_sigmas,
-)
+from .records import attach_records
+from .sampling import ImageConditions
+from .steps import StepCallback, decode_latents, encode_images
 
-DEPTH_CHANNELS = 5
 DepthInput = Image.Image | str | Path | torch.Tensor
 
 
@@ -78,13 +65,14 @@ def depth2img(
     width: int | None = None,
     height: int | None = None,
     callback: StepCallback | None = None,
+    progress: bool = True,
     **settings,
 ) -> list[Image.Image]:
-    """img2img guided by a depth map (SD 2 depth models): the map is the UNet's fifth input channel."""
-    in_channels = pipe.spec.unet.in_channels
-    if in_channels != DEPTH_CHANNELS:
+    """img2img guided by a depth map (SD 2 depth models): the map is the UNet's extra input channel at
+    every pass's size (hires fix included)."""
+    if pipe.spec.variant != "depth":
         raise InvalidArgumentError(
-            f"depth-to-image needs a depth model (5 input channels) but {pipe.family} takes {in_channels}; "
+            f"depth-to-image needs a depth model but {pipe.spec.name} is not one; "
             "load an SD 2 depth checkpoint (family sd2-depth)"
         )
     source = load_image(image)
@@ -92,28 +80,16 @@ def depth2img(
     options = resolve_options(
         pipe.spec, prompt=prompt, strength=strength, width=width, height=height, mode="depth2img", **settings
     )
-    shape = latent_shape(pipe, options.width, options.height)
-    extra = depth_conditioning(load_depth_map(depth), shape[1:])
-    init = encode_images(pipe, [resize_image(source, options.width, options.height)])
-    cond, uncond = prompt_conditioning(pipe, options)
-    denoise = make_denoiser(pipe, cond, uncond, options, extra)
-    sigmas = img2img_sigmas(schedule_sigmas(options), options.strength)
-    images = []
-    for start, count in batch_groups(options):
-        group = options.items(start, count)
-        generators = item_generators(group)
-        noise = initial_noise(group, shape, generators).to(init.device)
-        latents = run_sampler(
-            denoise,
-            init + noise * sigmas[0],
-            sigmas,
-            group,
-            generator=generators[0],
-            callback=callback,
-            batch_start=start,
-            progress=pipe.progress,
-        )
-        decoded = decode_latents(pipe, latents)
-        attach_records(pipe, decoded, options, start)
-        images.extend(decoded)
+    depth_map = load_depth_map(depth)
+    factor = pipe.spec.vae.downscale_factor
+
+    def conditions(width: int, height: int) -> ImageConditions:
+        return ImageConditions(concat=depth_conditioning(depth_map, (height // factor, width // factor)))
+
+    start = encode_images(pipe.vae, [resize_image(source, options.width, options.height)], options.vae_tiling)
+    latents = generate_latents(
+        pipe, options, start=start, conditions=conditions, callback=callback, progress=progress
+    )
+    images = decode_latents(pipe.vae, latents, options.vae_tiling)
+    attach_records(pipe, images, options)
     return images

@@ -1,4 +1,4 @@
-"""Hires fix: generate at the base size, upscale the latent or the image, img2img at the larger size."""
+"""Hires fix: generate at the base size, upscale the latent or the image, sample again at the larger size."""
 
 from __future__ import annotations
 
@@ -7,23 +7,26 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from ..models.vae import AutoencoderKL
 from .images import resize_image
-from .img2img import img2img_latents
 from .options import GenerationOptions, hires_size
-from .refiner import EncodedPrompts
-from .steps import StepCallback, decode_latents, encode_images, latent_shape
+from .sampling import ConditionsAt, Stage, sample_latents
+from .steps import StepCallback, decode_latents, encode_images
 
 LATENT_MODES = {"latent": "bilinear", "latent-nearest": "nearest-exact"}
 
 
-def upscale_latents(pipe, latents: torch.Tensor, width: int, height: int, upscaler: str) -> torch.Tensor:
+def upscale_latents(
+    vae: AutoencoderKL, latents: torch.Tensor, width: int, height: int, upscaler: str, tiling: bool | None
+) -> torch.Tensor:
     """Latents resized to an image of width x height: interpolated in latent space ("latent" bilinear,
     "latent-nearest"), or decoded, resized with Lanczos and encoded again ("image")."""
     if upscaler in LATENT_MODES:
-        _, latent_height, latent_width = latent_shape(pipe, width, height)
-        return F.interpolate(latents, size=(latent_height, latent_width), mode=LATENT_MODES[upscaler])
-    images = [resize_image(image, width, height) for image in decode_latents(pipe, latents)]
-    return encode_images(pipe, images).to(latents.device)
+        factor = vae.downscale_factor
+        size = (height // factor, width // factor)
+        return F.interpolate(latents, size=size, mode=LATENT_MODES[upscaler])
+    images = [resize_image(image, width, height) for image in decode_latents(vae, latents, tiling)]
+    return encode_images(vae, images, tiling).to(latents.device)
 
 
 def hires_options(options: GenerationOptions) -> GenerationOptions:
@@ -42,23 +45,27 @@ def hires_options(options: GenerationOptions) -> GenerationOptions:
 
 
 def hires_fix(
-    pipe,
+    stage: Stage,
+    vae: AutoencoderKL,
     options: GenerationOptions,
-    prompts: EncodedPrompts,
     latents: torch.Tensor,
     *,
+    conditions: ConditionsAt | None = None,
     callback: StepCallback | None = None,
-    batch_start: int = 0,
+    progress: bool = True,
 ) -> torch.Tensor:
-    """The second pass: upscale first-pass latents, then img2img them at hires strength, seeded like the
-    first pass (item i: seed + i) at the new shape."""
+    """The second pass: upscale first-pass latents, then sample them again from hires strength with the
+    base model, seeded like the first pass (item i: seed + i) and conditioned at the new size."""
     second = hires_options(options)
-    upscaled = upscale_latents(pipe, latents, second.width, second.height, options.hires.upscaler)
-    prompts = EncodedPrompts(base=prompts.base)
-
-    def staged(state: dict) -> None:
-        callback({**state, "stage": "hires"})
-
-    return img2img_latents(
-        pipe, second, prompts, upscaled, callback=staged if callback else None, batch_start=batch_start
+    upscaled = upscale_latents(
+        vae, latents, second.width, second.height, options.hires.upscaler, options.vae_tiling
+    )
+    return sample_latents(
+        [stage],
+        second,
+        start=upscaled,
+        conditions=conditions,
+        callback=callback,
+        progress=progress,
+        stage_name="hires",
     )

@@ -7,15 +7,15 @@ original through the mask, so every pixel outside the mask comes back exactly as
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from ..diffusion import img2img_sigmas
 from ..errors import InvalidArgumentError
+from .generation import generate_latents, img2img_size
 from .images import ImageInput, images_to_tensor, load_image, resize_image
-from .img2img import img2img_size
 from .masking import (
     Box,
     as_mask,
@@ -29,33 +29,42 @@ from .masking import (
     masked_image,
     paste_back,
 )
-from .options import GenerationOptions, resolve_options
-from .steps import (
-    StepCallback,
-    attach_records,
-    batch_groups,
-    decode_latents,
-    encode_images,
-    initial_noise,
-    inpaint_blend_denoiser,
-    item_generators,
-    latent_shape,
-    make_denoiser,
-    prompt_conditioning,
-    run_sampler,
-    schedule_sigmas,
-)
-
-INPAINT_CHANNELS = 9
+from .options import resolve_options
+from .records import attach_records
+from .sampling import ImageConditions
+from .steps import StepCallback, decode_latents, encode_images
 
 
 @dataclass(frozen=True)
 class InpaintRegion:
-    """What the sampler works on: the region's pixels and mask at the generation size, and where it goes."""
+    """What the sampler works on: the region of the image and of the blurred mask, and where it goes back."""
 
-    pixels: torch.Tensor
-    mask: torch.Tensor
+    image: Image.Image
+    mask: Image.Image
     box: Box
+
+    def pixels_at(self, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image pixels in [-1, 1], mask in [0, 1]) of the region scaled to width x height."""
+        pixels = images_to_tensor([resize_image(self.image, width, height)])
+        return pixels, mask_to_tensor(resize_image(self.mask, width, height))
+
+
+def inpaint_conditions(pipe, region: InpaintRegion, tiling: bool | None):
+    """`conditions(width, height)` of a region: its latent and latent-size mask, and for inpaint models
+    the mask and masked-image latent as extra channels (cached per size)."""
+
+    @functools.cache
+    def at(width: int, height: int) -> ImageConditions:
+        pixels, mask = region.pixels_at(width, height)
+        latent = encode_images(pipe.vae, pixels, tiling)
+        small_mask = latent_mask(mask, tuple(latent.shape[-2:]))
+        concat = None
+        if pipe.spec.variant == "inpaint":
+            masked = encode_images(pipe.vae, masked_image(pixels, mask), tiling)
+            concat = torch.cat([small_mask, masked], dim=1)
+        return ImageConditions(concat=concat, latent=latent, mask=small_mask)
+
+    return at
 
 
 def load_mask(mask: ImageInput) -> Image.Image:
@@ -86,10 +95,18 @@ def inpaint(
     width: int | None = None,
     height: int | None = None,
     callback: StepCallback | None = None,
+    progress: bool = True,
     mode: str = "inpaint",
+    refiner_model=None,
     **settings,
 ) -> list[Image.Image]:
-    """Repaint the white part of `mask` in `image` following `prompt` (other keywords as `generate`)."""
+    """Repaint the white part of `mask` in `image` following `prompt` (other keywords as `generate`,
+    hires fix and the refiner included)."""
+    if pipe.spec.variant not in (None, "inpaint"):
+        raise InvalidArgumentError(
+            f"inpainting needs an ordinary or an inpaint model, but {pipe.spec.name} is a "
+            f"{pipe.spec.variant} model; load an SD 1.x/2.x/XL model or its -inpaint variant"
+        )
     source, mask_image = load_image(image), load_mask(mask)
     check_mask_size(mask_image, source)
     check_multiple_of_8("padding", padding)
@@ -97,66 +114,24 @@ def inpaint(
     options = resolve_options(
         pipe.spec, prompt=prompt, width=width, height=height, strength=strength, mode=mode, **settings
     )
-    if options.hires is not None or options.refiner is not None:
-        raise InvalidArgumentError(
-            "hires fix and the SDXL refiner apply to generate only; inpaint without them, then use img2img"
-        )
     blurred = blur_mask(mask_image, mask_blur)
     size = (options.width, options.height)
     box = crop_box(blurred, padding, size, source.size) if only_masked else Box(0, 0, *source.size)
-    region = InpaintRegion(
-        pixels=images_to_tensor([resize_image(source.crop(box.as_tuple()), *size)]),
-        mask=mask_to_tensor(resize_image(blurred.crop(box.as_tuple()), *size)),
-        box=box,
+    region = InpaintRegion(source.crop(box.as_tuple()), blurred.crop(box.as_tuple()), box)
+    conditions = inpaint_conditions(pipe, region, options.vae_tiling)
+    start = None if options.strength == 1 else conditions(*size).latent
+    latents = generate_latents(
+        pipe,
+        options,
+        start=start,
+        conditions=conditions,
+        refiner=refiner_model,
+        callback=callback,
+        progress=progress,
     )
-    latents = inpaint_latents(pipe, region, options, callback=callback)
     alpha = composite_alpha(mask_image, blurred)
-    images = [paste_back(source, generated, alpha, box) for generated in decode_latents(pipe, latents)]
-    attach_records(
-        pipe, images, options, mask={"blur": mask_blur, "only_masked": only_masked, "padding": padding}
-    )
+    generated = decode_latents(pipe.vae, latents, options.vae_tiling)
+    images = [paste_back(source, image, alpha, box) for image in generated]
+    mask_record = {"blur": mask_blur, "only_masked": only_masked, "padding": padding}
+    attach_records(pipe, images, options, mask=mask_record, refiner=refiner_model)
     return images
-
-
-def inpaint_latents(
-    pipe, region: InpaintRegion, options: GenerationOptions, *, callback: StepCallback | None = None
-) -> torch.Tensor:
-    """Sample the region's latents: masked-image conditioning for 9-channel models, else latent blending."""
-    in_channels = pipe.spec.unet.in_channels
-    if in_channels not in (4, INPAINT_CHANNELS):
-        raise InvalidArgumentError(
-            f"inpainting needs an ordinary or an inpaint model, but {pipe.family} takes {in_channels} "
-            "input channels; load an SD 1.x/2.x/XL model or its -inpaint variant"
-        )
-    channels, latent_height, latent_width = latent_shape(pipe, options.width, options.height)
-    latent = encode_images(pipe, region.pixels)
-    mask = latent_mask(region.mask, (latent_height, latent_width)).to(latent.device)
-    cond, uncond = prompt_conditioning(pipe, options)
-    sigmas = img2img_sigmas(schedule_sigmas(options), options.strength)
-    if in_channels == INPAINT_CHANNELS:
-        masked = encode_images(pipe, masked_image(region.pixels, region.mask))
-        guided = make_denoiser(pipe, cond, uncond, options, torch.cat([mask, masked], dim=1))
-    else:
-        guided = make_denoiser(pipe, cond, uncond, options)
-    results = []
-    for start, count in batch_groups(options):
-        group = options.items(start, count)
-        generators = item_generators(group)
-        noise = initial_noise(group, (channels, latent_height, latent_width), generators).to(latent.device)
-        denoise = (
-            guided if in_channels == INPAINT_CHANNELS else inpaint_blend_denoiser(guided, latent, mask, noise)
-        )
-        x = noise * sigmas[0] if options.strength == 1 else latent + noise * sigmas[0]
-        results.append(
-            run_sampler(
-                denoise,
-                x,
-                sigmas,
-                group,
-                generator=generators[0],
-                callback=callback,
-                batch_start=start,
-                progress=pipe.progress,
-            )
-        )
-    return torch.cat(results)

@@ -165,8 +165,3 @@ def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tenso
 def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The image in [-1, 1] with the repainted region set to 0 (grey), the 9-channel models' conditioning."""
     return image * (mask < 0.5).to(image.dtype)
-
-
-def blend_latents(x: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Latent blending: `x` inside the mask, `original` outside it (RePaint-style, Lugmayr et al. 2022)."""
-    return mask * x + (1 - mask) * original

@@ -15,14 +15,24 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from ..diffusion.samplers import A1111_NAMES, resolve_sampler
+from ..diffusion.samplers import SAMPLERS, resolve_sampler
 from ..errors import InvalidArgumentError
 from .output import write_png_atomically
 
 PARAMETERS_KEY = "parameters"
 WORKFLOW_KEY = "workflow"
 NEGATIVE_PREFIX = "Negative prompt:"
-SAMPLER_DISPLAY_NAMES = {sampler: display for display, sampler in A1111_NAMES.items()}
+SAMPLER_DISPLAY_NAMES = {sampler: info.a1111_name for sampler, info in SAMPLERS.items() if info.a1111_name}
+SAMPLER_OPTION_NAMES = {
+    "eta": "Eta",
+    "s_noise": "Sigma noise",
+    "s_churn": "Sigma churn",
+    "s_tmin": "Sigma tmin",
+    "s_tmax": "Sigma tmax",
+    "r": "Sampler r",
+    "order": "Sampler order",
+}
+"""Sampler options -> the `parameters` keys they are written under (A1111's where it has one)."""
 SCHEDULE_DISPLAY_NAMES = {
     "normal": "Normal",
     "karras": "Karras",
@@ -98,6 +108,10 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Variation seed": record.get("variation_seed") if variation_strength > 0 else None,
         "Variation seed strength": variation_strength if variation_strength > 0 else None,
         "Guidance rescale": record.get("guidance_rescale") or None,
+        **{
+            SAMPLER_OPTION_NAMES.get(key, key): value
+            for key, value in (record.get("sampler_options") or {}).items()
+        },
         "Hires upscale": hires["scale"] if hires else None,
         "Hires steps": hires.get("steps") if hires else None,
         "Hires upscaler": UPSCALER_DISPLAY_NAMES.get(hires["upscaler"], hires["upscaler"]) if hires else None,
@@ -250,6 +264,11 @@ def parse_parameters(text: str) -> dict:
         "variation_seed": _number(fields, "Variation seed", int),
         "variation_strength": _number(fields, "Variation seed strength", float) or 0.0,
         "guidance_rescale": _number(fields, "Guidance rescale", float) or 0.0,
+        "sampler_options": {
+            key: value
+            for key, name in SAMPLER_OPTION_NAMES.items()
+            if (value := _number(fields, name, float)) is not None
+        },
         "hires": hires,
         "refiner": refiner,
         "mask": mask,

@@ -11,10 +11,10 @@ are listed in `RECORD_KEYS` and are the contract with the metadata writer.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from ..diffusion import SCHEDULERS, resolve_sampler
+from ..diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
 from ..errors import InvalidArgumentError
 from ..models.specs import FamilySpec
 
@@ -24,6 +24,8 @@ DEFAULT_SAMPLER = "dpmpp_2m"
 DEFAULT_SCHEDULER = "karras"
 MAX_SEED = 2**32 - 1
 HIRES_UPSCALERS = ("latent", "latent-nearest", "image")
+AESTHETIC_SCORES = (6.0, 2.5)
+"""The SDXL refiner's aesthetic-score conditioning for the prompt and the negative prompt (sgm defaults)."""
 
 RECORD_KEYS = (
     "mode",
@@ -43,6 +45,7 @@ RECORD_KEYS = (
     "variation_seed",
     "variation_strength",
     "guidance_rescale",
+    "sampler_options",
     "hires",
     "refiner",
     "mask",
@@ -53,7 +56,8 @@ RECORD_KEYS = (
 """Keys of `image.info["lienzo"]`. `seed` and `variation_seed` are the batch item's own (base + index);
 `hires` is None or {"scale", "steps", "strength", "upscaler", "width", "height"}; `refiner` is None or
 {"model", "model_hash", "switch_at"}; `mask` is None or inpainting's {"blur", "only_masked", "padding"};
-`strength` is the denoising strength (1.0 for plain txt2img);
+`strength` is the denoising strength (1.0 for plain txt2img); `sampler_options` is a dict of the options
+given to the sampler (eta, s_noise, ...), empty for its defaults;
 `mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"."""
 
 
@@ -69,12 +73,18 @@ class HiresOptions:
 
 @dataclass(frozen=True)
 class RefinerOptions:
-    """SDXL refiner hand-off: the base runs the first `switch_at` of the sigmas, the refiner the rest."""
+    """SDXL refiner hand-off: the base runs the first `switch_at` of the sigmas, the refiner (a model path
+    or folder, loaded like `lienzo.load`) the rest, conditioned on the two aesthetic scores."""
 
-    pipeline: Any
+    model: str | Path
     switch_at: float = 0.8
-    aesthetic_score: float = 6.0
-    negative_aesthetic_score: float = 2.5
+    aesthetic_score: float = AESTHETIC_SCORES[0]
+    negative_aesthetic_score: float = AESTHETIC_SCORES[1]
+
+    @property
+    def aesthetic_scores(self) -> tuple[float, float]:
+        """(prompt, negative prompt) aesthetic scores."""
+        return self.aesthetic_score, self.negative_aesthetic_score
 
 
 @dataclass(frozen=True)
@@ -96,9 +106,11 @@ class GenerationOptions:
     variation_seed: int | None = None
     variation_strength: float = 0.0
     guidance_rescale: float = 0.0
+    sampler_options: tuple[tuple[str, float], ...] = ()
     hires: HiresOptions | None = None
-    refiner: RefinerOptions | None = field(default=None, compare=False)
+    refiner: RefinerOptions | None = None
     mode: str = "txt2img"
+    vae_tiling: bool | None = None
 
     def item_seed(self, index: int) -> int:
         """Seed of batch item `index`: seed + index."""
@@ -120,6 +132,7 @@ class GenerationOptions:
         model: str | None = None,
         model_hash: str | None = None,
         family: str | None = None,
+        refiner_hash: str | None = None,
     ) -> dict:
         """The `image.info["lienzo"]` dict of batch item `index` (keys: RECORD_KEYS)."""
         hires = None
@@ -128,10 +141,9 @@ class GenerationOptions:
             hires = {**asdict(self.hires), "width": width, "height": height}
         refiner = None
         if self.refiner is not None:
-            refined = self.refiner.pipeline
             refiner = {
-                "model": getattr(refined, "name", None),
-                "model_hash": getattr(refined, "model_hash", None),
+                "model": Path(self.refiner.model).stem,
+                "model_hash": refiner_hash,
                 "switch_at": self.refiner.switch_at,
             }
         record = {
@@ -152,6 +164,7 @@ class GenerationOptions:
             "variation_seed": self.item_variation_seed(index),
             "variation_strength": self.variation_strength,
             "guidance_rescale": self.guidance_rescale,
+            "sampler_options": dict(self.sampler_options),
             "hires": hires,
             "refiner": refiner,
             "mask": None,
@@ -198,8 +211,8 @@ def _check_hires(hires: HiresOptions) -> None:
 
 def _check_refiner(refiner: RefinerOptions) -> None:
     _check_fraction("refiner switch_at", refiner.switch_at)
-    if not hasattr(refiner.pipeline, "unet"):
-        raise InvalidArgumentError("refiner pipeline must be a loaded model: pass lienzo.load(REFINER_PATH)")
+    if not isinstance(refiner.model, str | Path):
+        raise InvalidArgumentError("the refiner is a model path: pass RefinerOptions(model=REFINER_PATH)")
 
 
 def resolve_options(spec: FamilySpec, **user_values) -> GenerationOptions:
@@ -226,6 +239,7 @@ def resolve_options(spec: FamilySpec, **user_values) -> GenerationOptions:
         sampler=sampler,
         scheduler=scheduler,
         seed=int(seed),
+        sampler_options=tuple(sorted(dict(values.get("sampler_options", {})).items())),
         **{key: values[key] for key in _OPTIONAL_FIELDS if key in values},
     )
     check_options(options)
@@ -242,6 +256,7 @@ _OPTIONAL_FIELDS = (
     "hires",
     "refiner",
     "mode",
+    "vae_tiling",
 )
 
 
@@ -266,3 +281,4 @@ def check_options(options: GenerationOptions) -> None:
         _check_hires(options.hires)
     if options.refiner is not None:
         _check_refiner(options.refiner)
+    check_sampler_options(options.sampler, dict(options.sampler_options))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
 
+from ..adapters import ModelPatcher
 from ..devices import default_device, default_dtype
 from ..errors import ModelNotFoundError
 from ..io import ModelFiles, read_model
@@ -17,16 +19,15 @@ from ..models.clip import CLIPTextModel
 from ..models.specs import FamilySpec
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
-from ..text.conditioning import Conditioning, encode_prompts
+from ..text.conditioning import PromptEncoding, TextEncoders
 from ..text.tokenizer import CLIPTokenizer
 from .depth import depth2img
+from .generation import img2img, img2img_size, txt2img
 from .images import ImageInput, load_image
-from .img2img import img2img, img2img_size
 from .inpaint import inpaint
 from .options import HiresOptions, RefinerOptions, resolve_options
 from .outpaint import outpaint
 from .steps import StepCallback
-from .txt2img import txt2img
 
 HASH_CHUNK_BYTES = 1 << 24
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"
@@ -35,13 +36,13 @@ BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"
 
 @dataclass
 class Pipeline:
-    """A ready-to-run model family; every network is in eval mode with gradients off.
+    """A ready-to-run model: its components (UNet, VAE, text encoders and tokenizers) and its spec.
 
-    `progress` shows a tqdm bar over each sampling run; set it False for quiet batch work.
-    `vae_tiling` runs the VAE on overlapping tiles (bounded memory): True, False, or None for large latents.
+    Every network is in eval mode with gradients off. The UNet and text encoders are this Pipeline's own
+    views (see lienzo.adapters): patching them through `unet_patcher` or `text_patchers` never reaches
+    another Pipeline loaded from the same files, while unchanged weights stay shared.
     """
 
-    family: str
     spec: FamilySpec
     unet: UNetModel
     vae: AutoencoderKL
@@ -49,9 +50,37 @@ class Pipeline:
     tokenizers: list[CLIPTokenizer]
     name: str | None = None
     path: Path | None = None
-    progress: bool = True
-    vae_tiling: bool | None = None
     _model_hash: str | None = field(default=None, repr=False, compare=False)
+    unet_patcher: ModelPatcher = field(init=False, repr=False, compare=False)
+    text_patchers: list[ModelPatcher] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.unet_patcher = ModelPatcher(self.unet)
+        self.text_patchers = [ModelPatcher(encoder) for encoder in self.text_encoders]
+
+    def view(self) -> Pipeline:
+        """A Pipeline over fresh views of the same (unpatched) weights; the VAE is shared as is."""
+        unet, texts = self.unet_patcher.clone(), [patcher.clone() for patcher in self.text_patchers]
+        return Pipeline(
+            self.spec,
+            unet.model,
+            self.vae,
+            [patcher.model for patcher in texts],
+            self.tokenizers,
+            self.name,
+            self.path,
+            self._model_hash,
+        )
+
+    @property
+    def family(self) -> str:
+        """The model family's name, e.g. "sd1", "sd2-v", "sdxl", "sd1-inpaint" (the spec's name)."""
+        return self.spec.name
+
+    @property
+    def clip(self) -> TextEncoders:
+        """The text encoders with their specs and tokenizers, as one component."""
+        return TextEncoders(self.spec.text_encoders, self.text_encoders, self.tokenizers)
 
     @property
     def model_hash(self) -> str | None:
@@ -65,16 +94,6 @@ class Pipeline:
         return self._model_hash
 
     @property
-    def latent_scale(self) -> float:
-        """The VAE scaling factor: diffusion runs on `latent_scale * vae.encode(image).mean`."""
-        return self.spec.vae.scaling_factor
-
-    @property
-    def prediction(self) -> str:
-        """What the UNet predicts: "eps" or "v"."""
-        return self.spec.prediction
-
-    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
@@ -82,11 +101,15 @@ class Pipeline:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    @torch.inference_mode()
-    def encode_prompt(self, prompts: list[str], *, clip_skip: int = 1) -> Conditioning:
+    def encode_prompt(self, prompts: list[str], *, clip_skip: int = 1) -> PromptEncoding:
         """Text conditioning of a batch of prompts (long prompts in 75-token chunks, A1111 style)."""
-        encoders = list(zip(self.spec.text_encoders, self.text_encoders, self.tokenizers, strict=True))
-        return encode_prompts(prompts, encoders, clip_skip=clip_skip)
+        return self.clip.encode(prompts, clip_skip=clip_skip)
+
+    def load_refiner(self, refiner: RefinerOptions | None) -> Pipeline | None:
+        """The refiner model, loaded like `lienzo.load` on this Pipeline's device and dtype."""
+        if refiner is None:
+            return None
+        return load(refiner.model, device=self.device, dtype=self.dtype)
 
     def generate(
         self,
@@ -105,12 +128,14 @@ class Pipeline:
         hires: HiresOptions | None = None,
         refiner: RefinerOptions | None = None,
         callback: StepCallback | None = None,
+        progress: bool = True,
         **more,
     ) -> list[Image.Image]:
         """txt2img: `batch_size` PIL images (item i from seed + i), settings in image.info["lienzo"].
 
         None takes the family default (see lienzo.pipelines.options); `more` takes the other
-        GenerationOptions fields (variation_seed, variation_strength, guidance_rescale).
+        GenerationOptions fields (variation_seed, variation_strength, guidance_rescale,
+        sampler_options such as {"eta": 0.5, "s_noise": 1.0}, vae_tiling). `progress` shows a tqdm bar.
         """
         options = resolve_options(
             self.spec,
@@ -129,7 +154,8 @@ class Pipeline:
             refiner=refiner,
             **more,
         )
-        return txt2img(self, options, callback=callback)
+        refined = self.load_refiner(options.refiner)
+        return txt2img(self, options, refiner=refined, callback=callback, progress=progress)
 
     def img2img(
         self,
@@ -140,6 +166,7 @@ class Pipeline:
         width: int | None = None,
         height: int | None = None,
         callback: StepCallback | None = None,
+        progress: bool = True,
         **more,
     ) -> list[Image.Image]:
         """img2img (SDEdit): `image` noised to `strength` and denoised toward the prompt.
@@ -152,7 +179,8 @@ class Pipeline:
         options = resolve_options(
             self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
         )
-        return img2img(self, source, options, callback=callback)
+        refined = self.load_refiner(options.refiner)
+        return img2img(self, source, options, refiner=refined, callback=callback, progress=progress)
 
     def inpaint(
         self,
@@ -170,8 +198,10 @@ class Pipeline:
 
         Inpaint models (9 channels) get the masked image as conditioning, others blend in the re-noised
         original at every step. `only_masked` works on a box around the mask plus `padding` at the
-        generation size; `more` takes generate's keyword arguments. See lienzo.pipelines.inpaint.
+        generation size; `more` takes generate's keyword arguments (hires fix and the refiner included).
+        See lienzo.pipelines.inpaint.
         """
+        refined = self.load_refiner(more.get("refiner"))
         return inpaint(
             self,
             image,
@@ -181,6 +211,7 @@ class Pipeline:
             mask_blur=mask_blur,
             only_masked=only_masked,
             padding=padding,
+            refiner_model=refined,
             **more,
         )
 
@@ -232,7 +263,6 @@ def pipeline_from_files(
     spec = files.spec
     text_specs = spec.text_encoders
     return Pipeline(
-        family=files.family,
         spec=spec,
         unet=_build(UNetModel, spec.unet, files.unet, device, dtype),
         vae=_build(AutoencoderKL, spec.vae, files.vae, device, dtype),
@@ -260,10 +290,10 @@ def load(
     """Load a diffusers folder or a single-file checkpoint (no path: the built-in shapes model);
     `family` overrides detection (e.g. "sd2-v").
 
-    The last model loaded stays in memory: loading the same unchanged files with the same device,
-    dtype and family again returns a new Pipeline over the same networks at once (as A1111 keeps its
-    current checkpoint). Settings such as `progress` belong to each Pipeline; `cache=False` reads the
-    files again into networks of its own."""
+    The last MODEL_CACHE_SIZE models loaded stay in memory (a base and its refiner, say): loading the
+    same unchanged files with the same device, dtype and family again returns at once a new Pipeline
+    over views of the same weights (see Pipeline.view), so patching one never changes another.
+    `cache=False` reads the files again into networks of their own."""
     if path is None:
         if not (BUILTIN_MODEL / "model_index.json").is_file():
             raise ModelNotFoundError(
@@ -276,19 +306,22 @@ def load(
     dtype = dtype or default_dtype(device)
     key = (str(path.resolve()), files_signature(path), str(device), str(dtype), family)
     if cache and key in _LOADED:
-        return replace(_LOADED[key])
+        _LOADED.move_to_end(key)
+        return _LOADED[key].view()
     files = read_model(path, family=family)
     name = path.stem if path.is_file() else path.name
     pipe = pipeline_from_files(files, device=device, dtype=dtype, name=name, path=path)
-    if cache:
-        _LOADED.clear()
-        _LOADED[key] = pipe
-        return replace(pipe)
-    return pipe
+    if not cache:
+        return pipe
+    _LOADED[key] = pipe
+    while len(_LOADED) > MODEL_CACHE_SIZE:
+        _LOADED.popitem(last=False)
+    return pipe.view()
 
 
-_LOADED: dict[tuple, Pipeline] = {}
-"""The most recently loaded model by (path, files signature, device, dtype, family)."""
+MODEL_CACHE_SIZE = 2
+_LOADED: OrderedDict[tuple, Pipeline] = OrderedDict()
+"""The most recently loaded models by (path, files signature, device, dtype, family), oldest first."""
 
 
 def files_signature(path: Path) -> tuple:

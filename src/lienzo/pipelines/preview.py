@@ -42,11 +42,11 @@ class FilmstripRecorder:
     def __call__(self, state: dict) -> None:
         """Record a frame when this step is due; only the first batch item is shown."""
         step, total = state["i"] + 1, state.get("total", state["i"] + 1)
-        if state.get("batch_start", 0) != 0 or (step % self.every and step != total):
+        if step % self.every and step != total:
             return
         stage = state.get("stage", "base")
         label = f"step {step}" if stage == "base" else f"{stage} {step}"
-        image = decode_latents(self.pipe, state["denoised"][:1])[0]
+        image = decode_latents(self.pipe.vae, state["denoised"][:1])[0]
         self.frames.append(Frame(label, image))
 
     def filmstrip(self) -> Image.Image:

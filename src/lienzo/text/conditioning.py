@@ -21,7 +21,7 @@ COMMA_BACKTRACK = 20
 
 
 @dataclass
-class Conditioning:
+class PromptEncoding:
     """Cross-attention context (B, tokens, features) and the pooled text vector (B, P), if any."""
 
     context: Tensor
@@ -130,7 +130,7 @@ def encode_prompts(
     encoders: list[tuple[TextEncoderSpec, CLIPTextModel, CLIPTokenizer]],
     *,
     clip_skip: int = 1,
-) -> Conditioning:
+) -> PromptEncoding:
     """Encode prompts with every tower: contexts joined on the feature axis, pooled from the `pooled` tower.
 
     Prompts use A1111 syntax (`parse_prompt`) and are encoded in 77-token chunks (`chunk_prompt`) joined
@@ -161,4 +161,19 @@ def encode_prompts(
         contexts.append(hidden.reshape(len(prompts), num_chunks * CHUNK_LENGTH, -1))
         if wants_pooled:
             pooled = output.pooled.reshape(len(prompts), num_chunks, -1)[:, 0]
-    return Conditioning(context=torch.cat(contexts, dim=-1), pooled=pooled)
+    return PromptEncoding(context=torch.cat(contexts, dim=-1), pooled=pooled)
+
+
+@dataclass(frozen=True)
+class TextEncoders:
+    """A model's CLIP towers with their specs and tokenizers (what a graph passes as CLIP)."""
+
+    specs: tuple[TextEncoderSpec, ...]
+    models: list[CLIPTextModel]
+    tokenizers: list[CLIPTokenizer]
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str], *, clip_skip: int = 1) -> PromptEncoding:
+        """Text conditioning of a batch of prompts (long prompts in 75-token chunks, A1111 style)."""
+        encoders = list(zip(self.specs, self.models, self.tokenizers, strict=True))
+        return encode_prompts(prompts, encoders, clip_skip=clip_skip)

@@ -1,8 +1,10 @@
-"""The sampler registry: ComfyUI sampler ids -> pure functions, plus A1111 display-name aliases."""
+"""The sampler registry: ComfyUI sampler ids -> SamplerInfo (function, noise use, A1111 name, options)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from lienzo.diffusion.samplers.first_order import (
     sample_ddim,
@@ -28,59 +30,61 @@ from lienzo.diffusion.samplers.second_order import sample_heun
 from lienzo.diffusion.samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 from lienzo.errors import InvalidArgumentError
 
-SAMPLER_FUNCTIONS: dict[str, Callable] = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "ddim": sample_ddim,
-    "ddpm": sample_ddpm,
-    "lcm": sample_lcm,
-    "dpm_2": sample_dpm_2,
-    "dpm_2_ancestral": sample_dpm_2_ancestral,
-    "lms": sample_lms,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
-    "dpmpp_sde": sample_dpmpp_sde,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-    "ipndm": sample_ipndm,
-    "uni_pc": sample_uni_pc,
-    "uni_pc_bh2": sample_uni_pc_bh2,
-}
-"""Sampler id -> `sample_<id>(denoise, x, sigmas, *, generator=None, callback=None, **options) -> x`."""
+RUN_ARGUMENTS = ("noise", "callback")
+"""Keyword arguments every call supplies itself; the rest of a sampler's keywords are its options."""
 
-A1111_NAMES: dict[str, str] = {
-    "Euler": "euler",
-    "Euler a": "euler_ancestral",
-    "Heun": "heun",
-    "DDIM": "ddim",
-    "DDPM": "ddpm",
-    "LCM": "lcm",
-    "LMS": "lms",
-    "DPM2": "dpm_2",
-    "DPM2 a": "dpm_2_ancestral",
-    "DPM++ 2S a": "dpmpp_2s_ancestral",
-    "DPM++ SDE": "dpmpp_sde",
-    "DPM++ 2M": "dpmpp_2m",
-    "DPM++ 2M SDE": "dpmpp_2m_sde",
-    "DPM++ 3M SDE": "dpmpp_3m_sde",
-    "UniPC": "uni_pc",
-    "PLMS": "ipndm",
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One sampler: `fn(denoise, x, sigmas, *, [noise], callback, **options) -> x`, whether it draws fresh
+    noise at every step (`stochastic`), its A1111 display name and its tunable options with defaults."""
+
+    fn: Callable
+    stochastic: bool
+    a1111_name: str | None = None
+    options: dict[str, object] = field(init=False)
+
+    def __post_init__(self) -> None:
+        parameters = inspect.signature(self.fn).parameters.values()
+        options = {
+            p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in RUN_ARGUMENTS
+        }
+        object.__setattr__(self, "options", options)
+
+    @property
+    def takes_noise(self) -> bool:
+        """Whether the sampler can draw noise (stochastic ones always do, Euler only with churn)."""
+        return "noise" in inspect.signature(self.fn).parameters
+
+
+SAMPLERS: dict[str, SamplerInfo] = {
+    "euler": SamplerInfo(sample_euler, False, "Euler"),
+    "euler_ancestral": SamplerInfo(sample_euler_ancestral, True, "Euler a"),
+    "heun": SamplerInfo(sample_heun, False, "Heun"),
+    "ddim": SamplerInfo(sample_ddim, False, "DDIM"),
+    "ddpm": SamplerInfo(sample_ddpm, True, "DDPM"),
+    "lcm": SamplerInfo(sample_lcm, True, "LCM"),
+    "dpm_2": SamplerInfo(sample_dpm_2, False, "DPM2"),
+    "dpm_2_ancestral": SamplerInfo(sample_dpm_2_ancestral, True, "DPM2 a"),
+    "lms": SamplerInfo(sample_lms, False, "LMS"),
+    "dpmpp_2s_ancestral": SamplerInfo(sample_dpmpp_2s_ancestral, True, "DPM++ 2S a"),
+    "dpmpp_sde": SamplerInfo(sample_dpmpp_sde, True, "DPM++ SDE"),
+    "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, False, "DPM++ 2M"),
+    "dpmpp_2m_sde": SamplerInfo(sample_dpmpp_2m_sde, True, "DPM++ 2M SDE"),
+    "dpmpp_3m_sde": SamplerInfo(sample_dpmpp_3m_sde, True, "DPM++ 3M SDE"),
+    "ipndm": SamplerInfo(sample_ipndm, False, "PLMS"),
+    "uni_pc": SamplerInfo(sample_uni_pc, False, "UniPC"),
+    "uni_pc_bh2": SamplerInfo(sample_uni_pc_bh2, False),
 }
-"""A1111 display names (without a scheduler suffix) -> sampler ids."""
+"""Sampler id (ComfyUI's) -> its SamplerInfo, in ComfyUI's order."""
 
 A1111_SCHEDULER_SUFFIXES: dict[str, str] = {" Karras": "karras", " Exponential": "exponential"}
 """Display-name suffixes that imply a sigma schedule."""
 
 
-def sampler_ids() -> tuple[str, ...]:
-    """The registered sampler ids, in registration order."""
-    return tuple(SAMPLER_FUNCTIONS)
-
-
 def resolve_sampler(name: str) -> tuple[str, str | None]:
     """(sampler id, implied scheduler or None) for an id or an A1111 display name like "DPM++ 2M Karras"."""
-    if name in SAMPLER_FUNCTIONS:
+    if name in SAMPLERS:
         return name, None
     scheduler = None
     base = name.strip()
@@ -88,17 +92,31 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
         if base.endswith(suffix):
             base, scheduler = base[: -len(suffix)], schedule
             break
-    by_lower = {display.lower(): sampler for display, sampler in A1111_NAMES.items()}
-    sampler = base if base in SAMPLER_FUNCTIONS else by_lower.get(base.lower())
-    if sampler not in SAMPLER_FUNCTIONS:
-        aliases = [display for display, sampler_id in A1111_NAMES.items() if sampler_id in SAMPLER_FUNCTIONS]
+    by_lower = {info.a1111_name.lower(): id_ for id_, info in SAMPLERS.items() if info.a1111_name}
+    sampler = base if base in SAMPLERS else by_lower.get(base.lower())
+    if sampler is None:
+        aliases = [info.a1111_name for info in SAMPLERS.values() if info.a1111_name]
         raise InvalidArgumentError(
-            f"unknown sampler {name!r}; use one of: {', '.join([*SAMPLER_FUNCTIONS, *aliases])} "
+            f"unknown sampler {name!r}; use one of: {', '.join([*SAMPLERS, *aliases])} "
             "(A1111 names may end in ' Karras' or ' Exponential')"
         )
     return sampler, scheduler
 
 
+def sampler_info(name: str) -> SamplerInfo:
+    """The SamplerInfo of a sampler id or A1111 display name."""
+    return SAMPLERS[resolve_sampler(name)[0]]
+
+
+def check_sampler_options(name: str, options: dict[str, object]) -> None:
+    """Raise InvalidArgumentError for an option the sampler does not take, naming the ones it does."""
+    known = sampler_info(name).options
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = ", ".join(f"{key}={value}" for key, value in known.items()) or "no options"
+        raise InvalidArgumentError(f"sampler {name} has no option {', '.join(unknown)}; it takes {takes}")
+
+
 def get_sampler(name: str) -> Callable:
-    """The sampler function for a sampler id or A1111 display name."""
-    return SAMPLER_FUNCTIONS[resolve_sampler(name)[0]]
+    """The sampler function of a sampler id or A1111 display name."""
+    return sampler_info(name).fn

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -62,7 +62,31 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
     return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
 
 
-def seeded_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like `x`, drawn in float32 on the CPU generator, then moved to x."""
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device="cpu")
-    return noise.to(device=x.device, dtype=x.dtype)
+NoiseSource = Callable[[torch.Tensor], torch.Tensor]
+"""`noise(x)`: fresh standard normal noise shaped like x, on x's device and dtype (k-diffusion's noise
+sampler); stochastic samplers draw every Gaussian through it."""
+
+
+def gaussian_noise(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like `x` from torch's global CPU generator (float32), moved to x."""
+    return torch.randn(x.shape, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+
+
+class SeededNoise:
+    """A noise source with one CPU generator per batch row: row i is drawn in float32 from generators[i]
+    (one generator serves every row), then moved to x, so a seed gives the same noise on every device and
+    a batch gives each item the noise it would draw alone."""
+
+    def __init__(self, generators: torch.Generator | Sequence[torch.Generator]):
+        self.generators = [generators] if isinstance(generators, torch.Generator) else list(generators)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise shaped like `x`; x's batch must match the generators unless there is only one."""
+        if len(self.generators) == 1:
+            noise = torch.randn(x.shape, generator=self.generators[0], dtype=torch.float32)
+        elif len(self.generators) == x.shape[0]:
+            rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in self.generators]
+            noise = torch.stack(rows)
+        else:
+            raise ValueError(f"{len(self.generators)} generators cannot seed a batch of {x.shape[0]}")
+        return noise.to(device=x.device, dtype=x.dtype)

@@ -7,10 +7,11 @@ import torch
 from lienzo.diffusion.samplers.common import (
     Callback,
     Denoise,
+    NoiseSource,
     ancestral_step,
     batch_sigma,
+    gaussian_noise,
     report,
-    seeded_noise,
     to_d,
 )
 
@@ -21,7 +22,7 @@ def sample_euler(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
@@ -35,7 +36,7 @@ def sample_euler(
         gamma = min(s_churn / steps, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = batch_sigma(sigmas[i] * (1 + gamma), x)
         if gamma > 0:
-            x = x + seeded_noise(x, generator) * s_noise * sigma * (gamma**2 + 2 * gamma) ** 0.5
+            x = x + noise(x) * s_noise * sigma * (gamma**2 + 2 * gamma) ** 0.5
         denoised = denoise(x, sigma_hat)
         report(callback, i, x, float(sigma_hat[0]), sigma_next, denoised)
         x = x + to_d(x, sigma_hat, denoised) * (sigma_next - float(sigma_hat[0]))
@@ -48,7 +49,7 @@ def sample_euler_ancestral(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -62,7 +63,7 @@ def sample_euler_ancestral(
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = x + to_d(x, sigma_t, denoised) * (sigma_down - sigma)
         if sigma_up > 0:
-            x = x + seeded_noise(x, generator) * s_noise * sigma_up
+            x = x + noise(x) * s_noise * sigma_up
     return x
 
 
@@ -72,7 +73,7 @@ def sample_ddim(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 0.0,
 ) -> torch.Tensor:
@@ -85,7 +86,7 @@ def sample_ddim(
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = denoised + eps * sigma_down
         if sigma_up > 0:
-            x = x + seeded_noise(x, generator) * sigma_up
+            x = x + noise(x) * sigma_up
     return x
 
 
@@ -95,7 +96,7 @@ def sample_ddpm(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDPM: sample the posterior q(x_prev | x, x0) (Ho et al. 2020, eq. 6-7), written in sigma form."""
@@ -106,7 +107,7 @@ def sample_ddpm(
         keep = sigma_next**2 / sigma**2
         x = denoised + (x - denoised) * keep
         if sigma_next > 0:
-            x = x + seeded_noise(x, generator) * (sigma_next**2 * (1 - keep)) ** 0.5
+            x = x + noise(x) * (sigma_next**2 * (1 - keep)) ** 0.5
     return x
 
 
@@ -116,7 +117,7 @@ def sample_lcm(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Latent consistency sampling: jump to x0, re-noise to the next sigma (Luo et al. 2023, Algorithm 1)."""
@@ -126,5 +127,5 @@ def sample_lcm(
         report(callback, i, x, sigma, sigma_next, denoised)
         x = denoised
         if sigma_next > 0:
-            x = x + seeded_noise(x, generator) * sigma_next
+            x = x + noise(x) * sigma_next
     return x

@@ -10,10 +10,11 @@ import torch
 from lienzo.diffusion.samplers.common import (
     Callback,
     Denoise,
+    NoiseSource,
     ancestral_step,
     denoise_at,
+    gaussian_noise,
     report,
-    seeded_noise,
     sigma_list,
     to_d,
 )
@@ -45,7 +46,6 @@ def sample_dpm_2(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver-2 as in Karras et al. 2022 (Lu et al. 2022, Alg. 1 with r=1/2 in log sigma)."""
@@ -63,7 +63,7 @@ def sample_dpm_2_ancestral(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -76,7 +76,7 @@ def sample_dpm_2_ancestral(
         sigma_down, sigma_up = ancestral_step(levels[i], levels[i + 1], eta)
         x = _dpm_2_step(denoise, x, levels[i], sigma_down, denoised)
         if levels[i + 1] > 0:
-            x = x + seeded_noise(x, generator) * (s_noise * sigma_up)
+            x = x + noise(x) * (s_noise * sigma_up)
     return x
 
 
@@ -97,7 +97,6 @@ def sample_lms(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
     callback: Callback | None = None,
     order: int = 4,
 ) -> torch.Tensor:
@@ -122,7 +121,6 @@ def sample_ipndm(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
     callback: Callback | None = None,
     order: int = 4,
 ) -> torch.Tensor:
@@ -149,7 +147,6 @@ def sample_dpmpp_2m(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), data prediction in lambda = -log sigma (Lu et al. 2022b, Algorithm 2)."""

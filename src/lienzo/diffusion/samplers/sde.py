@@ -1,7 +1,7 @@
 """Stochastic DPM-Solver++ samplers (Lu et al. 2022b) driven by seeded Gaussian increments.
 
-The Brownian motion is built from plain Gaussian draws of `seeded_noise` (no torchsde, no Brownian tree),
-so the same generator seed gives the same sample on every device.
+The Brownian motion is built from plain Gaussian draws of the noise source (no torchsde, no Brownian tree),
+so the same seeds give the same sample on every device.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import torch
 from lienzo.diffusion.samplers.common import (
     Callback,
     Denoise,
+    NoiseSource,
     ancestral_step,
     denoise_at,
+    gaussian_noise,
     report,
-    seeded_noise,
     sigma_list,
     to_d,
 )
@@ -39,7 +40,7 @@ def sample_dpmpp_2s_ancestral(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -58,7 +59,7 @@ def sample_dpmpp_2s_ancestral(
             x_mid = _data_prediction_step(x, sigma, sigma_mid, denoised)
             x = _data_prediction_step(x, sigma, sigma_down, denoise_at(denoise, x_mid, sigma_mid))
         if levels[i + 1] > 0:
-            x = x + seeded_noise(x, generator) * (s_noise * sigma_up)
+            x = x + noise(x) * (s_noise * sigma_up)
     return x
 
 
@@ -68,7 +69,7 @@ def sample_dpmpp_sde(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -88,9 +89,9 @@ def sample_dpmpp_sde(
             x = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
             continue
         sigma_mid = sigma * (sigma_next / sigma) ** r
-        noise_mid = seeded_noise(x, generator)
+        noise_mid = noise(x)
         shared = math.sqrt((sigma - sigma_mid) / (sigma - sigma_next))
-        noise_next = shared * noise_mid + math.sqrt(1 - shared**2) * seeded_noise(x, generator)
+        noise_next = shared * noise_mid + math.sqrt(1 - shared**2) * noise(x)
 
         down_mid, up_mid = ancestral_step(sigma, sigma_mid, eta)
         x_mid = _data_prediction_step(x, sigma, down_mid, denoised) + noise_mid * (s_noise * up_mid)
@@ -109,7 +110,7 @@ def sample_dpmpp_2m_sde(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -136,7 +137,7 @@ def sample_dpmpp_2m_sde(
                 weight = 0.5 * kept if solver_type == "midpoint" else 1 - kept / damped
                 x = x + weight / ratio * (denoised - previous)
             if eta:
-                x = x + seeded_noise(x, generator) * _sde_noise_scale(sigma_next, h, eta, s_noise)
+                x = x + noise(x) * _sde_noise_scale(sigma_next, h, eta, s_noise)
         previous = denoised
     return x
 
@@ -147,7 +148,7 @@ def sample_dpmpp_3m_sde(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource = gaussian_noise,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -179,6 +180,6 @@ def sample_dpmpp_3m_sde(
             old, h_old = history[-1]
             x = x + phi_2 * (denoised - old) * (h / h_old)
         if eta:
-            x = x + seeded_noise(x, generator) * _sde_noise_scale(sigma_next, h, eta, s_noise)
+            x = x + noise(x) * _sde_noise_scale(sigma_next, h, eta, s_noise)
         history = [*history[-1:], (denoised, h)]
     return x

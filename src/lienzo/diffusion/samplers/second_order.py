@@ -13,7 +13,6 @@ def sample_heun(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Heun's 2nd-order method on the probability-flow ODE, Euler at sigma 0 (Karras et al. 2022, Alg. 1)."""

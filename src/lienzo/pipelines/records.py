@@ -1,0 +1,28 @@
+"""Each generated image's settings record, `image.info["lienzo"]` (keys: options.RECORD_KEYS)."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from .options import GenerationOptions
+
+
+def attach_records(
+    pipe,
+    images: list[Image.Image],
+    options: GenerationOptions,
+    *,
+    mask: dict | None = None,
+    refiner=None,
+) -> None:
+    """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]; inpainting adds
+    its `mask` settings ({"blur", "only_masked", "padding"}), a refined image its refiner's hash."""
+    for index, image in enumerate(images):
+        record = options.to_record(
+            index,
+            model=pipe.name,
+            model_hash=pipe.model_hash,
+            family=pipe.spec.name,
+            refiner_hash=None if refiner is None else refiner.model_hash,
+        )
+        image.info["lienzo"] = {**record, "mask": mask}

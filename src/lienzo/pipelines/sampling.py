@@ -1,0 +1,122 @@
+"""The one sampling path: seeded noise, sigmas, the guided denoiser, the sampler, and the refiner hand-off.
+
+txt2img, img2img, inpainting, outpainting, depth-to-image and the hires pass all call `sample_latents`;
+it is the function a KSampler node wraps. Image-guided modes add their `ImageConditions`, built at the
+size of the pass, so the hires pass of inpainting or depth gets them at its own size.
+
+```
+options ─► seeds ─► initial noise (item i: seed + i) ─┐
+start latent (img2img) ───────────────────────────────┼─► x = start + sigma_0 * noise
+options.scheduler, steps, strength ─► sigmas ─────────┘
+stage: UNet + spec + Conditioning(context, y, concat, control) ─► guided denoiser ─► [latent blend]
+    ─► sampler(denoise, x, sigmas, noise=SeededNoise(row i: seed + i), callback) ─► latents
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, replace
+
+import torch
+
+from ..diffusion import SeededNoise, img2img_sigmas, noise_latent
+from ..models.specs import FamilySpec
+from ..models.unet import UNetModel
+from .options import AESTHETIC_SCORES, GenerationOptions
+from .steps import (
+    PromptTexts,
+    StepCallback,
+    conditioning_pair,
+    initial_noise,
+    inpaint_blend_denoiser,
+    item_generators,
+    latent_shape,
+    make_denoiser,
+    run_sampler,
+    schedule_sigmas,
+    switch_index,
+)
+
+
+@dataclass(frozen=True)
+class ImageConditions:
+    """What an image-guided mode adds at one size: extra UNet input channels (`concat`: inpaint mask and
+    masked image, depth), or for latent blending the original latent and the mask (1 = repaint)."""
+
+    concat: torch.Tensor | None = None
+    latent: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+ConditionsAt = Callable[[int, int], ImageConditions]
+"""`conditions(width, height)`: a mode's ImageConditions for a pass at that image size."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model's share of sampling: its UNet and spec, its prompt encodings and aesthetic scores."""
+
+    unet: UNetModel
+    spec: FamilySpec
+    texts: PromptTexts
+    name: str = "base"
+    aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES
+
+    def denoiser(self, options: GenerationOptions, conditions: ImageConditions, noise: torch.Tensor):
+        """The stage's guided denoiser at the options' size; extra channels go to a UNet that takes
+        them, latent blending serves one that does not."""
+        cond, uncond = conditioning_pair(
+            self.spec, self.texts, options.width, options.height, self.aesthetic_scores
+        )
+        takes_concat = self.spec.concat_channels > 0
+        if takes_concat:
+            cond, uncond = replace(cond, concat=conditions.concat), replace(uncond, concat=conditions.concat)
+        denoise = make_denoiser(self.unet, self.spec, cond, uncond, options)
+        if conditions.mask is not None and not takes_concat:
+            denoise = inpaint_blend_denoiser(denoise, conditions.latent, conditions.mask, noise)
+        return denoise
+
+
+def sample_latents(
+    stages: list[Stage],
+    options: GenerationOptions,
+    *,
+    start: torch.Tensor | None = None,
+    conditions: ConditionsAt | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = True,
+    stage_name: str | None = None,
+) -> torch.Tensor:
+    """Final latents (scaled, float32) of options.batch_size items, all sampled together.
+
+    Item i's initial noise and every noise its sampler draws come from seed + i, so any batch gives
+    each item the image it gets alone. Sampling starts at options.strength of the schedule from
+    `start` + noise (pure noise without `start`). With a second stage (the SDXL refiner), the first
+    runs until options.refiner.switch_at of the steps and the second the rest.
+    """
+    base = stages[0]
+    shape = latent_shape(base.spec, options.width, options.height)
+    generators = item_generators(options)
+    device = next(base.unet.parameters()).device
+    noise = initial_noise(options, shape, generators).to(device)
+    sigmas = img2img_sigmas(schedule_sigmas(base.spec, options), options.strength)
+    x = noise_latent(None if start is None else start.to(device).float(), noise, float(sigmas[0]))
+    steps = len(sigmas) - 1
+    handoff = steps if len(stages) == 1 else switch_index(steps, options.refiner.switch_at)
+    parts = [(stages[0], sigmas[: handoff + 1]), *[(stage, sigmas[handoff:]) for stage in stages[1:]]]
+    extra = conditions(options.width, options.height) if conditions else ImageConditions()
+    extra = ImageConditions(*(None if t is None else t.to(device) for t in astuple(extra)))
+    sampler_noise = SeededNoise(generators)
+    for stage, part in parts:
+        x = run_sampler(
+            stage.denoiser(options, extra, noise),
+            x,
+            part,
+            options,
+            noise=sampler_noise,
+            callback=callback,
+            stage=stage_name or stage.name,
+            progress=progress,
+        )
+    return x
