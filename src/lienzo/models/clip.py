@@ -144,6 +144,11 @@ class CLIPTextModel(nn.Module):
         else:
             self.text_projection = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (token ids must be moved there)."""
+        return self.text_model.embeddings.token_embedding.weight.device
+
     def hidden_state_index(self, hidden_layer: int) -> int:
         """Non-negative index into the hidden states (0 = embeddings, n = after layer n) of `hidden_layer`."""
         count = self.config.num_hidden_layers + 1

@@ -149,10 +149,9 @@ def encode_prompts(
     for (spec, model, tokenizer), chunks_per_prompt in zip(encoders, chunked, strict=True):
         layer = skipped_layer_index(spec, model, clip_skip)
         ids, weights = chunk_token_ids(chunks_per_prompt, tokenizer, num_chunks)
-        device = model.text_model.embeddings.token_embedding.weight.device
         wants_pooled = spec.pooled and pooled is None
         output = model(
-            ids.reshape(-1, CHUNK_LENGTH).to(device),
+            ids.reshape(-1, CHUNK_LENGTH).to(model.device),
             hidden_layer=layer,
             final_norm=spec.final_norm,
             want_pooled=wants_pooled,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lienzo.diffusion.samplers.common import Callback, Denoise, batch_sigma, to_d
+from lienzo.diffusion.samplers.common import Callback, Denoise, batch_sigma, report, to_d
 
 
 @torch.no_grad()
@@ -20,8 +20,7 @@ def sample_heun(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         sigma_t = batch_sigma(sigmas[i], x)
         denoised = denoise(x, sigma_t)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report(callback, i, x, sigma, sigma_next, denoised)
         d = to_d(x, sigma_t, denoised)
         x_euler = x + d * (sigma_next - sigma)
         if sigma_next == 0:
