@@ -8,7 +8,12 @@ import shutil
 import pytest
 import torch
 
-from lienzo.errors import InvalidArgumentError, ModelNotFoundError, UnknownArchitectureError
+from lienzo.errors import (
+    CorruptCheckpointError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    UnknownArchitectureError,
+)
 from lienzo.io import read_model, read_state_dict, write_model
 from lienzo.io.keymaps.clip import clip_hf_canonical
 from lienzo.io.keymaps.unet import unet_diffusers_to_ldm
@@ -171,4 +176,14 @@ def test_unknown_pipeline_and_unet_are_unknown_architectures(tmp_path):
     unet_config = json.loads(unet_config_path.read_text())
     unet_config_path.write_text(json.dumps({**unet_config, "in_channels": 7}))
     with pytest.raises(UnknownArchitectureError, match="7 input channels"):
+        read_model(folder)
+
+
+def test_sdxl_size_embedding_width_is_read_and_checked_against_the_vector_input(tmp_path):
+    assert read_model(tiny_pipeline_folder("sdxl", time_embed_dim=8)).spec.unet.addition_time_embed_dim == 8
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_folder("sdxl"), folder)
+    config_path = folder / "unet" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "addition_time_embed_dim": 8}))
+    with pytest.raises(CorruptCheckpointError, match="addition_time_embed_dim 8"):
         read_model(folder)

@@ -8,6 +8,8 @@ import torch
 import transformers
 
 import lienzo
+from lienzo.io import read_safetensors_metadata, write_safetensors
+from lienzo.io.single_file import join_single_file
 from parity import PROMPT_FAMILIES, PROMPTS, max_error, prompt_errors, unet_error, vae_errors
 from tiny_models import FAMILIES, tiny_pipeline_folder
 
@@ -23,7 +25,7 @@ def test_load_detects_family(family):
     pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
     assert isinstance(pipe, lienzo.Pipeline)
     assert pipe.family == family
-    assert pipe.prediction == ("v" if family == "sd2-v" else "eps")
+    assert pipe.spec.prediction == ("v" if family == "sd2-v" else "eps")
 
 
 def test_unet_matches_diffusers(family):
@@ -36,10 +38,8 @@ def test_vae_matches_diffusers(family):
     expected_scale = diffusers.AutoencoderKL.load_config(tiny_pipeline_folder(family) / "vae")[
         "scaling_factor"
     ]
-    assert (
-        lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32).latent_scale
-        == expected_scale
-    )
+    pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
+    assert pipe.spec.vae.scaling_factor == expected_scale
 
 
 @pytest.mark.parametrize("family", PROMPT_FAMILIES)
@@ -92,3 +92,17 @@ def test_load_casts_dtype():
     assert pipe.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in pipe.vae.parameters())
     assert not any(p.requires_grad for p in pipe.unet.parameters())
+
+
+def test_sdxl_size_embedding_width_comes_from_the_model(tmp_path):
+    folder = tiny_pipeline_folder("sdxl", time_embed_dim=8)
+    files = lienzo.io.read_model(folder)
+    single = lienzo.io.write_model(files, tmp_path / "dim8.safetensors")
+    bare = tmp_path / "bare.safetensors"
+    write_safetensors(bare, join_single_file(files))
+    assert read_safetensors_metadata(bare) == {}
+    for path in (folder, single, bare):
+        pipe = lienzo.load(path, device="cpu", dtype=torch.float32, cache=False)
+        assert pipe.spec.unet.addition_time_embed_dim == 8, path.name
+        (image,) = pipe.generate("x", steps=2, width=64, height=64, seed=0, progress=False)
+        assert image.size == (64, 64)

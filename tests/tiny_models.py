@@ -1,7 +1,8 @@
 """Tiny diffusers model folders with random weights for every family, built offline for tests.
 
 `make_tiny_pipeline_folder(family, folder)` writes one; `tiny_pipeline_folder(family)` returns a
-folder cached for the whole test session (treat it as read-only).
+folder cached for the whole test session (treat it as read-only). SDXL-style families also come with
+another width of the embedded size/crop values (`time_embed_dim`, diffusers' addition_time_embed_dim).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from lienzo.io.keymaps.clip import clip_config_to_transformers
 from lienzo.io.keymaps.unet import unet_config_to_diffusers
 from lienzo.io.keymaps.vae import vae_config_to_diffusers
 from lienzo.models.clip import CLIPTextConfig
-from lienzo.models.specs import FamilySpec, family_spec
+from lienzo.models.specs import VECTOR_VALUES, FamilySpec, family_spec
 from lienzo.models.unet import UNetConfig
 from lienzo.models.vae import VAEConfig
 from lienzo.text.tokenizer import CLIPTokenizer
 
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd1-inpaint", "sd2-depth")
 SDXL_TIME_EMBED_CHANNELS = 256
-SDXL_TIME_IDS = {"sdxl": 6, "sdxl-refiner": 5}
+SDXL_TIME_IDS = VECTOR_VALUES
+"""Size/crop/score values of each SDXL-style family (its vector-conditioning kind has the same name)."""
 TINY_CLIP = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)
 TINY_PROJECTED_CLIP_WIDTH = 48
 TINY_UNET = UNetConfig(
@@ -44,7 +46,7 @@ TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1)
 SEED = 0
 
 
-def tiny_spec(family: str) -> FamilySpec:
+def tiny_spec(family: str, time_embed_dim: int = SDXL_TIME_EMBED_CHANNELS) -> FamilySpec:
     """The family's spec with tiny component configs that keep its distinguishing traits."""
     reference = family_spec(family)
     towers = tuple(replace(tower, config=_tiny_clip(tower.config)) for tower in reference.text_encoders)
@@ -54,12 +56,13 @@ def tiny_spec(family: str) -> FamilySpec:
         unet = replace(unet, num_head_channels=16, use_linear_in_transformer=True)
     if reference.vector_conditioning is not None:
         pooled = towers[-1].config.projection_dim
-        time_ids = SDXL_TIME_IDS[reference.vector_conditioning]
+        values = VECTOR_VALUES[reference.vector_conditioning]
         unet = replace(
             unet,
             transformer_depth=(0, 2),
             transformer_depth_middle=2,
-            adm_in_channels=pooled + time_ids * SDXL_TIME_EMBED_CHANNELS,
+            adm_in_channels=pooled + values * time_embed_dim,
+            addition_time_embed_dim=time_embed_dim,
         )
     vae = replace(TINY_VAE, scaling_factor=reference.vae.scaling_factor)
     return replace(reference, unet=unet, vae=vae, text_encoders=towers)
@@ -79,14 +82,16 @@ def _tiny_clip(reference: CLIPTextConfig) -> CLIPTextConfig:
     )
 
 
-def make_tiny_pipeline_folder(family: str, folder: Path) -> Path:
+def make_tiny_pipeline_folder(
+    family: str, folder: Path, time_embed_dim: int = SDXL_TIME_EMBED_CHANNELS
+) -> Path:
     """Build a tiny diffusers pipeline of `family` with seeded random weights and save it to `folder`."""
     import diffusers
     import transformers
 
-    spec = tiny_spec(family)
+    spec = tiny_spec(family, time_embed_dim)
     torch.manual_seed(SEED)
-    sample_size = spec.resolution // 2 ** (len(spec.vae.ch_mult) - 1)
+    sample_size = spec.resolution // spec.vae.downscale_factor
     unet = diffusers.UNet2DConditionModel(**unet_config_to_diffusers(spec.unet), sample_size=sample_size)
     vae = diffusers.AutoencoderKL(**vae_config_to_diffusers(spec.vae))
     scheduler = diffusers.EulerDiscreteScheduler(
@@ -169,12 +174,13 @@ _CACHE_ROOT: list[Path] = []
 
 
 @functools.cache
-def tiny_pipeline_folder(family: str) -> Path:
+def tiny_pipeline_folder(family: str, time_embed_dim: int = SDXL_TIME_EMBED_CHANNELS) -> Path:
     """A tiny pipeline folder of `family`, built once per test session; do not modify it."""
     if not _CACHE_ROOT:
         _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-tiny-")))
         atexit.register(shutil.rmtree, _CACHE_ROOT[0], True)
-    return make_tiny_pipeline_folder(family, _CACHE_ROOT[0] / family)
+    name = family if time_embed_dim == SDXL_TIME_EMBED_CHANNELS else f"{family}-time{time_embed_dim}"
+    return make_tiny_pipeline_folder(family, _CACHE_ROOT[0] / name, time_embed_dim)
 
 
 def randomize_parameters(module: torch.nn.Module, seed: int) -> None:

@@ -10,18 +10,20 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptCheckpointError, ModelNotFoundError, UnknownArchitectureError
-from ..models.specs import VARIANT_IN_CHANNELS
-from .layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY, FamilyName
+from ..models.specs import KNOWN_FAMILIES, VARIANT_IN_CHANNELS, FamilyName
+from .layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY
 
 METADATA_FAMILY_KEY = "lienzo.family"
 UNET_INPUT_CONV = "input_blocks.0.0.weight"
-SUPPORTED = "sd1, sd2, sd2-v, sdxl, sdxl-refiner, each also with an -inpaint or -depth variant"
+V_PREDICTION_FAMILIES = {"sd2": "sd2-v"}
+"""The family a v-prediction marker (single files) or prediction_type (folders) turns a base family into."""
 MODEL_FOLDER_HINT = (
     "a model folder must be in diffusers layout: model_index.json plus unet/, vae/, text_encoder/ "
     "(and text_encoder_2/ for SDXL) with config.json and weights; or give a .safetensors/.ckpt file"
 )
 VARIANT_BY_IN_CHANNELS = {channels: variant for variant, channels in VARIANT_IN_CHANNELS.items()}
 DEFAULT_IN_CHANNELS = 4
+SCHEDULER_CONFIG = Path("scheduler", "scheduler_config.json")
 
 
 def detect_checkpoint_family(
@@ -33,8 +35,9 @@ def detect_checkpoint_family(
     base = _checkpoint_base(state_dict)
     in_channels = state_dict[UNET_PREFIX + UNET_INPUT_CONV].shape[1]
     variant = _variant_for(in_channels, describe=f"a UNet with {in_channels} input channels")
-    v_prediction = V_PREDICTION_KEY in state_dict and base == "sd2"
-    return FamilyName(base, v_prediction, variant).name
+    if V_PREDICTION_KEY in state_dict:
+        base = V_PREDICTION_FAMILIES.get(base, base)
+    return FamilyName(base, variant).name
 
 
 def detect_folder_family(folder: Path) -> str:
@@ -44,7 +47,7 @@ def detect_folder_family(folder: Path) -> str:
     if not class_name.startswith("StableDiffusion"):
         raise UnknownArchitectureError(
             f"{folder} holds a {class_name or 'unnamed'} pipeline, which lienzo does not run; "
-            f"supported families: {SUPPORTED}"
+            f"supported families: {KNOWN_FAMILIES}"
         )
     unet = read_json(folder / "unet" / "config.json")
     in_channels = int(unet.get("in_channels", DEFAULT_IN_CHANNELS))
@@ -55,13 +58,18 @@ def detect_folder_family(folder: Path) -> str:
     )
     if unet.get("addition_embed_type") == "text_time":
         has_first_encoder = _has_component(index, "text_encoder")
-        return FamilyName("sdxl" if has_first_encoder else "sdxl-refiner", False, variant).name
+        return FamilyName("sdxl" if has_first_encoder else "sdxl-refiner", variant).name
     text_encoder = read_json(folder / "text_encoder" / "config.json")
     base = "sd2" if text_encoder.get("hidden_act") == "gelu" else "sd1"
-    scheduler_path = folder / "scheduler" / "scheduler_config.json"
-    scheduler = read_json(scheduler_path) if scheduler_path.is_file() else {}
-    v_prediction = base == "sd2" and scheduler.get("prediction_type") == "v_prediction"
-    return FamilyName(base, v_prediction, variant).name
+    if read_scheduler_config(folder).get("prediction_type") == "v_prediction":
+        base = V_PREDICTION_FAMILIES.get(base, base)
+    return FamilyName(base, variant).name
+
+
+def read_scheduler_config(folder: Path) -> dict:
+    """A diffusers folder's scheduler/scheduler_config.json, or {} when it has none."""
+    path = folder / SCHEDULER_CONFIG
+    return read_json(path) if path.is_file() else {}
 
 
 def read_model_index(folder: Path) -> dict:
@@ -97,12 +105,14 @@ def _has_component(index: Mapping, name: str) -> bool:
 def _checkpoint_base(state_dict: Mapping[str, torch.Tensor]) -> str:
     if UNET_PREFIX + UNET_INPUT_CONV in state_dict:
         for base, layout in LAYOUTS.items():
-            if all(_has_prefix(state_dict, tower.prefix) for tower in layout.text_encoders):
+            if base not in V_PREDICTION_FAMILIES.values() and all(
+                _has_prefix(state_dict, tower.prefix) for tower in layout.text_encoders
+            ):
                 return base
     raise UnknownArchitectureError(
         f"the state dict matches no supported model; found keys under {_key_summary(state_dict)}. "
-        f"Supported: {SUPPORTED}, as full ldm/sgm checkpoints (model.diffusion_model.*, first_stage_model.* "
-        "and the text encoder) or diffusers folders"
+        f"Supported: {KNOWN_FAMILIES}, as full ldm/sgm checkpoints (model.diffusion_model.*, "
+        "first_stage_model.* and the text encoder) or diffusers folders"
     )
 
 
@@ -110,14 +120,14 @@ def _has_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> bool:
     return any(key.startswith(prefix) for key in state_dict)
 
 
-def _variant_for(in_channels: int, *, describe: str) -> str:
+def _variant_for(in_channels: int, *, describe: str) -> str | None:
     if in_channels == DEFAULT_IN_CHANNELS:
-        return ""
+        return None
     if in_channels in VARIANT_BY_IN_CHANNELS:
         return VARIANT_BY_IN_CHANNELS[in_channels]
     known = ", ".join(f"{channels} ({variant})" for channels, variant in VARIANT_BY_IN_CHANNELS.items())
     raise UnknownArchitectureError(
-        f"{describe} is not supported; known input channels: 4 (base), {known}; supported: {SUPPORTED}"
+        f"{describe} is not supported; known input channels: 4 (base), {known}; supported: {KNOWN_FAMILIES}"
     )
 
 

@@ -11,9 +11,17 @@ import torch
 
 from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
 from ..text.tokenizer import CLIPTokenizer
-from .detect import MODEL_FOLDER_HINT, detect_folder_family, read_json, read_model_index
+from .detect import (
+    MODEL_FOLDER_HINT,
+    SCHEDULER_CONFIG,
+    detect_folder_family,
+    read_json,
+    read_model_index,
+    read_scheduler_config,
+)
 from .formats import read_state_dict, write_safetensors
 from .keymaps.clip import clip_config_from_transformers, clip_config_to_transformers, clip_hf_canonical
+from .keymaps.scheduler import schedule_from_diffusers, scheduler_to_diffusers
 from .keymaps.unet import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
@@ -26,26 +34,13 @@ from .keymaps.vae import (
     vae_diffusers_to_ldm,
     vae_ldm_to_diffusers,
 )
-from .layouts import family_layout, parse_family
-from .model_files import ModelFiles, cast_state_dict, spec_with_configs
+from .layouts import family_layout
+from .model_files import ModelFiles, cast_state_dict, check_vector_conditioning, spec_with_configs
 
 DIFFUSERS_VERSION = "0.30.0"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMERS_WEIGHTS = "model"
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin")
-SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "trained_betas": None,
-    "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-    "timestep_spacing": "leading",
-    "steps_offset": 1,
-}
-PREDICTION_TYPES = {False: "epsilon", True: "v_prediction"}
 
 
 def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> ModelFiles:
@@ -67,9 +62,13 @@ def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> M
         tokenizer = folder / tower.tokenizer_component
         tokenizer_folders.append(tokenizer if tokenizer.is_dir() else None)
     spec = spec_with_configs(family, unet_config, vae_config, text_configs)
+    schedule = schedule_from_diffusers(
+        read_scheduler_config(folder), spec.schedule, str(folder / SCHEDULER_CONFIG)
+    )
+    spec = replace(spec, schedule=schedule)
+    check_vector_conditioning(spec, str(folder / "unet"))
     if "sample_size" in unet_json:
-        resolution = int(unet_json["sample_size"]) * 2 ** (len(vae_config.ch_mult) - 1)
-        spec = replace(spec, resolution=resolution)
+        spec = replace(spec, resolution=int(unet_json["sample_size"]) * vae_config.downscale_factor)
     return ModelFiles(family, spec, unet, vae, text_encoders, tokenizer_folders, "diffusers")
 
 
@@ -79,25 +78,24 @@ def write_diffusers_folder(
     """Write a folder diffusers' `from_pretrained` loads: model_index.json, components, scheduler."""
     folder = Path(folder)
     layout = family_layout(files.family)
-    name = parse_family(files.family)
-    if name.variant not in layout.pipeline_classes:
+    variant = files.spec.variant
+    if variant not in layout.pipeline_classes:
         raise InvalidArgumentError(
             f"diffusers has no pipeline for {files.family}; write it as a single file (--format single-file)"
         )
     folder.mkdir(parents=True)
     index: dict[str, object] = {
-        "_class_name": layout.pipeline_classes[name.variant],
+        "_class_name": layout.pipeline_classes[variant],
         "_diffusers_version": DIFFUSERS_VERSION,
         **layout.pipeline_options,
     }
     for unused in layout.unused_components:
         index[unused] = [None, None]
-    if name.variant == "depth":
+    if variant == "depth":
         index.update(depth_estimator=[None, None], feature_extractor=[None, None])
     index["unet"] = ["diffusers", "UNet2DConditionModel"]
-    latent_scale = 2 ** (len(files.spec.vae.ch_mult) - 1)
     unet_config = unet_config_to_diffusers(files.spec.unet)
-    unet_config["sample_size"] = files.spec.resolution // latent_scale
+    unet_config["sample_size"] = files.spec.resolution // files.spec.vae.downscale_factor
     _write_component(
         folder / "unet",
         unet_config,
@@ -132,10 +130,9 @@ def write_diffusers_folder(
         else:
             CLIPTokenizer.from_bundled(pad_token=tower.pad_token).save(tokenizer_target)
         index[tower_layout.tokenizer_component] = ["transformers", "CLIPTokenizer"]
-    index["scheduler"] = ["diffusers", SCHEDULER["_class_name"]]
-    scheduler = {**SCHEDULER, "_diffusers_version": DIFFUSERS_VERSION}
-    scheduler["prediction_type"] = PREDICTION_TYPES[files.spec.prediction == "v"]
-    _write_json(folder / "scheduler" / "scheduler_config.json", scheduler)
+    scheduler = {**scheduler_to_diffusers(files.spec), "_diffusers_version": DIFFUSERS_VERSION}
+    index["scheduler"] = ["diffusers", scheduler["_class_name"]]
+    _write_json(folder / SCHEDULER_CONFIG, scheduler)
     _write_json(folder / "model_index.json", index)
 
 

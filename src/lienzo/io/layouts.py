@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InvalidArgumentError
+from ..models.specs import parse_family
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -28,10 +28,13 @@ class TextEncoderLayout:
 
 @dataclass(frozen=True)
 class FamilyLayout:
-    """The storage layout of a base family (variants such as -inpaint share their base's layout)."""
+    """The storage layout of a base family (variants such as -inpaint share their base's layout).
+
+    `pipeline_classes` names the diffusers pipeline of each variant (None: the base family).
+    """
 
     text_encoders: tuple[TextEncoderLayout, ...]
-    pipeline_classes: dict[str, str]
+    pipeline_classes: dict[str | None, str]
     unused_components: tuple[str, ...]
     pipeline_options: dict[str, bool]
 
@@ -47,60 +50,32 @@ BIGG_REFINER = TextEncoderLayout(
 )
 
 SD_PIPELINES = {
-    "": "StableDiffusionPipeline",
+    None: "StableDiffusionPipeline",
     "inpaint": "StableDiffusionInpaintPipeline",
     "depth": "StableDiffusionDepth2ImgPipeline",
 }
 SD_LAYOUT_OPTIONS = {"requires_safety_checker": False}
 SD_UNUSED = ("safety_checker", "feature_extractor")
+SD2_LAYOUT = FamilyLayout((OPENCLIP_SD2,), SD_PIPELINES, SD_UNUSED, SD_LAYOUT_OPTIONS)
 
 LAYOUTS = {
     "sd1": FamilyLayout((CLIP_L_SD1,), SD_PIPELINES, SD_UNUSED, SD_LAYOUT_OPTIONS),
-    "sd2": FamilyLayout((OPENCLIP_SD2,), SD_PIPELINES, SD_UNUSED, SD_LAYOUT_OPTIONS),
+    "sd2": SD2_LAYOUT,
+    "sd2-v": SD2_LAYOUT,
     "sdxl": FamilyLayout(
         (CLIP_L_SDXL, BIGG_SDXL),
-        {"": "StableDiffusionXLPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
+        {None: "StableDiffusionXLPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
         ("image_encoder", "feature_extractor"),
         {"force_zeros_for_empty_prompt": True},
     ),
     "sdxl-refiner": FamilyLayout(
         (BIGG_REFINER,),
-        {"": "StableDiffusionXLImg2ImgPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
+        {None: "StableDiffusionXLImg2ImgPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
         ("text_encoder", "tokenizer", "image_encoder", "feature_extractor"),
         {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
     ),
 }
-VARIANTS = ("inpaint", "depth")
-
-
-@dataclass(frozen=True)
-class FamilyName:
-    """A family name split into its layout base, v-prediction flag and variant suffix."""
-
-    base: str
-    v_prediction: bool
-    variant: str
-
-    @property
-    def name(self) -> str:
-        """The full family name, such as `sd2-v-inpaint`."""
-        return self.base + ("-v" if self.v_prediction else "") + (f"-{self.variant}" if self.variant else "")
-
-
-def parse_family(name: str) -> FamilyName:
-    """Split `sd2-v-depth` into base `sd2`, v-prediction and variant `depth`."""
-    rest, variant = name, ""
-    for suffix in VARIANTS:
-        if rest.endswith(f"-{suffix}"):
-            rest, variant = rest[: -len(suffix) - 1], suffix
-    v_prediction = rest.endswith("-v")
-    base = rest[:-2] if v_prediction else rest
-    if base not in LAYOUTS:
-        raise InvalidArgumentError(
-            f"unknown model family {name!r}; use one of {', '.join(LAYOUTS)} (sd2 also as sd2-v), "
-            f"optionally with a -{' or -'.join(VARIANTS)} suffix"
-        )
-    return FamilyName(base, v_prediction, variant)
+"""The layout of each base family (specs.BASE_FAMILIES); sd2-v stores like sd2."""
 
 
 def family_layout(name: str) -> FamilyLayout:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import CorruptCheckpointError
 from ..models.clip import CLIPTextConfig
-from ..models.specs import FamilySpec, family_spec
+from ..models.specs import VECTOR_VALUES, FamilySpec, family_spec
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from .layouts import family_layout
@@ -58,6 +58,24 @@ def spec_with_configs(
     pairs = zip(spec.text_encoders, text_encoders, strict=True)
     towers = tuple(replace(tower, config=config) for tower, config in pairs)
     return replace(spec, unet=unet, vae=vae, text_encoders=towers)
+
+
+def check_vector_conditioning(spec: FamilySpec, source: str) -> None:
+    """Refuse a UNet whose vector input is not the pooled text width plus the embedded size/crop values."""
+    if spec.vector_conditioning is None or spec.pooled_width is None:
+        return
+    values, dim, pooled = (
+        VECTOR_VALUES[spec.vector_conditioning],
+        spec.unet.addition_time_embed_dim,
+        spec.pooled_width,
+    )
+    expected = pooled + values * dim
+    if spec.unet.adm_in_channels != expected:
+        raise CorruptCheckpointError(
+            f"{source}: the UNet's vector input is {spec.unet.adm_in_channels} wide, but a {pooled}-wide "
+            f"pooled text embedding plus {values} values of addition_time_embed_dim {dim} make {expected}; "
+            "correct addition_time_embed_dim in the UNet config or re-export the model"
+        )
 
 
 def cast_state_dict(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..errors import CorruptCheckpointError
 from ..models.clip import CLIPTextConfig
-from ..models.specs import FamilySpec, family_spec
+from ..models.specs import VECTOR_VALUES, FamilySpec, NoiseScheduleConfig, family_spec
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from .detect import METADATA_FAMILY_KEY, detect_checkpoint_family
@@ -22,7 +23,7 @@ from .keymaps.clip import (
 )
 from .keymaps.unet import unet_config_from_state_dict
 from .keymaps.vae import vae_config_from_state_dict
-from .layouts import UNET_PREFIX, V_PREDICTION_KEY, VAE_PREFIX, TextEncoderLayout, family_layout, parse_family
+from .layouts import UNET_PREFIX, V_PREDICTION_KEY, VAE_PREFIX, TextEncoderLayout, family_layout
 from .model_files import (
     ModelFiles,
     cast_state_dict,
@@ -34,13 +35,14 @@ from .model_files import (
 METADATA_UNET_KEY = "lienzo.unet"
 METADATA_VAE_KEY = "lienzo.vae"
 METADATA_TEXT_KEY = "lienzo.text_encoder.{}"
+METADATA_SCHEDULE_KEY = "lienzo.schedule"
+ALPHAS_CUMPROD_KEY = "alphas_cumprod"
+ZERO_SNR_LAST_ALPHA_CUMPROD = 1e-6
+"""An ldm checkpoint whose last stored alphas_cumprod is below this was trained with zero terminal SNR."""
 HF_POSITION_IDS = "text_model.embeddings.position_ids"
 HF_PROJECTION = "text_projection.weight"
 HF_TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 HF_LAYER_KEY = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
-OPENAI_HEAD_CHANNELS_FAMILY = "sd1"
-UNET_HEAD_CHANNELS = 64
-SD1_UNET_HEADS = 8
 TEXT_ACTIVATION = {"hf": "quick_gelu", "openclip": "gelu"}
 
 
@@ -63,13 +65,14 @@ def read_single_file(path: str | Path, *, family: str | None = None) -> ModelFil
             f"{path} lacks part of a {family} model (UNet, VAE or a text encoder); "
             "use a full checkpoint, or pass the right --family"
         )
-    unet_config = _unet_config(unet, family, metadata)
-    vae_config = _vae_config(vae, reference, metadata)
     text_configs = [
         _text_config(text, layout, metadata.get(METADATA_TEXT_KEY.format(index)))
         for index, (text, layout) in enumerate(zip(text_encoders, layouts, strict=True))
     ]
-    spec = spec_with_configs(family, unet_config, vae_config, text_configs)
+    spec = spec_with_configs(family, reference.unet, _vae_config(vae, reference, metadata), text_configs)
+    spec = replace(
+        spec, unet=_unet_config(unet, spec, metadata), schedule=_schedule(state_dict, spec, metadata)
+    )
     return ModelFiles(family, spec, unet, vae, text_encoders, [None] * len(text_encoders), "single-file")
 
 
@@ -86,15 +89,16 @@ def join_single_file(files: ModelFiles, *, dtype: torch.dtype | None = None) -> 
         text = {key: value for key, value in text.items() if key != HF_POSITION_IDS}
         tower = clip_hf_to_openclip(text) if layout.style == "openclip" else text
         joined.update({layout.prefix + key: value for key, value in tower.items()})
-    if parse_family(files.family).v_prediction:
+    if files.spec.prediction == "v":
         joined[V_PREDICTION_KEY] = torch.tensor([])
     return cast_state_dict(joined, dtype)
 
 
 def single_file_metadata(files: ModelFiles) -> dict[str, str]:
-    """The safetensors metadata lienzo writes: family and every component config as JSON."""
+    """The safetensors metadata lienzo writes: family, noise schedule and every component config as JSON."""
     metadata = {
         METADATA_FAMILY_KEY: files.family,
+        METADATA_SCHEDULE_KEY: config_to_json(files.spec.schedule),
         METADATA_UNET_KEY: config_to_json(files.spec.unet),
         METADATA_VAE_KEY: config_to_json(files.spec.vae),
     }
@@ -153,12 +157,32 @@ def _layer_count(tower: dict[str, torch.Tensor]) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _unet_config(unet: dict[str, torch.Tensor], family: str, metadata: dict[str, str]) -> UNetConfig:
+def _unet_config(unet: dict[str, torch.Tensor], spec: FamilySpec, metadata: dict[str, str]) -> UNetConfig:
+    """The stored UNet config, else the weights' with the family's attention heads and pooled text width."""
     if METADATA_UNET_KEY in metadata:
         return config_from_json(UNetConfig, metadata[METADATA_UNET_KEY])
-    if parse_family(family).base == OPENAI_HEAD_CHANNELS_FAMILY:
-        return unet_config_from_state_dict(unet, num_heads=SD1_UNET_HEADS, num_head_channels=-1)
-    return unet_config_from_state_dict(unet, num_head_channels=UNET_HEAD_CHANNELS)
+    vector_input = None
+    if spec.vector_conditioning is not None and spec.pooled_width is not None:
+        vector_input = (spec.pooled_width, VECTOR_VALUES[spec.vector_conditioning])
+    return unet_config_from_state_dict(
+        unet,
+        num_heads=spec.unet.num_heads,
+        num_head_channels=spec.unet.num_head_channels,
+        vector_input=vector_input,
+    )
+
+
+def _schedule(
+    state_dict: dict[str, torch.Tensor], spec: FamilySpec, metadata: dict[str, str]
+) -> NoiseScheduleConfig:
+    """The stored schedule, else the family's, with zero terminal SNR when the ldm alphas_cumprod end at 0."""
+    if METADATA_SCHEDULE_KEY in metadata:
+        return config_from_json(NoiseScheduleConfig, metadata[METADATA_SCHEDULE_KEY])
+    alphas_cumprod = state_dict.get(ALPHAS_CUMPROD_KEY)
+    if alphas_cumprod is not None and alphas_cumprod.numel() > 0:
+        if float(alphas_cumprod[-1]) < ZERO_SNR_LAST_ALPHA_CUMPROD:
+            return replace(spec.schedule, zero_terminal_snr=True)
+    return spec.schedule
 
 
 def _vae_config(vae: dict[str, torch.Tensor], reference: FamilySpec, metadata: dict[str, str]) -> VAEConfig:

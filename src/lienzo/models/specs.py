@@ -25,17 +25,56 @@ class TextEncoderSpec:
     pooled: bool = False
 
 
+BETA_SCHEDULES = ("scaled_linear", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class NoiseScheduleConfig:
+    """A discrete noise schedule: beta schedule name (one of BETA_SCHEDULES), number of training timesteps
+    and beta endpoints; `zero_terminal_snr` rescales it so the last step is pure noise (Lin et al. 2024)."""
+
+    beta_schedule: str = "scaled_linear"
+    timesteps: int = 1000
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    zero_terminal_snr: bool = False
+
+    def summary(self) -> str:
+        """One line for people, e.g. "scaled_linear betas 0.00085 to 0.012, 1000 timesteps"."""
+        text = (
+            f"{self.beta_schedule} betas {self.linear_start} to {self.linear_end}, {self.timesteps} timesteps"
+        )
+        return text + (", zero terminal SNR" if self.zero_terminal_snr else "")
+
+
 @dataclass(frozen=True)
 class FamilySpec:
-    """Everything that distinguishes one model family from another."""
+    """Everything that distinguishes one model family from another: the networks' configs, what the UNet
+    predicts ("eps", "v") and the noise schedule it was trained on, which sampling and training share."""
 
     name: str
     unet: UNetConfig
     vae: VAEConfig
     text_encoders: tuple[TextEncoderSpec, ...]
     prediction: str = "eps"
+    schedule: NoiseScheduleConfig = NoiseScheduleConfig()
     resolution: int = 512
     vector_conditioning: str | None = None
+    variant: str | None = None
+    """"inpaint" or "depth" for the variants whose UNet takes extra input channels, else None."""
+
+    @property
+    def concat_channels(self) -> int:
+        """Extra UNet input channels beyond the latent (inpaint: mask + masked image; depth: the map)."""
+        return self.unet.in_channels - self.vae.embed_dim
+
+    @property
+    def pooled_width(self) -> int | None:
+        """Width of the pooled text embedding that opens the vector conditioning, or None without one."""
+        for tower in self.text_encoders:
+            if tower.pooled:
+                return tower.config.projection_dim or tower.config.hidden_size
+        return None
 
 
 CLIP_L = CLIPTextConfig()
@@ -107,21 +146,40 @@ SDXL_REFINER = FamilySpec(
 
 BASE_FAMILIES = {spec.name: spec for spec in (SD1, SD2, SD2_V, SDXL, SDXL_REFINER)}
 VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5}
+VECTOR_VALUES = {"sdxl": 6, "sdxl-refiner": 5}
+"""How many size/crop/score values each vector conditioning embeds after the pooled text embedding."""
+KNOWN_FAMILIES = f"{', '.join(BASE_FAMILIES)}, optionally with an -{' or -'.join(VARIANT_IN_CHANNELS)} suffix"
 
 
-def family_spec(name: str) -> FamilySpec:
-    """The spec of a family name such as `sd1`, `sd2-v` or `sd1-inpaint`."""
+@dataclass(frozen=True)
+class FamilyName:
+    """A family name split into its base family (a BASE_FAMILIES key such as `sd2-v`) and variant."""
+
+    base: str
+    variant: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The full family name, such as `sd2-v-inpaint`."""
+        return self.base if self.variant is None else f"{self.base}-{self.variant}"
+
+
+def parse_family(name: str) -> FamilyName:
+    """Split a family name such as `sd2-v-depth` into base family and variant; unknown names are refused."""
     base, variant = name, None
     for suffix in VARIANT_IN_CHANNELS:
         if name.endswith(f"-{suffix}"):
             base, variant = name[: -len(suffix) - 1], suffix
     if base not in BASE_FAMILIES:
-        known = ", ".join(sorted(BASE_FAMILIES))
-        raise InvalidArgumentError(
-            f"unknown model family {name!r}; use one of {known}, optionally with an -inpaint or -depth suffix"
-        )
-    spec = BASE_FAMILIES[base]
-    if variant is None:
+        raise InvalidArgumentError(f"unknown model family {name!r}; use one of {KNOWN_FAMILIES}")
+    return FamilyName(base, variant)
+
+
+def family_spec(name: str) -> FamilySpec:
+    """The spec of a family name such as `sd1`, `sd2-v` or `sd1-inpaint`."""
+    family = parse_family(name)
+    spec = BASE_FAMILIES[family.base]
+    if family.variant is None:
         return spec
-    unet = replace(spec.unet, in_channels=VARIANT_IN_CHANNELS[variant])
-    return replace(spec, name=name, unet=unet)
+    unet = replace(spec.unet, in_channels=VARIANT_IN_CHANNELS[family.variant])
+    return replace(spec, name=name, unet=unet, variant=family.variant)

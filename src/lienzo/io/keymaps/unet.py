@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ...errors import InvalidArgumentError, UnknownArchitectureError
-from ...models.unet import SDXL_NUMBER_EMBED_DIM, UNetConfig
+from ...models.unet import UNetConfig
 
 RESNET_LDM_TO_DIFFUSERS = {
     "in_layers.0.": "norm1.",
@@ -195,7 +195,7 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict:
     }
     if config.adm_in_channels is not None:
         diffusers_config["addition_embed_type"] = "text_time"
-        diffusers_config["addition_time_embed_dim"] = SDXL_NUMBER_EMBED_DIM
+        diffusers_config["addition_time_embed_dim"] = config.addition_time_embed_dim
         diffusers_config["projection_class_embeddings_input_dim"] = config.adm_in_channels
     return diffusers_config
 
@@ -253,9 +253,10 @@ def unet_config_from_diffusers(cfg: dict) -> UNetConfig:
         cfg.get("transformer_layers_per_block", 1), levels, "transformer_layers_per_block"
     )
     head_counts = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
-    adm_in_channels = None
+    adm_in_channels, time_embed_dim = None, UNetConfig.addition_time_embed_dim
     if cfg.get("addition_embed_type") == "text_time":
         adm_in_channels = cfg["projection_class_embeddings_input_dim"]
+        time_embed_dim = cfg.get("addition_time_embed_dim") or time_embed_dim
     elif cfg.get("addition_embed_type") is not None:
         raise UnknownArchitectureError(
             f"diffusers addition_embed_type {cfg['addition_embed_type']!r} is unsupported"
@@ -275,6 +276,7 @@ def unet_config_from_diffusers(cfg: dict) -> UNetConfig:
         use_linear_in_transformer=bool(cfg.get("use_linear_projection", False)),
         adm_in_channels=adm_in_channels,
         norm_groups=cfg.get("norm_num_groups", 32),
+        addition_time_embed_dim=time_embed_dim,
         **_heads(head_counts, block_out_channels),
     )
 
@@ -285,10 +287,30 @@ def _indices(sd: dict[str, Tensor], pattern: str) -> set[int]:
     return {int(m[1]) for key in sd if (m := regex.match(key))}
 
 
+def addition_time_embed_dim(adm_in_channels: int, pooled_width: int, values: int) -> int:
+    """Width of each embedded SDXL size/crop/score value: (vector input - pooled text width) / values."""
+    width, remainder = divmod(adm_in_channels - pooled_width, values)
+    if width <= 0 or remainder:
+        raise UnknownArchitectureError(
+            f"the UNet's vector input of {adm_in_channels} channels does not hold a {pooled_width}-wide "
+            f"pooled text embedding plus {values} embedded values; check the model family (--family)"
+        )
+    return width
+
+
 def unet_config_from_state_dict(
-    sd_ldm: dict[str, Tensor], *, num_heads: int = 8, num_head_channels: int = -1, norm_groups: int = 32
+    sd_ldm: dict[str, Tensor],
+    *,
+    num_heads: int = 8,
+    num_head_channels: int = -1,
+    norm_groups: int = 32,
+    vector_input: tuple[int, int] | None = None,
 ) -> UNetConfig:
-    """UNetConfig read off an ldm UNet state dict's keys and shapes; heads and norm groups are not in it."""
+    """UNetConfig read off an ldm UNet state dict's keys and shapes; heads and norm groups are not in it.
+
+    `vector_input` is (pooled text width, embedded values) of an SDXL-style vector conditioning, which
+    fixes `addition_time_embed_dim` (without it the default applies).
+    """
     if "input_blocks.0.0.weight" not in sd_ldm or "out.2.weight" not in sd_ldm:
         raise UnknownArchitectureError(
             "not an ldm UNet state dict (no input_blocks.0.0.weight / out.2.weight); "
@@ -310,6 +332,9 @@ def unet_config_from_state_dict(
     context_keys = [key for key in sd_ldm if key.endswith("attn2.to_k.weight")]
     proj_keys = [key for key in sd_ldm if key.endswith("proj_in.weight")]
     adm = sd_ldm.get("label_emb.0.0.weight")
+    time_embed_dim = UNetConfig.addition_time_embed_dim
+    if adm is not None and vector_input is not None:
+        time_embed_dim = addition_time_embed_dim(int(adm.shape[1]), *vector_input)
     return UNetConfig(
         in_channels=int(in_channels),
         out_channels=int(sd_ldm["out.2.weight"].shape[0]),
@@ -324,4 +349,5 @@ def unet_config_from_state_dict(
         use_linear_in_transformer=bool(proj_keys) and sd_ldm[proj_keys[0]].ndim == 2,
         adm_in_channels=None if adm is None else int(adm.shape[1]),
         norm_groups=norm_groups,
+        addition_time_embed_dim=time_embed_dim,
     )
