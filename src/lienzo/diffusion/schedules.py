@@ -7,9 +7,7 @@ import math
 import torch
 
 from lienzo.errors import InvalidArgumentError
-from lienzo.models.specs import NoiseScheduleConfig
-
-BETA_SCHEDULES = ("scaled_linear", "linear", "cosine")
+from lienzo.models.specs import BETA_SCHEDULES, NoiseScheduleConfig
 
 ZERO_SNR_ALPHA_CUMPROD_FLOOR = 2.0**-24
 """alphas_cumprod used in place of an exact 0 (zero terminal SNR) when building sigmas: sigma_max = 4096."""
