@@ -284,3 +284,31 @@ def test_vae_tiling_flag_sets_the_pipeline(model, tmp_path, monkeypatch, flag, t
     args = ["generate", "x", *FAST, "--seed", "1", "--model", model, "--vae-tiling", flag]
     assert main([str(arg) for arg in args]) == 0
     assert bool(calls) == tiled
+
+
+def test_quiet_sampler_options_and_hires_reach_every_command(model, inputs, tmp_path, monkeypatch, capsys):
+    """--quiet hides the bars; --eta/--s-noise/--sampler-option reach the sampler, are written to the PNG
+    and come back with --from-png; inpaint takes the hires fix."""
+    monkeypatch.chdir(tmp_path)
+    model = str(model)
+    ancestral = [*FAST, "--seed", "4", "--model", model, "--sampler", "euler_ancestral"]
+    assert main(["generate", "x", *ancestral, "-o", "loud.png"]) == 0
+    assert "base euler_ancestral" in capsys.readouterr().err
+    assert main(["generate", "x", *ancestral, "-q", "-o", "quiet.png"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["generate", "x", *ancestral, "-q", "--eta", "0", "--s-noise", "0.5", "-o", "eta0.png"]) == 0
+    assert main(["generate", "x", *FAST, "--seed", "4", "--model", model, "-q", "--sampler", "euler"]) == 0
+    euler = Image.open(capsys.readouterr().out.split()[-1])
+    quiet, eta0 = Image.open("quiet.png"), Image.open("eta0.png")
+    assert eta0.tobytes() == euler.tobytes() != quiet.tobytes()
+    parameters = read_parameters(Path("eta0.png"))
+    assert "Eta: 0" in parameters and "Sigma noise: 0.5" in parameters
+    assert parse_parameters(parameters)["sampler_options"] == {"eta": 0.0, "s_noise": 0.5}
+    assert main(["generate", "--from-png", "eta0.png", "--model", model, "-q", "-o", "again.png"]) == 0
+    assert Image.open("again.png").tobytes() == eta0.tobytes()
+    bad = ["generate", "x", *ancestral, "-q", "--sampler-option", "order=2"]
+    assert main(bad) == 1 and "no option order" in capsys.readouterr().err
+    hires = [*FAST, "--seed", "1", "--model", model, "-q", "--hires-scale", "1.5", "-o", "hires.png"]
+    assert main(["inpaint", str(inputs / "picture.png"), str(inputs / "mask.png"), "a circle", *hires]) == 0
+    result = Image.open("hires.png")
+    assert result.size == (32, 32) and "Hires upscale: 1.5" in read_parameters(Path("hires.png"))

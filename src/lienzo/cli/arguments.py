@@ -39,3 +39,19 @@ def parse_size(text: str) -> tuple[int, int]:
         raise InvalidArgumentError(f"--size must look like 512x768 (WIDTHxHEIGHT), got {text!r}")
     width, height = (int(part) for part in (parts * 2)[:2])
     return width, height
+
+
+def parse_sampler_options(pairs: list[str] | None) -> dict[str, float | str]:
+    """{"eta": 0.5, ...} from repeated `KEY=VALUE` texts; values that are not numbers stay strings."""
+    options: dict[str, float | str] = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip() or not value.strip():
+            raise InvalidArgumentError(
+                f"--sampler-option must look like KEY=VALUE (e.g. eta=0.5), got {pair!r}"
+            )
+        try:
+            options[key.strip()] = float(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    return options

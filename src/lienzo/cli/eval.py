@@ -33,10 +33,9 @@ def _check_arguments(prompts_per_category: int, out: Path) -> None:
 
 def _pipeline_generator(args: argparse.Namespace) -> Callable[[str, int], Image.Image]:
     pipe = load(args.model, device=args.device, dtype=chosen_dtype(args))
-    pipe.progress = False
 
     def generate(prompt: str, seed: int) -> Image.Image:
-        return pipe.generate(prompt, seed=seed)[0]
+        return pipe.generate(prompt, seed=seed, progress=False)[0]
 
     return generate
 

@@ -17,7 +17,13 @@ from ..pipelines.output import prepare_target, release_paths, reserve_paths, wri
 from ..pipelines.pipeline import load
 from ..pipelines.preview import FilmstripRecorder
 from ..pipelines.requests import MODE_EXTRAS, SIDES, validate_request
-from .arguments import add_device_arguments, add_family_argument, chosen_dtype, parse_size
+from .arguments import (
+    add_device_arguments,
+    add_family_argument,
+    chosen_dtype,
+    parse_sampler_options,
+    parse_size,
+)
 
 VAE_TILING = {"auto": None, "on": True, "off": False}
 GENERATE_EPILOG = """examples:
@@ -59,6 +65,7 @@ RECORD_SETTINGS = (
     "variation_seed",
     "variation_strength",
     "guidance_rescale",
+    "sampler_options",
 )
 """Settings a --from-png file supplies (command-line flags override them)."""
 COMMAND_SETTINGS = (*RECORD_SETTINGS, "batch_size", "strength")
@@ -84,6 +91,16 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--variation-seed", type=int, help="seed of the noise to blend in")
     sampling.add_argument("--variation-strength", type=float, help="how much variation noise, 0..1")
     sampling.add_argument("--guidance-rescale", type=float, help="CFG rescale factor, 0..1 (default 0)")
+    sampling.add_argument(
+        "--eta", type=float, help="the sampler's eta (ancestral noise; default the sampler's)"
+    )
+    sampling.add_argument("--s-noise", type=float, help="the sampler's noise multiplier s_noise (default 1)")
+    sampling.add_argument(
+        "--sampler-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other sampler option, e.g. s_churn=0.5 or solver_type=heun (repeatable)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -103,11 +120,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--from-png", type=Path, help="reuse the settings stored in a PNG's parameters")
     output.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
     output.add_argument("--preview-every", type=int, help="also write a filmstrip of every N-th step")
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_hires_and_refiner_arguments(parser)
 
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `lienzo generate`."""
-    add_generation_arguments(parser)
+def add_hires_and_refiner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hires fix and SDXL refiner options, which every generation command takes."""
     hires = parser.add_argument_group("hires fix and refiner")
     hires.add_argument("--hires-scale", type=float, help="upscale factor of a second img2img pass, e.g. 2")
     hires.add_argument("--hires-steps", type=int, help="steps of the second pass (default: --steps)")
@@ -115,6 +133,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, help="how to upscale (default latent)")
     hires.add_argument("--refiner", type=Path, help="an SDXL refiner model to finish the image")
     hires.add_argument("--refiner-switch-at", type=float, help="fraction of steps before the refiner (0.8)")
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `lienzo generate`."""
+    add_generation_arguments(parser)
 
 
 def add_img2img_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,9 +233,16 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
         settings["width"], settings["height"] = parse_size(args.size)
     flags = {key: getattr(args, key, None) for key in COMMAND_SETTINGS if key not in ("width", "height")}
     settings |= {key: value for key, value in flags.items() if value is not None}
-    if args.command == "generate":
-        hires = hires_settings(args, record)
-        settings |= {"hires": hires} if hires is not None else {}
+    hires = hires_settings(args, record)
+    settings |= {"hires": hires} if hires is not None else {}
+    sampler_options = dict(settings.get("sampler_options") or {}) | parse_sampler_options(args.sampler_option)
+    named = {"eta": args.eta, "s_noise": args.s_noise}
+    sampler_options |= {key: value for key, value in named.items() if value is not None}
+    settings["sampler_options"] = sampler_options
+    settings["vae_tiling"] = VAE_TILING[args.vae_tiling]
+    if args.refiner is not None:
+        switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}
+        settings["refiner"] = RefinerOptions(args.refiner, **switch)
     return settings
 
 
@@ -237,7 +267,7 @@ def run_pipeline(pipe, args: argparse.Namespace, prompt: str, images: dict, sett
     extras = command_extras(args)
     options = {key: value for key, value in extras.items() if value is not None and key not in CLI_EXTRAS}
     method = getattr(pipe, args.command)
-    return method(*images.values(), prompt, callback=callback, **settings, **options)
+    return method(*images.values(), prompt, callback=callback, progress=not args.quiet, **settings, **options)
 
 
 def write_images(images: list, target: Path) -> list[Path]:
@@ -284,11 +314,6 @@ def run_generation(args: argparse.Namespace) -> int:
     dtype = chosen_dtype(args)
     pipe = load(args.model, device=args.device, dtype=dtype, family=args.family)
     warn_on_other_model(record, pipe)
-    pipe.vae_tiling = VAE_TILING[args.vae_tiling]
-    if getattr(args, "refiner", None) is not None:
-        refiner = load(args.refiner, device=args.device, dtype=dtype)
-        switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}
-        settings["refiner"] = RefinerOptions(refiner, **switch)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
         results = run_pipeline(pipe, args, prompt, images, settings, recorder)

@@ -30,14 +30,14 @@ def run_info(args: argparse.Namespace) -> int:
     """Print a model's family, format, components and settings."""
     files = read_model(args.path, family=args.family)
     spec = files.spec
-    downscale = 2 ** (len(spec.vae.ch_mult) - 1)
     lines = [
         f"path: {args.path}",
         f"family: {files.family}",
         f"format: {files.source_format}",
         f"prediction: {spec.prediction}",
+        f"noise schedule: {spec.schedule.summary()}",
         f"resolution: {spec.resolution}",
-        f"latent: {spec.vae.embed_dim} channels at 1/{downscale} of the image size, "
+        f"latent: {spec.vae.embed_dim} channels at 1/{spec.vae.downscale_factor} of the image size, "
         f"scaling factor {spec.vae.scaling_factor}",
         f"vector conditioning: {spec.vector_conditioning or 'none'}",
         "components:",

@@ -14,11 +14,12 @@ from .masking import check_multiple_of_8
 from .options import HiresOptions, resolve_options
 
 SIDES = ("left", "right", "top", "bottom")
+REFINER_EXTRAS = ("refiner", "refiner_switch_at")
 MODE_EXTRAS = {
-    "generate": ("preview_every", "refiner", "refiner_switch_at"),
-    "img2img": ("preview_every",),
-    "inpaint": ("preview_every", "mask_blur", "only_masked", "padding"),
-    "outpaint": ("preview_every", "mask_blur", *SIDES),
+    "generate": ("preview_every", *REFINER_EXTRAS),
+    "img2img": ("preview_every", *REFINER_EXTRAS),
+    "inpaint": ("preview_every", "mask_blur", "only_masked", "padding", *REFINER_EXTRAS),
+    "outpaint": ("preview_every", "mask_blur", *SIDES, *REFINER_EXTRAS),
 }
 """The extras each mode takes besides the generation settings (None or absent = the default)."""
 CHECK_FAMILY = "sd1"
