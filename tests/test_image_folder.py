@@ -21,12 +21,14 @@ def test_images_come_with_their_captions(tmp_path):
     (tmp_path / "notes.md").write_text("not an image")
     dataset = ImageFolderDataset(tmp_path, resolution=16)
     assert len(dataset) == 2
-    image, caption = dataset[0]
+    item = dataset[0]
+    assert set(item) == {"image", "caption"}
+    image, caption = item["image"], item["caption"]
     assert caption == "a red square"
     assert image.shape == (3, 16, 16)
     torch.testing.assert_close(image[:, 8, 8], torch.tensor([1.0, -1.0, -1.0]))
-    assert dataset[1][1] == ""
-    assert dataset[1][0][2, 8, 8] > 0.9
+    assert dataset[1]["caption"] == ""
+    assert dataset[1]["image"][2, 8, 8] > 0.9
 
 
 def test_center_crop_keeps_the_middle_of_the_long_side():

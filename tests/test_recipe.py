@@ -48,19 +48,20 @@ def miniature_parts():
 
 def test_random_crops_are_deterministic_and_sized():
     crops = RandomCrops(ShapesDataset(), 48, seed=3)
-    first, caption = crops[5]
+    first, caption = crops[5]["image"], crops[5]["caption"]
     assert first.shape == (3, 48, 48)
-    assert torch.equal(first, crops[5][0]) and caption == crops[5][1]
-    assert not torch.equal(first, crops[6][0])
+    assert torch.equal(first, crops[5]["image"]) and caption == crops[5]["caption"]
+    assert caption == ShapesDataset()[5]["caption"], "the crop keeps the item's other values"
+    assert not torch.equal(first, crops[6]["image"])
 
 
 def test_latent_pool_recaptions_each_visit_of_a_scene():
     config = ShapesRecipe().data
     moments = torch.randn(4, 8, 2, 2).half()
     pool = LatentPool(moments, config)
-    latent, text = pool[1]
-    assert torch.equal(latent, moments[1].float())
-    visits = {pool[1 + 4 * k][1] for k in range(12)}
+    latent, text = pool[1]["image"], pool[1]["caption"]
+    assert torch.equal(latent, moments[1].float()) and isinstance(text, str)
+    visits = {pool[1 + 4 * k]["caption"] for k in range(12)}
     assert len(visits) > 1, "the same scene should get captions with different dropped parts"
     scenes = {parse_prompt(caption).background for caption in visits}
     assert len(scenes) == 1, "every visit describes the same scene"
@@ -70,7 +71,7 @@ def test_latent_pool_two_object_share_picks_two_object_scenes_that_often():
     config = ShapesRecipe().data
     moments = torch.arange(200, dtype=torch.float16).reshape(200, 1, 1, 1).expand(200, 8, 2, 2)
     pool = LatentPool(moments, config, two_object_share=0.8)
-    draws = [pool[index] for index in range(1000)]
+    draws = [(item["image"], item["caption"]) for item in (pool[index] for index in range(1000))]
     two = [len(parse_prompt(text).objects) == 2 for _, text in draws]
     assert 0.75 < sum(two) / len(two) < 0.85
     for latent, text in draws[:50]:
@@ -78,7 +79,7 @@ def test_latent_pool_two_object_share_picks_two_object_scenes_that_often():
         expected = len(scene_and_caption(config, scene_index)[0].objects)
         assert len(parse_prompt(text).objects) == expected, "the caption belongs to the drawn latent"
     again = LatentPool(moments, config, two_object_share=0.8)
-    assert [again[index][1] for index in range(20)] == [text for _, text in draws[:20]]
+    assert [again[index]["caption"] for index in range(20)] == [text for _, text in draws[:20]]
 
 
 def test_latent_pool_two_object_share_needs_both_kinds_of_scene():
@@ -92,16 +93,16 @@ def test_latent_pool_two_object_share_needs_both_kinds_of_scene():
 def test_encoded_inputs_give_the_same_loss_as_images():
     recipe, vae, tokenizer, text = miniature_parts()
     unet = UNetModel(recipe.unet)
-    images, captions = ShapesDataset().batch(2)
+    batch = ShapesDataset().batch(2)
     with torch.no_grad():
-        posterior = vae.encode(images)
+        posterior = vae.encode(batch["image"])
     moments = torch.cat([posterior.mean, posterior.logvar], dim=1)
     losses = []
-    for encoded, inputs in ((False, images), (True, moments)):
+    for encoded, inputs in ((False, batch["image"]), (True, moments)):
         objective = LatentDiffusionObjective(unet, vae, text, tokenizer, encoded_inputs=encoded)
         generator = torch.Generator().manual_seed(7)
         with torch.no_grad():
-            losses.append(objective.loss(inputs, captions, generator, {}))
+            losses.append(objective.loss({**batch, "image": inputs}, generator, {}))
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
 
@@ -111,7 +112,7 @@ def test_encode_pool_matches_the_vae_posterior():
     config = ShapesRecipe().data
     pool = encode_pool(vae, config, 3, batch_size=2)
     assert pool.shape[0] == 3 and pool.dtype == torch.float16
-    images = torch.stack([ShapesDataset(config)[index][0] for index in range(3)])
+    images = torch.stack([ShapesDataset(config)[index]["image"] for index in range(3)])
     with torch.no_grad():
         posterior = vae.encode(images)
     expected = torch.cat([posterior.mean, posterior.logvar], dim=1)
@@ -131,9 +132,8 @@ def test_miniature_recipe_makes_a_loadable_model(miniature_run):
     pipe = lienzo.load(model)
     assert pipe.spec.resolution == 128
     scale = json.loads((model / "vae" / "config.json").read_text())["scaling_factor"]
-    assert pipe.latent_scale == pytest.approx(scale) and scale != pytest.approx(0.18215)
-    pipe.progress = False
-    image = pipe.generate("a red circle on a blue background", seed=1, steps=3)[0]
+    assert pipe.vae.config.scaling_factor == pytest.approx(scale) and scale != pytest.approx(0.18215)
+    image = pipe.generate("a red circle on a blue background", seed=1, steps=3, progress=False)[0]
     assert image.size == (128, 128)
 
 
@@ -165,7 +165,7 @@ def test_offset_noise_moves_whole_channels():
     moments = torch.cat([latents, torch.full_like(latents, -30.0)], dim=1)
     seen = []
 
-    def recording_unet(x, t, context, y=None):
+    def recording_unet(x, t, cond):
         seen.append(x)
         return torch.zeros_like(x)
 
@@ -174,7 +174,8 @@ def test_offset_noise_moves_whole_channels():
         objective = LatentDiffusionObjective(
             UNetModel(recipe.unet), vae, text, tokenizer, encoded_inputs=True, offset_noise=offset
         )
-        objective.loss(moments, [""] * 64, torch.Generator().manual_seed(3), {"unet": recording_unet})
+        batch = {"image": moments, "caption": [""] * 64}
+        objective.loss(batch, torch.Generator().manual_seed(3), {"unet": recording_unet})
         means[offset] = seen[-1].mean(dim=(2, 3)).std().item()
     assert means[0.0] < 0.3 < 0.7 < means[1.0], means
 
@@ -189,6 +190,7 @@ def test_min_snr_gamma_weights_the_loss_per_sample():
             unet, vae, text, tokenizer, encoded_inputs=True, caption_dropout=0.0, min_snr_gamma=gamma
         )
         with torch.no_grad():
-            losses[gamma] = float(objective.loss(moments, [""] * 8, torch.Generator().manual_seed(4), {}))
+            batch = {"image": moments, "caption": [""] * 8}
+            losses[gamma] = float(objective.loss(batch, torch.Generator().manual_seed(4), {}))
     assert losses[1e9] == pytest.approx(losses[None], rel=1e-5)
     assert losses[0.5] < 0.9 * losses[None]

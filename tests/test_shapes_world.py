@@ -137,38 +137,42 @@ def test_every_shape_renders_inside_its_box(shape):
 def test_dataset_is_deterministic_and_seeded():
     first, second = ShapesDataset(ShapesDataConfig(seed=7)), ShapesDataset(ShapesDataConfig(seed=7))
     other = ShapesDataset(ShapesDataConfig(seed=8))
-    image, text = first[5]
+    item = first[5]
+    assert set(item) == {"image", "caption"}
+    image, text = item["image"], item["caption"]
     assert image.shape == (3, CANVAS, CANVAS) and image.dtype == torch.float32
     assert image.min() >= -1 and image.max() <= 1
-    assert torch.equal(image, second[5][0]) and text == second[5][1]
-    assert [other[i][1] for i in range(8)] != [first[i][1] for i in range(8)]
+    assert torch.equal(image, second[5]["image"]) and text == second[5]["caption"]
+    assert [other[i]["caption"] for i in range(8)] != [first[i]["caption"] for i in range(8)]
     small = ShapesDataset(ShapesDataConfig(seed=7, resolution=32))
-    assert small[5][0].shape == (3, 32, 32) and small[5][1] == text
+    assert small[5]["image"].shape == (3, 32, 32) and small[5]["caption"] == text
 
 
 def test_dataset_resumes_exactly_from_its_state():
     straight = ShapesDataset(ShapesDataConfig(seed=11))
     stream = iter(straight)
     seen = [next(stream) for _ in range(4)]
-    images, captions = straight.batch(3)
+    batch = straight.batch(3)
+    images, captions = batch["image"], batch["caption"]
     state = straight.state_dict()
     expected = [next(stream) for _ in range(3)]
     resumed = ShapesDataset(ShapesDataConfig(seed=11))
     resumed.load_state_dict(state)
     again = iter(resumed)
-    for (image, text), (want_image, want_text) in zip([next(again) for _ in range(3)], expected, strict=True):
-        assert torch.equal(image, want_image) and text == want_text
-    assert torch.equal(images[0], straight[4][0]) and captions == [straight[i][1] for i in (4, 5, 6)]
-    assert seen[0][1] == straight[0][1]
+    for item, want in zip([next(again) for _ in range(3)], expected, strict=True):
+        assert torch.equal(item["image"], want["image"]) and item["caption"] == want["caption"]
+    assert torch.equal(images[0], straight[4]["image"])
+    assert captions == [straight[i]["caption"] for i in (4, 5, 6)]
+    assert seen[0]["caption"] == straight[0]["caption"]
     with pytest.raises(InvalidArgumentError, match="seed"):
         ShapesDataset(ShapesDataConfig(seed=12)).load_state_dict(state)
 
 
 def test_ranks_split_one_stream_between_them():
     config = ShapesDataConfig(seed=13)
-    single = ShapesDataset(config).batch(6)[1]
-    rank0 = ShapesDataset(config, rank=0, world_size=2).batch(3)[1]
-    rank1 = ShapesDataset(config, rank=1, world_size=2).batch(3)[1]
+    single = ShapesDataset(config).batch(6)["caption"]
+    rank0 = ShapesDataset(config, rank=0, world_size=2).batch(3)["caption"]
+    rank1 = ShapesDataset(config, rank=1, world_size=2).batch(3)["caption"]
     assert single == [rank0[0], rank1[0], rank0[1], rank1[1], rank0[2], rank1[2]]
 
 

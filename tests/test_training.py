@@ -14,7 +14,7 @@ from lienzo.models.clip import CLIPTextConfig, CLIPTextModel
 from lienzo.models.unet import UNetConfig, UNetModel
 from lienzo.models.vae import AutoencoderKL, VAEConfig
 from lienzo.text.tokenizer import CLIPTokenizer
-from lienzo.training import LatentDiffusionObjective, OptimConfig, TrainConfig, train
+from lienzo.training import LatentDiffusionObjective, OptimConfig, TrainConfig, collate, train
 from lienzo.training.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_training_state
 from lienzo.training.ema import EMA
 from lienzo.training.logging import CSV_NAME, PLOT_NAME, read_loss_csv
@@ -39,17 +39,18 @@ class SquaresDataset:
     def __init__(self, size: int = 32):
         self.size = size
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         colour = list(COLOURS)[index % 3]
         place = list(PLACES)[(index // 3) % 2]
         image = torch.zeros(3, self.size, self.size)
         left = PLACES[place]
         image[:, 8:20, left : left + 12] = torch.tensor(COLOURS[colour]).view(3, 1, 1)
-        return image, f"a {colour} square on the {place}"
+        return {"image": image, "caption": f"a {colour} square on the {place}"}
 
 
-def tiny_objective(prediction: str = "eps", train_text_encoder: bool = False, seed: int = 0):
-    """A tiny UNet (32 channels), VAE (32x32 -> 4x8x8) and CLIP tower with seeded random weights."""
+def tiny_objective(prediction: str = "eps", train_text_encoder: bool = False, seed: int = 0, **options):
+    """A tiny UNet (32 channels), VAE (32x32 -> 4x8x8) and CLIP tower with seeded random weights;
+    `options` go to LatentDiffusionObjective (e.g. unet_lr, text_encoder_lr)."""
     torch.manual_seed(seed)
     clip = CLIPTextModel(
         CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
@@ -75,6 +76,7 @@ def tiny_objective(prediction: str = "eps", train_text_encoder: bool = False, se
         prediction=prediction,
         latent_scale=1.0,
         train_text_encoder=train_text_encoder,
+        **options,
     )
 
 
@@ -95,12 +97,12 @@ def quick_config(steps: int, **changes) -> TrainConfig:
 
 def fixed_batch_loss(objective: LatentDiffusionObjective) -> float:
     """The objective on one fixed batch with fixed noise (no caption dropout)."""
-    images, captions = zip(*(SquaresDataset()[i] for i in range(6)), strict=True)
+    batch = collate([SquaresDataset()[i] for i in range(6)])
     generator = torch.Generator().manual_seed(123)
     dropout = objective.caption_dropout
     objective.caption_dropout = 0.0
     with torch.no_grad():
-        losses = [objective.loss(torch.stack(images), captions, generator, {}) for _ in range(4)]
+        losses = [objective.loss(batch, generator, {}) for _ in range(4)]
     objective.caption_dropout = dropout
     return float(torch.stack(losses).mean())
 
@@ -122,16 +124,16 @@ def test_objective_uses_the_samplers_parameterization():
 
 def test_v_objective_matches_the_velocity_target_by_hand():
     objective = tiny_objective("v")
-    images, captions = zip(*(SquaresDataset()[i] for i in range(2)), strict=True)
-    images = torch.stack(images)
+    batch = collate([SquaresDataset()[i] for i in range(2)])
+    images = batch["image"]
     seen = {}
 
-    def recording_unet(x, t, context, y=None):
+    def recording_unet(x, t, cond):
         seen.update(x=x, t=t)
         return torch.zeros_like(x)
 
     objective.caption_dropout = 0.0
-    loss = objective.loss(images, captions, torch.Generator().manual_seed(5), {"unet": recording_unet})
+    loss = objective.loss(batch, torch.Generator().manual_seed(5), {"unet": recording_unet})
     generator = torch.Generator().manual_seed(5)
     latents = objective.vae.encode(images).sample(generator) * objective.latent_scale
     t = torch.randint(0, 1000, (2,), generator=generator)
@@ -142,6 +144,53 @@ def test_v_objective_matches_the_velocity_target_by_hand():
     torch.testing.assert_close(seen["x"], noisy_vp, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(seen["t"], t.float(), atol=1e-3, rtol=0)
     torch.testing.assert_close(loss, velocity.pow(2).mean(), atol=1e-6, rtol=1e-5)
+
+
+def test_zero_text_encoder_lr_leaves_it_unchanged_while_the_unet_moves(tmp_path: Path):
+    objective = tiny_objective(train_text_encoder=True, unet_lr=1e-3, text_encoder_lr=0.0)
+    assert [(g["name"], g["lr"]) for g in objective.param_groups(3e-3)] == [
+        ("unet", 1e-3),
+        ("text_encoder", 0.0),
+    ]
+    unet_before = {key: value.clone() for key, value in objective.unet.state_dict().items()}
+    text_before = {key: value.clone() for key, value in objective.text_encoder.state_dict().items()}
+    train(quick_config(2), objective, SquaresDataset(), tmp_path)
+    for key, value in objective.text_encoder.state_dict().items():
+        assert torch.equal(value, text_before[key]), key
+    assert not torch.equal(objective.unet.out[2].weight, unet_before["out.2.weight"])
+    groups = load_training_state(tmp_path / CHECKPOINT_NAME)["optimizer"]["param_groups"]
+    assert [(g["name"], g["initial_lr"]) for g in groups] == [("unet", 1e-3), ("text_encoder", 0.0)]
+
+
+def test_each_group_moves_by_its_own_learning_rate(tmp_path: Path):
+    """Adam's first step moves every weight with a clear gradient by lr (Kingma & Ba 2015, sec. 2.1),
+    here times the warm-up factor 1/3; the learning rates left unset are the config's."""
+    objective = tiny_objective(train_text_encoder=True, text_encoder_lr=1e-2)
+    before = {
+        name: [p.detach().clone() for p in module.parameters()]
+        for name, module in objective.trainable.items()
+    }
+    optim = OptimConfig(learning_rate=1e-3, warmup_steps=2, weight_decay=0.0)
+    train(quick_config(1, optim=optim, ema_decay=None), objective, SquaresDataset(), tmp_path)
+    for name, rate in (("unet", 1e-3), ("text_encoder", 1e-2)):
+        moved = max(
+            float((param.detach() - old).abs().max())
+            for param, old in zip(objective.trainable[name].parameters(), before[name], strict=True)
+        )
+        assert moved == pytest.approx(rate / 3, rel=1e-3), name
+
+
+def test_param_groups_must_cover_the_trainable_parameters(tmp_path: Path):
+    objective = tiny_objective(train_text_encoder=True)
+    objective.param_groups = lambda learning_rate: LatentDiffusionObjective.param_groups(
+        objective, learning_rate
+    )[:1]
+    with pytest.raises(InvalidArgumentError, match="param_groups must hold each parameter"):
+        train(quick_config(1), objective, SquaresDataset(), tmp_path)
+    with pytest.raises(InvalidArgumentError, match="train_text_encoder=True"):
+        tiny_objective(text_encoder_lr=1e-4)
+    with pytest.raises(InvalidArgumentError, match="unet_lr must be 0 or more"):
+        tiny_objective(unet_lr=-1.0)
 
 
 def test_caption_dropout_empties_about_the_configured_share():

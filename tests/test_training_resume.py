@@ -49,6 +49,7 @@ def assert_same_state(first: dict, second: dict) -> None:
     for index, state in first["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(value, second["optimizer"]["state"][index][key]), (index, key)
+    assert first["optimizer"]["param_groups"] == second["optimizer"]["param_groups"]
     assert first["scheduler"] == second["scheduler"]
     assert torch.equal(first["rng"]["generator"], second["rng"]["generator"])
     assert torch.equal(first["rng"]["torch"], second["rng"]["torch"])
@@ -79,6 +80,41 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path: Path):
     assert [int(row["step"]) for row in read_loss_csv(folder / CSV_NAME)] == list(range(1, 7))
     resumed_log = [row["loss"] for row in read_loss_csv(folder / CSV_NAME)]
     assert resumed_log == [row["loss"] for row in read_loss_csv(tmp_path / "whole" / CSV_NAME)]
+
+
+def test_resume_restores_each_parameter_groups_learning_rate_and_state(tmp_path: Path):
+    config = quick_config(
+        4, checkpoint_every=2, sample_every=1, optim=OptimConfig(learning_rate=3e-3, warmup_steps=4)
+    )
+    rates = {"unet_lr": 2e-3, "text_encoder_lr": 5e-4}
+    whole = train(
+        config, tiny_objective(train_text_encoder=True, **rates), SquaresDataset(), tmp_path / "whole"
+    )
+    folder = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        train(
+            config,
+            tiny_objective(train_text_encoder=True, **rates),
+            SquaresDataset(),
+            folder,
+            sample_fn=interrupt_at(3),
+        )
+    groups = load_training_state(folder / CHECKPOINT_NAME)["optimizer"]["param_groups"]
+    assert [(g["name"], g["initial_lr"]) for g in groups] == [("unet", 2e-3), ("text_encoder", 5e-4)]
+    assert [g["lr"] for g in groups] == pytest.approx([2e-3 * 3 / 5, 5e-4 * 3 / 5]), "mid warm-up"
+    with pytest.raises(InvalidArgumentError, match="different configuration.*param_groups"):
+        train(
+            config,
+            tiny_objective(train_text_encoder=True, unet_lr=2e-3),
+            SquaresDataset(),
+            folder,
+            resume=True,
+        )
+    resumed = train(
+        config, tiny_objective(train_text_encoder=True, **rates), SquaresDataset(), folder, resume=True
+    )
+    assert resumed.losses == whole.losses[2:]
+    assert_same_state(load_training_state(whole.checkpoint), load_training_state(resumed.checkpoint))
 
 
 def test_resume_from_another_config_is_a_clear_error(tmp_path: Path):

@@ -32,7 +32,7 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
 
 def fixed_images(count: int = 8) -> torch.Tensor:
     """The first `count` squares of the test dataset."""
-    return torch.stack([SquaresDataset()[index][0] for index in range(count)])
+    return torch.stack([SquaresDataset()[index]["image"] for index in range(count)])
 
 
 @torch.no_grad()
@@ -61,9 +61,9 @@ def test_kl_term_is_weighted_per_pixel():
     weighted = VAEObjective(vae, kl_weight=1.0)
     generator = torch.Generator()
     generator.set_state(generator_state)
-    base = plain.loss(images, ["", ""], generator, {})
+    base = plain.loss({"image": images}, generator, {})
     generator.set_state(generator_state)
-    total = weighted.loss(images, ["", ""], generator, {})
+    total = weighted.loss({"image": images}, generator, {})
     kl = vae.encode(images).kl().mean() / images[0].numel()
     torch.testing.assert_close(total - base, kl, rtol=1e-4, atol=1e-6)
 
@@ -87,7 +87,7 @@ def test_mse_reconstruction_is_the_mean_squared_error():
     vae = tiny_vae()
     images = fixed_images(2)
     generator = torch.Generator().manual_seed(4)
-    loss = VAEObjective(vae, reconstruction="mse", kl_weight=0.0).loss(images, ["", ""], generator, {})
+    loss = VAEObjective(vae, reconstruction="mse", kl_weight=0.0).loss({"image": images}, generator, {})
     generator = torch.Generator().manual_seed(4)
     posterior = vae.encode(images)
     noise = torch.randn(posterior.mean.shape, generator=generator)

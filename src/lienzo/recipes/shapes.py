@@ -190,9 +190,8 @@ def export_files(
 def sample_report(pipe: Pipeline, prompts_per_category: int, folder: Path, step: int) -> str:
     """Generate and score a few prompts per category; write their contact sheet; return the summary."""
     prompts = [p for kind in CATEGORIES for p in evaluation_prompts(prompts_per_category, 1, kind)]
-    pipe.progress = False
     report = evaluate(
-        lambda prompt, seed: pipe.generate(prompt, seed=seed)[0],
+        lambda prompt, seed: pipe.generate(prompt, seed=seed, progress=False)[0],
         prompts,
         list(range(len(prompts))),
     )
@@ -240,7 +239,7 @@ def tune_decoder(
 def with_latent_scale(recipe: ShapesRecipe, vae: AutoencoderKL) -> AutoencoderKL:
     """Set the VAE config's scaling factor to 1 / std of its latents over the world's images."""
     dataset = ShapesDataset(replace(recipe.data, seed=recipe.data.seed + 1))
-    images = torch.stack([dataset[index][0] for index in range(recipe.scale_images)])
+    images = torch.stack([dataset[index]["image"] for index in range(recipe.scale_images)])
     scale = latent_scaling_factor(vae, images)
     vae.config = replace(vae.config, scaling_factor=round(scale, 5))
     return vae

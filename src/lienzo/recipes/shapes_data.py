@@ -13,7 +13,8 @@ from ..worlds.shapes import caption
 
 
 class RandomCrops:
-    """Square crops of `size` pixels from a dataset's images; crop i depends only on (seed, i).
+    """A dataset's items with the "image" cropped to a square of `size` pixels; crop i depends only on
+    (seed, i).
 
     A convolutional VAE trained on crops (as SD's was, on 256-pixel crops) learns the same
     reconstruction at a fraction of the cost of full images."""
@@ -21,11 +22,12 @@ class RandomCrops:
     def __init__(self, dataset: ShapesDataset, size: int, seed: int = 0):
         self.dataset, self.size, self.seed = dataset, size, seed
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        image, text = self.dataset[index]
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        item = self.dataset[index]
+        image = item["image"]
         rng = np.random.default_rng([self.seed, index, 1])
         top, left = rng.integers(0, image.shape[1] - self.size + 1, size=2)
-        return image[:, top : top + self.size, left : left + self.size], text
+        return {**item, "image": image[:, top : top + self.size, left : left + self.size]}
 
 
 @torch.no_grad()
@@ -49,7 +51,7 @@ def encode_pool(
 
 
 class LatentPool:
-    """Endless (posterior moments, caption) pairs over a pool of pre-encoded scenes.
+    """Endless {"image": posterior moments, "caption": str} items over a pool of pre-encoded scenes.
 
     Visit k of scene i gets a fresh caption (sizes and positions dropped at the data config's rates),
     drawn from (seed, global index), so the text side never repeats exactly while the VAE runs once.
@@ -77,9 +79,9 @@ class LatentPool:
         group = self.groups[2 if rng.random() < self.two_object_share else 1]
         return int(group[rng.integers(len(group))])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         scene_index = self.scene_index(index)
         scene, _ = scene_and_caption(self.config, scene_index)
         rng = np.random.default_rng([self.config.seed, index, 2])
         text = caption(scene, rng, drop_size=self.config.drop_size, drop_position=self.config.drop_position)
-        return self.moments[scene_index].float(), text
+        return {"image": self.moments[scene_index].float(), "caption": text}

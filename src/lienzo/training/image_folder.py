@@ -40,7 +40,7 @@ def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
 
 
 class ImageFolderDataset:
-    """(image tensor in [-1, 1] of shape (3, R, R), caption) for every image in a folder.
+    """{"image": tensor (3, R, R) in [-1, 1], "caption": str} for every image in a folder.
 
     `photo.png` takes its caption from `photo.txt` (empty when absent), as kohya's sd-scripts and
     A1111 read training folders. Every image is opened once up front, so a broken file stops the
@@ -72,8 +72,8 @@ class ImageFolderDataset:
         caption_file = self.paths[index].with_suffix(CAPTION_SUFFIX)
         return caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         with Image.open(self.paths[index]) as image:
             square = center_crop_resize(image.convert("RGB"), self.resolution)
         array = np.asarray(square, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-        return torch.from_numpy(np.ascontiguousarray(array)), self.caption(index)
+        return {"image": torch.from_numpy(np.ascontiguousarray(array)), "caption": self.caption(index)}

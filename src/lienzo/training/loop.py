@@ -1,10 +1,11 @@
-"""The one training loop: AdamW with warm-up, accumulation, clipping, EMA, mixed precision, resume, DDP."""
+"""The one training loop: AdamW over the objective's parameter groups with warm-up, accumulation, clipping,
+EMA, mixed precision, resume, DDP."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from lienzo.devices import keep_freed_memory_for_reuse
 from lienzo.errors import InvalidArgumentError
+from lienzo.training.batch import Batch, collate
 from lienzo.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -28,14 +30,15 @@ from lienzo.training.config import TrainConfig
 from lienzo.training.distributed import ProcessGroup, barrier, init_from_environment, wrap_module
 from lienzo.training.ema import EMA, named_trainable_parameters
 from lienzo.training.logging import LossLog
-from lienzo.training.objective import Objective
+from lienzo.training.objective import Objective, ParamGroup
 from lienzo.training.precision import autocast, autocast_dtype
 
 
 class Dataset(Protocol):
-    """Indexable (image tensor in [-1, 1] of shape (C, H, W), caption) pairs; endless or with a length."""
+    """Indexable items, each a dict of one sample's values (keys: `lienzo.training.objective`'s table);
+    endless or with a length."""
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]: ...
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
 
 
 SampleFn = Callable[[int, Path], None]
@@ -55,11 +58,10 @@ class TrainResult:
     ema: EMA | None
 
 
-def batch_at(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, list[str]]:
-    """Images stacked into (B, C, H, W) and captions at global sample indices (wrapping finite datasets)."""
+def batch_at(dataset: Dataset, indices: Sequence[int]) -> Batch:
+    """The items at global sample indices (wrapping finite datasets) collated into one batch dict."""
     size = len(dataset) if hasattr(dataset, "__len__") else None
-    pairs = [dataset[index % size if size else index] for index in indices]
-    return torch.stack([image for image, _ in pairs]), [caption for _, caption in pairs]
+    return collate([dataset[index % size if size else index] for index in indices])
 
 
 def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
@@ -75,6 +77,19 @@ def first_parameter_device(objective: Objective) -> torch.device:
     raise InvalidArgumentError("the objective has no trainable parameters; nothing to train")
 
 
+def optimizer_groups(objective: Objective, learning_rate: float) -> list[ParamGroup]:
+    """The objective's parameter groups, checked to hold every trainable parameter exactly once."""
+    groups = objective.param_groups(learning_rate)
+    grouped = [id(param) for group in groups for param in group["params"]]
+    trainable = {id(param) for param in named_trainable_parameters(objective.trainable).values()}
+    if len(grouped) != len(set(grouped)) or set(grouped) != trainable:
+        raise InvalidArgumentError(
+            f"{type(objective).__name__}.param_groups must hold each parameter of objective.trainable "
+            "that requires grad exactly once; add the missing modules to trainable or fix the groups"
+        )
+    return groups
+
+
 def ensure_writable(folder: Path) -> None:
     """Create `folder` and check a file can be written there, with an error that says what to do."""
     try:
@@ -88,8 +103,11 @@ def ensure_writable(folder: Path) -> None:
         ) from error
 
 
-def run_description(config: TrainConfig, objective: Objective, group: ProcessGroup) -> dict[str, Any]:
-    """Everything that must match for a checkpoint to be resumed: config, models, objective, world size."""
+def run_description(
+    config: TrainConfig, objective: Objective, group: ProcessGroup, rates: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Everything that must match for a checkpoint to be resumed: config, models, objective, parameter
+    groups (name and learning rate), world size."""
     modules = {
         name: repr(getattr(module, "config", type(module).__name__))
         for name, module in objective.trainable.items()
@@ -99,6 +117,7 @@ def run_description(config: TrainConfig, objective: Objective, group: ProcessGro
         "config": config.fingerprint(),
         "modules": modules,
         "objective": describe() if describe else type(objective).__name__,
+        "param_groups": rates,
         "world_size": group.world_size,
     }
 
@@ -110,10 +129,12 @@ class _Trainer:
         self.config, self.objective, self.device, self.group = config, objective, device, group
         self.modules = objective.trainable
         self.networks = {name: wrap_module(module, group, device) for name, module in self.modules.items()}
-        self.parameters = list(named_trainable_parameters(self.modules).values())
         optim = config.optim
+        groups = optimizer_groups(objective, optim.learning_rate)
+        self.rates = [{"name": entry["name"], "lr": entry["lr"]} for entry in groups]
+        self.parameters = [param for entry in groups for param in entry["params"]]
         self.optimizer = torch.optim.AdamW(
-            self.parameters,
+            groups,
             lr=optim.learning_rate,
             betas=optim.betas,
             eps=optim.eps,
@@ -163,7 +184,7 @@ class _Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(config.gradient_accumulation):
             start = self.data_position + group.rank * config.batch_size
-            images, captions = batch_at(dataset, range(start, start + config.batch_size))
+            batch = batch_at(dataset, range(start, start + config.batch_size))
             self.data_position += config.batch_size * group.world_size
             syncing = micro == config.gradient_accumulation - 1
             with contextlib.ExitStack() as stack:
@@ -171,7 +192,7 @@ class _Trainer:
                     for network in self.networks.values():
                         stack.enter_context(network.no_sync())
                 with autocast(self.device, self.dtype):
-                    loss = self.objective.loss(images, captions, self.generator, self.networks)
+                    loss = self.objective.loss(batch, self.generator, self.networks)
                 self.scaler.scale(loss / config.gradient_accumulation).backward()
             total += loss.detach().float() / config.gradient_accumulation
         self.scaler.unscale_(self.optimizer)
@@ -238,7 +259,7 @@ def train(
     if group.is_main:
         ensure_writable(folder)
     trainer = _Trainer(config, objective, device, group)
-    description = run_description(config, objective, group)
+    description = run_description(config, objective, group, trainer.rates)
     source = Path(resume) if isinstance(resume, str | Path) else checkpoint_path
     if resume and (source.is_file() or not isinstance(resume, bool)):
         state = load_training_state(source)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.vae import AutoencoderKL
-from lienzo.training.objective import Networks
+from lienzo.training.batch import Batch, batch_value
+from lienzo.training.objective import Networks, ParamGroup, param_group
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
 
@@ -65,18 +64,20 @@ class VAEObjective:
             description["trained"] = "decoder"
         return description
 
+    def param_groups(self, learning_rate: float) -> list[ParamGroup]:
+        """One group, "vae": the autoencoder's trained parameters (the decoder's alone, untrained encoder)."""
+        return [param_group("vae", self.round_trip, learning_rate)]
+
     def reconstruction_error(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Mean L1 or squared error per pixel and channel."""
         if self.reconstruction == "l1":
             return F.l1_loss(reconstruction.float(), images.float())
         return F.mse_loss(reconstruction.float(), images.float())
 
-    def loss(
-        self, images: torch.Tensor, captions: Sequence[str], generator: torch.Generator, networks: Networks
-    ) -> torch.Tensor:
-        """Reconstruction + weighted KL of a batch of images in [-1, 1]; captions are ignored."""
+    def loss(self, batch: Batch, generator: torch.Generator, networks: Networks) -> torch.Tensor:
+        """Reconstruction + weighted KL of a batch's "image" (in [-1, 1]); other keys are ignored."""
         device = self.vae.quant_conv.weight.device
-        images = images.to(device)
+        images = batch_value(batch, "image", type(self).__name__).to(device)
         factor = self.vae.downscale_factor
         latent_shape = (
             images.shape[0],

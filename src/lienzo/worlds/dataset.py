@@ -53,7 +53,8 @@ def scene_and_caption(config: ShapesDataConfig, index: int) -> tuple[Scene, str]
 
 
 class ShapesDataset:
-    """Endless stream of (image tensor in [-1, 1], caption); rank r of w reads indices r, r+w, r+2w, ...
+    """Endless stream of {"image": tensor (3, H, W) in [-1, 1], "caption": str}, the training loop's item
+    form; rank r of w reads indices r, r+w, r+2w, ...
 
     Example i is a pure function of (seed, i), so `state_dict()` (the next position) is all a resumed
     run needs to see the same data."""
@@ -72,23 +73,23 @@ class ShapesDataset:
             image = image.resize((self.config.resolution, self.config.resolution), Image.Resampling.BOX)
         return ShapesExample(scene, image, text)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         example = self.example(index)
-        return image_to_tensor(example.image), example.caption
+        return {"image": image_to_tensor(example.image), "caption": example.caption}
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor | str]]:
         while True:
             index = self.position * self.world_size + self.rank
             self.position += 1
             yield self[index]
 
-    def batch(self, size: int) -> tuple[torch.Tensor, list[str]]:
-        """The next `size` examples of this rank stacked into (B, 3, H, W) and a caption list."""
+    def batch(self, size: int) -> dict[str, torch.Tensor | list[str]]:
+        """The next `size` examples of this rank as a batch dict: "image" (B, 3, H, W), "caption" a list."""
         indices = [(self.position + k) * self.world_size + self.rank for k in range(size)]
         self.position += size
         examples = [self.example(index) for index in indices]
         images = np.stack([image_to_array(example.image) for example in examples])
-        return torch.from_numpy(images), [example.caption for example in examples]
+        return {"image": torch.from_numpy(images), "caption": [example.caption for example in examples]}
 
     def state_dict(self) -> dict[str, int]:
         """Where this rank's stream stands; with the same config, `load_state_dict` resumes exactly."""
