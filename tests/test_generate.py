@@ -274,3 +274,19 @@ def test_sampler_options_reach_the_sampler_and_the_record():
     assert scaled.tobytes() not in (default.tobytes(), quiet.tobytes())
     assert quiet.info["lienzo"]["sampler_options"] == {"eta": 0.0}
     assert default.info["lienzo"]["sampler_options"] == {}
+
+
+def test_inpaint_and_outpaint_hand_over_to_the_refiner():
+    base, refiner = tiny("sdxl"), RefinerOptions(tiny_pipeline_folder("sdxl-refiner"), switch_at=0.5)
+    image = Image.new("RGB", (SIZE, SIZE), (40, 90, 200))
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    stages = []
+    settings = {**FAST, "steps": 4, "progress": False}
+    result = base.inpaint(image, mask, "x", refiner=refiner, callback=stages.append, **settings)[0]
+    assert [state["stage"] for state in stages] == ["base", "base", "refiner", "refiner"]
+    assert result.info["lienzo"]["refiner"]["switch_at"] == 0.5
+    assert np.array_equal(pixels(result)[:4], pixels(image)[:4])
+    stages.clear()
+    wider = base.outpaint(image, "x", right=8, refiner=refiner, callback=stages.append, **settings)[0]
+    assert wider.size == (SIZE + 8, SIZE) and "refiner" in {state["stage"] for state in stages}

@@ -80,6 +80,8 @@ def depth2img(
     options = resolve_options(
         pipe.spec, prompt=prompt, strength=strength, width=width, height=height, mode="depth2img", **settings
     )
+    if options.refiner is not None:
+        raise InvalidArgumentError("depth models have no refiner; leave the refiner out of depth2img")
     depth_map = load_depth_map(depth)
     factor = pipe.spec.vae.downscale_factor
 

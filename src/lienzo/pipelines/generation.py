@@ -34,6 +34,10 @@ def generate_latents(
     progress: bool = True,
 ) -> torch.Tensor:
     """Every mode's latents: sample (base, then the refiner), then the hires pass when asked for."""
+    if (options.refiner is None) != (refiner is None):
+        raise ValueError(
+            "pass the loaded refiner exactly when the options ask for one (Pipeline.load_refiner)"
+        )
     stages = prompt_stages(pipe, options, refiner)
     run = {"conditions": conditions, "callback": callback, "progress": progress}
     latents = sample_latents(stages, options, start=start, **run)

@@ -227,7 +227,9 @@ class Pipeline:
         **more,
     ) -> list:
         """Extend the canvas by the margins (multiples of 8) and paint the new area; the original stays."""
-        return outpaint(self, image, prompt, left=left, right=right, top=top, bottom=bottom, **more)
+        refined = self.load_refiner(more.get("refiner"))
+        margins = {"left": left, "right": right, "top": top, "bottom": bottom}
+        return outpaint(self, image, prompt, refiner_model=refined, **margins, **more)
 
     def depth2img(self, image: ImageInput, depth, prompt: str, *, strength: float = 0.8, **more) -> list:
         """img2img guided by a depth map image, for SD 2 depth models (family sd2-depth)."""
