@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from lienzo.diffusion import EpsPrediction, VPrediction
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.clip import CLIPTextConfig, CLIPTextModel
+from lienzo.models.specs import SD1
 from lienzo.models.unet import UNetConfig, UNetModel
 from lienzo.models.vae import AutoencoderKL, VAEConfig
 from lienzo.text.tokenizer import CLIPTokenizer
@@ -73,7 +75,7 @@ def tiny_objective(prediction: str = "eps", train_text_encoder: bool = False, se
         vae,
         clip,
         CLIPTokenizer.from_bundled(),
-        prediction=prediction,
+        spec=replace(SD1, prediction=prediction),
         latent_scale=1.0,
         train_text_encoder=train_text_encoder,
         **options,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -61,17 +63,25 @@ def write_model(
         raise InvalidArgumentError(f"{dst} already exists; choose another destination or allow overwriting")
     if not dst.parent.is_dir():
         raise ModelNotFoundError(f"the folder {dst.parent} does not exist; create it first")
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        staged = staging / dst.name
+    with staged_output(dst) as staged:
         if format == "single-file":
             write_single_file(files, staged, dtype=dtype)
         else:
             write_diffusers_folder(files, staged, dtype=dtype)
+    return dst
+
+
+@contextlib.contextmanager
+def staged_output(dst: Path) -> Iterator[Path]:
+    """A fresh path beside `dst` to write a file or folder to; when the block succeeds it takes `dst`'s
+    place (an existing `dst` is swapped out only then), and whatever the block leaves is removed."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        staged = staging / dst.name
+        yield staged
         _replace(staged, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return dst
 
 
 def _replace(staged: Path, dst: Path) -> None:

@@ -69,7 +69,7 @@ def read_diffusers_folder(folder: str | Path, *, family: str | None = None) -> M
     check_vector_conditioning(spec, str(folder / "unet"))
     if "sample_size" in unet_json:
         spec = replace(spec, resolution=int(unet_json["sample_size"]) * vae_config.downscale_factor)
-    return ModelFiles(family, spec, unet, vae, text_encoders, tokenizer_folders, "diffusers")
+    return ModelFiles(spec, unet, vae, text_encoders, tokenizer_folders, "diffusers")
 
 
 def write_diffusers_folder(

@@ -28,13 +28,17 @@ class ModelFiles:
     folder is None when the source carried none (the bundled tokenizer applies).
     """
 
-    family: str
     spec: FamilySpec
     unet: dict[str, torch.Tensor]
     vae: dict[str, torch.Tensor]
     text_encoders: list[dict[str, torch.Tensor]]
     tokenizer_folders: list[Path | None]
     source_format: str
+
+    @property
+    def family(self) -> str:
+        """The family's name (the spec's), e.g. "sd1", "sd2-v", "sdxl-refiner", "sd1-inpaint"."""
+        return self.spec.name
 
     def components(self) -> dict[str, dict[str, torch.Tensor]]:
         """Each state dict by its diffusers component name (`unet`, `vae`, `text_encoder`, ...)."""

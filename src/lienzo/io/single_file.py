@@ -73,7 +73,7 @@ def read_single_file(path: str | Path, *, family: str | None = None) -> ModelFil
     spec = replace(
         spec, unet=_unet_config(unet, spec, metadata), schedule=_schedule(state_dict, spec, metadata)
     )
-    return ModelFiles(family, spec, unet, vae, text_encoders, [None] * len(text_encoders), "single-file")
+    return ModelFiles(spec, unet, vae, text_encoders, [None] * len(text_encoders), "single-file")
 
 
 def write_single_file(files: ModelFiles, path: str | Path, *, dtype: torch.dtype | None = None) -> None:

@@ -3,9 +3,6 @@ shapes world and exported as a diffusers folder (`lienzo train recipe shapes --o
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import torch
 
 from ..devices import default_device
 from ..errors import InvalidArgumentError
+from ..io.checkpoints import staged_output
 from ..io.diffusers_folder import write_diffusers_folder
 from ..io.formats import read_state_dict, write_safetensors
 from ..io.model_files import ModelFiles, spec_with_configs
@@ -183,7 +181,7 @@ def export_files(
         return {key: value.detach().float().clone() for key, value in module.state_dict().items()}
 
     return ModelFiles(
-        FAMILY, spec, weights(unet), weights(vae), [weights(text_encoder)], [tokenizer_folder], "lienzo"
+        spec, weights(unet), weights(vae), [weights(text_encoder)], [tokenizer_folder], "lienzo"
     )
 
 
@@ -207,10 +205,8 @@ def train_tokenizer(recipe: ShapesRecipe, folder: Path) -> CLIPTokenizer:
     if folder.is_dir():
         return read_trained_tokenizer(folder)
     captions = caption_corpus(recipe.tokenizer_captions, seed=recipe.data.seed)
-    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=folder.parent))
-    staging.chmod(0o755)
-    train_clip_tokenizer(captions, recipe.tokenizer_vocab, staging)
-    os.replace(staging, folder)
+    with staged_output(folder) as staged:
+        train_clip_tokenizer(captions, recipe.tokenizer_vocab, staged)
     return read_trained_tokenizer(folder)
 
 
@@ -237,12 +233,15 @@ def tune_decoder(
 
 
 def with_latent_scale(recipe: ShapesRecipe, vae: AutoencoderKL) -> AutoencoderKL:
-    """Set the VAE config's scaling factor to 1 / std of its latents over the world's images."""
+    """A VAE over the same weights whose config's scaling factor is 1 / std of its latents over the
+    world's images (the trained one is left as it is)."""
     dataset = ShapesDataset(replace(recipe.data, seed=recipe.data.seed + 1))
     images = torch.stack([dataset[index]["image"] for index in range(recipe.scale_images)])
-    scale = latent_scaling_factor(vae, images)
-    vae.config = replace(vae.config, scaling_factor=round(scale, 5))
-    return vae
+    config = replace(vae.config, scaling_factor=round(latent_scaling_factor(vae, images), 5))
+    with torch.device("meta"):
+        scaled = AutoencoderKL(config)
+    scaled.load_state_dict(vae.state_dict(), assign=True)
+    return scaled.eval().requires_grad_(False)
 
 
 def latent_pool(recipe: ShapesRecipe, vae: AutoencoderKL, path: Path) -> torch.Tensor:
@@ -328,10 +327,6 @@ def run_recipe(
     )
     files = export_files(recipe, unet, vae, text_encoder, tokenizer_folder)
     target = out / MODEL_FOLDER
-    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=out)) / MODEL_FOLDER
-    write_diffusers_folder(files, staging, dtype=torch.float16)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    shutil.rmtree(staging.parent)
+    with staged_output(target) as staged:
+        write_diffusers_folder(files, staged, dtype=torch.float16)
     return target

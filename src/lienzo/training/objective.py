@@ -25,10 +25,10 @@ from typing import Protocol, TypedDict
 import torch
 from torch import nn
 
-from lienzo.diffusion import Conditioning, Denoiser, ModelSampling, NoiseScheduleConfig, parameterization_for
+from lienzo.diffusion import Conditioning, Denoiser, ModelSampling, parameterization_for
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.clip import CLIPTextModel
-from lienzo.models.specs import TextEncoderSpec
+from lienzo.models.specs import SD1, FamilySpec
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL, DiagonalGaussian
 from lienzo.text.tokenizer import CLIPTokenizer
@@ -87,7 +87,9 @@ class LatentDiffusionObjective:
     plain eps-prediction barely learns to move a latent's mean, which is a flat image's colour.
     `min_snr_gamma` weights each sample by Min-SNR-gamma (Hang et al. 2023; 5 in the paper), so the
     nearly clean timesteps stop dominating the gradient. `unet_lr` and `text_encoder_lr` give the two
-    parameter groups their own learning rates (None: the TrainConfig's), as LoRA fine-tuning does."""
+    parameter groups their own learning rates (None: the TrainConfig's), as LoRA fine-tuning does.
+    The family `spec` gives the prediction type, the noise schedule and how the first text tower's
+    output is read, the same ones sampling uses."""
 
     def __init__(
         self,
@@ -96,9 +98,7 @@ class LatentDiffusionObjective:
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         *,
-        text_encoder_spec: TextEncoderSpec | None = None,
-        prediction: str = "eps",
-        schedule: NoiseScheduleConfig | None = None,
+        spec: FamilySpec = SD1,
         latent_scale: float | None = None,
         train_text_encoder: bool = False,
         caption_dropout: float = 0.1,
@@ -120,9 +120,10 @@ class LatentDiffusionObjective:
         self.vae = vae.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(train_text_encoder)
         self.tokenizer = tokenizer
-        self.text_encoder_spec = text_encoder_spec or TextEncoderSpec(config=text_encoder.config)
-        self.parameterization = parameterization_for(prediction)
-        self.model_sampling = ModelSampling.from_config(schedule)
+        self.text_encoder_spec = spec.text_encoders[0]
+        self.parameterization = parameterization_for(spec.prediction)
+        self.model_sampling = ModelSampling.from_config(spec.schedule)
+        self.schedule = spec.schedule
         self.latent_scale = vae.config.scaling_factor if latent_scale is None else latent_scale
         self.caption_dropout = caption_dropout
         self.encoded_inputs = encoded_inputs
@@ -140,7 +141,7 @@ class LatentDiffusionObjective:
             "latent_scale": self.latent_scale,
             "caption_dropout": self.caption_dropout,
             "trained": sorted(self.trainable),
-            "timesteps": self.model_sampling.num_timesteps,
+            "schedule": self.schedule.summary(),
             "encoded_inputs": self.encoded_inputs,
             "offset_noise": self.offset_noise,
             "min_snr_gamma": self.min_snr_gamma,
@@ -157,8 +158,7 @@ class LatentDiffusionObjective:
     def encode_captions(self, captions: Sequence[str], networks: Networks) -> torch.Tensor:
         """Cross-attention context of the captions taken literally (one 77-token chunk, no prompt syntax)."""
         network = networks.get("text_encoder", self.text_encoder)
-        device = self.text_encoder.text_model.embeddings.token_embedding.weight.device
-        ids = self.tokenizer(list(captions), length=CAPTION_TOKENS).to(device)
+        ids = self.tokenizer(list(captions), length=CAPTION_TOKENS).to(self.text_encoder.device)
         spec = self.text_encoder_spec
         with torch.set_grad_enabled("text_encoder" in self.trainable and torch.is_grad_enabled()):
             output = network(
