@@ -243,7 +243,8 @@ def test_contact_sheet_shows_images_and_marks():
 
 
 class GroundTruthPipeline:
-    def generate(self, prompt, *, seed=None):
+    def generate(self, prompt, *, seed=None, progress=True):
+        assert progress is False
         return [render_prompt(prompt, seed)]
 
 

@@ -109,10 +109,9 @@ def test_tiled_encode_stays_close_to_the_whole(vae):
     ("setting", "auto_cells", "expect_tiled"),
     [(True, 16384, True), (False, 1, False), (None, 16384, False), (None, 191, True)],
 )
-def test_decode_and_encode_follow_the_pipeline_setting(monkeypatch, setting, auto_cells, expect_tiled):
+def test_decode_and_encode_follow_the_tiling_setting(monkeypatch, setting, auto_cells, expect_tiled):
     """None tiles latents with more than AUTO_TILING_CELLS cells (here 12x16 = 192)."""
-    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
-    pipe.vae_tiling = setting
+    vae = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32).vae
     monkeypatch.setattr(steps, "AUTO_TILING_CELLS", auto_cells)
     calls = []
 
@@ -125,7 +124,7 @@ def test_decode_and_encode_follow_the_pipeline_setting(monkeypatch, setting, aut
 
     monkeypatch.setattr(steps, "decode_tiled", recording(decode_tiled))
     monkeypatch.setattr(steps, "encode_tiled", recording(encode_tiled))
-    images = steps.decode_latents(pipe, latents(12, 16))
+    images = steps.decode_latents(vae, latents(12, 16), setting)
     assert images[0].size == (32, 24)
-    assert steps.encode_images(pipe, images).shape == (1, 4, 12, 16)
+    assert steps.encode_images(vae, images, setting).shape == (1, 4, 12, 16)
     assert calls == (["decode_tiled", "encode_tiled"] if expect_tiled else [])

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 
-from .. import __version__
-from ..errors import LienzoError
-from .eval import add_eval_arguments, run_eval
-from .generate import (
+from lienzo import __version__
+from lienzo.cli.eval import add_eval_arguments, run_eval
+from lienzo.cli.generate import (
     GENERATE_EPILOG,
     IMG2IMG_EPILOG,
     INPAINT_EPILOG,
@@ -25,8 +24,9 @@ from .generate import (
     add_outpaint_arguments,
     run_generation,
 )
-from .models import add_convert_arguments, add_info_arguments, run_convert, run_info
-from .train import TRAIN_EPILOG, add_train_arguments, run_train
+from lienzo.cli.models import add_convert_arguments, add_info_arguments, run_convert, run_info
+from lienzo.cli.train import TRAIN_EPILOG, add_train_arguments, run_train
+from lienzo.errors import LienzoError
 
 DEBUG_VARIABLE = "LIENZO_DEBUG"
 INTERRUPTED = 130

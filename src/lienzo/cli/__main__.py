@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from lienzo.cli import main
 
 sys.exit(main())

@@ -6,8 +6,8 @@ import argparse
 
 import torch
 
-from ..devices import DTYPES
-from ..errors import InvalidArgumentError
+from lienzo.devices import DTYPES
+from lienzo.errors import InvalidArgumentError
 
 ArgumentContainer = argparse.ArgumentParser | argparse._ArgumentGroup
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InvalidArgumentError
-from ..pipelines.output import check_writable_folder, write_png_atomically
-from ..pipelines.pipeline import load
-from ..worlds.evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
-from .arguments import add_device_arguments, chosen_dtype
+from lienzo.cli.arguments import add_device_arguments, chosen_dtype
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.output import check_writable_folder, write_png_atomically
+from lienzo.pipelines.pipeline import load
+from lienzo.worlds.evaluate import CATEGORIES, EvalReport, contact_sheet, evaluate, evaluation_prompts
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,24 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..diffusion import SCHEDULERS
-from ..errors import InvalidArgumentError
-from ..pipelines.images import load_image
-from ..pipelines.inpaint import load_mask
-from ..pipelines.masking import check_mask_size
-from ..pipelines.metadata import parse_parameters, read_parameters, save_png
-from ..pipelines.options import HIRES_UPSCALERS, HiresOptions, RefinerOptions
-from ..pipelines.output import prepare_target, release_paths, reserve_paths, write_png_atomically
-from ..pipelines.pipeline import load
-from ..pipelines.preview import FilmstripRecorder
-from ..pipelines.requests import MODE_EXTRAS, SIDES, validate_request
-from .arguments import (
+from lienzo.cli.arguments import (
     add_device_arguments,
     add_family_argument,
     chosen_dtype,
     parse_sampler_options,
     parse_size,
 )
+from lienzo.diffusion import SCHEDULERS
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.images import load_image
+from lienzo.pipelines.inpaint import load_mask
+from lienzo.pipelines.masking import check_mask_size
+from lienzo.pipelines.metadata import parse_parameters, read_parameters, save_png
+from lienzo.pipelines.options import HIRES_UPSCALERS, HiresOptions, RefinerOptions
+from lienzo.pipelines.output import prepare_target, release_paths, reserve_paths, write_png_atomically
+from lienzo.pipelines.pipeline import load
+from lienzo.pipelines.preview import FilmstripRecorder
+from lienzo.pipelines.requests import MODE_EXTRAS, SIDES, validate_request
 
 VAE_TILING = {"auto": None, "on": True, "off": False}
 GENERATE_EPILOG = """examples:

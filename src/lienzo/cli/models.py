@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..devices import DTYPES
-from ..errors import InvalidArgumentError
-from ..io import read_model, write_model
-from ..io.checkpoints import FORMATS
-from ..io.model_files import dtype_names, parameter_count
-from ..pipelines.pipeline import BUILTIN_MODEL
-from .arguments import add_family_argument, chosen_dtype
+from lienzo.cli.arguments import add_family_argument, chosen_dtype
+from lienzo.devices import DTYPES
+from lienzo.errors import InvalidArgumentError
+from lienzo.io import read_model, write_model
+from lienzo.io.checkpoints import FORMATS
+from lienzo.io.model_files import dtype_names, parameter_count
+from lienzo.pipelines.pipeline import BUILTIN_MODEL
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:

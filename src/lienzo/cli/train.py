@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from ..pipelines.output import check_writable_folder
-from ..recipes import ShapesRecipe, run_recipe
+from lienzo.pipelines.output import check_writable_folder
+from lienzo.recipes import ShapesRecipe, run_recipe
 
 TRAIN_EPILOG = """examples:
   lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores

@@ -1,9 +1,9 @@
 """Checkpoint readers and writers, family detection and key maps."""
 
-from .checkpoints import format_for_path, read_model, write_model
-from .detect import detect_checkpoint_family, detect_folder_family
-from .formats import read_safetensors_metadata, read_state_dict, write_safetensors
-from .model_files import ModelFiles
+from lienzo.io.checkpoints import format_for_path, read_model, write_model
+from lienzo.io.detect import detect_checkpoint_family, detect_folder_family
+from lienzo.io.formats import read_safetensors_metadata, read_state_dict, write_safetensors
+from lienzo.io.model_files import ModelFiles
 
 __all__ = [
     "ModelFiles",

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InvalidArgumentError, ModelNotFoundError
-from ..models.specs import family_spec
-from .detect import MODEL_FOLDER_HINT
-from .diffusers_folder import read_diffusers_folder, write_diffusers_folder
-from .formats import CHECKPOINT_SUFFIXES
-from .model_files import ModelFiles
-from .single_file import read_single_file, write_single_file
+from lienzo.errors import InvalidArgumentError, ModelNotFoundError
+from lienzo.io.detect import MODEL_FOLDER_HINT
+from lienzo.io.diffusers_folder import read_diffusers_folder, write_diffusers_folder
+from lienzo.io.formats import CHECKPOINT_SUFFIXES
+from lienzo.io.model_files import ModelFiles
+from lienzo.io.single_file import read_single_file, write_single_file
+from lienzo.models.specs import family_spec
 
 FORMATS = ("diffusers", "single-file")
 SINGLE_FILE_SUFFIX = ".safetensors"

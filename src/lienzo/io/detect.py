@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptCheckpointError, ModelNotFoundError, UnknownArchitectureError
-from ..models.specs import KNOWN_FAMILIES, VARIANT_IN_CHANNELS, FamilyName
-from .layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY
+from lienzo.errors import CorruptCheckpointError, ModelNotFoundError, UnknownArchitectureError
+from lienzo.io.layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY
+from lienzo.models.specs import KNOWN_FAMILIES, VARIANT_IN_CHANNELS, FamilyName
 
 METADATA_FAMILY_KEY = "lienzo.family"
 UNET_INPUT_CONV = "input_blocks.0.0.weight"

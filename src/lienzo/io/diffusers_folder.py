@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
-from ..text.tokenizer import CLIPTokenizer
-from .detect import (
+from lienzo.errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
+from lienzo.io.detect import (
     MODEL_FOLDER_HINT,
     SCHEDULER_CONFIG,
     detect_folder_family,
@@ -19,23 +18,28 @@ from .detect import (
     read_model_index,
     read_scheduler_config,
 )
-from .formats import read_state_dict, write_safetensors
-from .keymaps.clip import clip_config_from_transformers, clip_config_to_transformers, clip_hf_canonical
-from .keymaps.scheduler import schedule_from_diffusers, scheduler_to_diffusers
-from .keymaps.unet import (
+from lienzo.io.formats import read_state_dict, write_safetensors
+from lienzo.io.keymaps.clip import (
+    clip_config_from_transformers,
+    clip_config_to_transformers,
+    clip_hf_canonical,
+)
+from lienzo.io.keymaps.scheduler import schedule_from_diffusers, scheduler_to_diffusers
+from lienzo.io.keymaps.unet import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
     unet_diffusers_to_ldm,
     unet_ldm_to_diffusers,
 )
-from .keymaps.vae import (
+from lienzo.io.keymaps.vae import (
     vae_config_from_diffusers,
     vae_config_to_diffusers,
     vae_diffusers_to_ldm,
     vae_ldm_to_diffusers,
 )
-from .layouts import family_layout
-from .model_files import ModelFiles, cast_state_dict, check_vector_conditioning, spec_with_configs
+from lienzo.io.layouts import family_layout
+from lienzo.io.model_files import ModelFiles, cast_state_dict, check_vector_conditioning, spec_with_configs
+from lienzo.text.tokenizer import CLIPTokenizer
 
 DIFFUSERS_VERSION = "0.30.0"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"

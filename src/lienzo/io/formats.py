@@ -14,7 +14,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError, UnsafeCheckpointError
+from lienzo.errors import (
+    CorruptCheckpointError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    UnsafeCheckpointError,
+)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..errors import CorruptCheckpointError
-from ..models.clip import CLIPTextConfig
-from ..models.specs import VECTOR_VALUES, FamilySpec, family_spec
-from ..models.unet import UNetConfig
-from ..models.vae import VAEConfig
-from .layouts import family_layout
+from lienzo.errors import CorruptCheckpointError
+from lienzo.io.layouts import family_layout
+from lienzo.models.clip import CLIPTextConfig
+from lienzo.models.specs import VECTOR_VALUES, FamilySpec, family_spec
+from lienzo.models.unet import UNetConfig
+from lienzo.models.vae import VAEConfig
 
 ConfigT = TypeVar("ConfigT")
 

@@ -8,29 +8,29 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptCheckpointError
-from ..models.clip import CLIPTextConfig
-from ..models.specs import VECTOR_VALUES, FamilySpec, NoiseScheduleConfig, family_spec
-from ..models.unet import UNetConfig
-from ..models.vae import VAEConfig
-from .detect import METADATA_FAMILY_KEY, detect_checkpoint_family
-from .formats import read_safetensors_metadata, read_state_dict, write_safetensors
-from .keymaps.clip import (
+from lienzo.errors import CorruptCheckpointError
+from lienzo.io.detect import METADATA_FAMILY_KEY, detect_checkpoint_family
+from lienzo.io.formats import read_safetensors_metadata, read_state_dict, write_safetensors
+from lienzo.io.keymaps.clip import (
     clip_config_from_state_dict,
     clip_hf_canonical,
     clip_hf_to_openclip,
     clip_openclip_to_hf,
 )
-from .keymaps.unet import unet_config_from_state_dict
-from .keymaps.vae import vae_config_from_state_dict
-from .layouts import UNET_PREFIX, V_PREDICTION_KEY, VAE_PREFIX, TextEncoderLayout, family_layout
-from .model_files import (
+from lienzo.io.keymaps.unet import unet_config_from_state_dict
+from lienzo.io.keymaps.vae import vae_config_from_state_dict
+from lienzo.io.layouts import UNET_PREFIX, V_PREDICTION_KEY, VAE_PREFIX, TextEncoderLayout, family_layout
+from lienzo.io.model_files import (
     ModelFiles,
     cast_state_dict,
     config_from_json,
     config_to_json,
     spec_with_configs,
 )
+from lienzo.models.clip import CLIPTextConfig
+from lienzo.models.specs import VECTOR_VALUES, FamilySpec, NoiseScheduleConfig, family_spec
+from lienzo.models.unet import UNetConfig
+from lienzo.models.vae import VAEConfig
 
 METADATA_UNET_KEY = "lienzo.unet"
 METADATA_VAE_KEY = "lienzo.vae"

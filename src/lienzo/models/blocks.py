@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import attention
+from lienzo.models.attention import attention
 
 NORM_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InvalidArgumentError
-from .attention import attention
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.attention import attention
 
 
 @dataclass(frozen=True)

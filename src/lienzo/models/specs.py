@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import InvalidArgumentError
-from .clip import CLIPTextConfig
-from .unet import UNetConfig
-from .vae import VAEConfig
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.clip import CLIPTextConfig
+from lienzo.models.unet import UNetConfig
+from lienzo.models.vae import VAEConfig
 
 
 @dataclass(frozen=True)

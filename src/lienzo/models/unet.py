@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import (
+from lienzo.models.blocks import (
     NORM_EPS,
     Downsample,
     InputConv,
@@ -17,7 +17,7 @@ from .blocks import (
     Upsample,
     timestep_embedding,
 )
-from .conditioning import Conditioning
+from lienzo.models.conditioning import Conditioning
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from lienzo.models.attention import attention
 
 GROUP_NORM_EPS = 1e-6
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import InvalidArgumentError
-from .vae import AutoencoderKL, DiagonalGaussian
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.vae import AutoencoderKL, DiagonalGaussian
 
 DEFAULT_TILE = 64
 DEFAULT_OVERLAP = 16

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InvalidArgumentError
-from .generation import generate_latents, img2img_size
-from .images import ImageInput, load_image, resize_image
-from .options import resolve_options
-from .records import attach_records
-from .sampling import ImageConditions
-from .steps import StepCallback, decode_latents, encode_images
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.generation import generate_latents, img2img_size
+from lienzo.pipelines.images import ImageInput, load_image, resize_image
+from lienzo.pipelines.options import resolve_options
+from lienzo.pipelines.records import attach_records
+from lienzo.pipelines.sampling import ImageConditions
+from lienzo.pipelines.steps import StepCallback, decode_latents, encode_images
 
 DepthInput = Image.Image | str | Path | torch.Tensor
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from .hires import hires_fix
-from .images import ImageInput, load_image, resize_image
-from .options import GenerationOptions
-from .records import attach_records
-from .sampling import ConditionsAt, Stage, sample_latents
-from .steps import StepCallback, decode_latents, encode_images, encode_texts
+from lienzo.pipelines.hires import hires_fix
+from lienzo.pipelines.images import ImageInput, load_image, resize_image
+from lienzo.pipelines.options import GenerationOptions
+from lienzo.pipelines.records import attach_records
+from lienzo.pipelines.sampling import ConditionsAt, Stage, sample_latents
+from lienzo.pipelines.steps import StepCallback, decode_latents, encode_images, encode_texts
 
 
 def prompt_stages(pipe, options: GenerationOptions, refiner=None) -> list[Stage]:

@@ -7,11 +7,11 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..models.vae import AutoencoderKL
-from .images import resize_image
-from .options import GenerationOptions, hires_size
-from .sampling import ConditionsAt, Stage, sample_latents
-from .steps import StepCallback, decode_latents, encode_images
+from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.images import resize_image
+from lienzo.pipelines.options import GenerationOptions, hires_size
+from lienzo.pipelines.sampling import ConditionsAt, Stage, sample_latents
+from lienzo.pipelines.steps import StepCallback, decode_latents, encode_images
 
 LATENT_MODES = {"latent": "bilinear", "latent-nearest": "nearest-exact"}
 

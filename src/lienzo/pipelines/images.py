@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InvalidArgumentError
+from lienzo.errors import InvalidArgumentError
 
 ImageInput = Image.Image | str | Path
 

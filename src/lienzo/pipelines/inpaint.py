@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ..errors import InvalidArgumentError
-from .generation import generate_latents, img2img_size
-from .images import ImageInput, images_to_tensor, load_image, resize_image
-from .masking import (
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.generation import generate_latents, img2img_size
+from lienzo.pipelines.images import ImageInput, images_to_tensor, load_image, resize_image
+from lienzo.pipelines.masking import (
     Box,
     as_mask,
     blur_mask,
@@ -29,10 +29,10 @@ from .masking import (
     masked_image,
     paste_back,
 )
-from .options import resolve_options
-from .records import attach_records
-from .sampling import ImageConditions
-from .steps import StepCallback, decode_latents, encode_images
+from lienzo.pipelines.options import resolve_options
+from lienzo.pipelines.records import attach_records
+from lienzo.pipelines.sampling import ImageConditions
+from lienzo.pipelines.steps import StepCallback, decode_latents, encode_images
 
 
 @dataclass(frozen=True)

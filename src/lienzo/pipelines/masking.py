@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageFilter
 
-from ..errors import InvalidArgumentError
+from lienzo.errors import InvalidArgumentError
 
 MASK_THRESHOLD = 128
 """8-bit mask values at or above this are repainted (white = repaint), values below are kept."""

@@ -15,9 +15,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from ..diffusion.samplers import SAMPLERS, resolve_sampler
-from ..errors import InvalidArgumentError
-from .output import write_png_atomically
+from lienzo.diffusion.samplers import SAMPLERS, resolve_sampler
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.output import write_png_atomically
 
 PARAMETERS_KEY = "parameters"
 WORKFLOW_KEY = "workflow"

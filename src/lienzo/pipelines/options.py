@@ -14,9 +14,9 @@ import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
-from ..errors import InvalidArgumentError
-from ..models.specs import FamilySpec
+from lienzo.diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.specs import FamilySpec
 
 DEFAULT_STEPS = 20
 DEFAULT_CFG = 7.0

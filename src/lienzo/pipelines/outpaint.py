@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..errors import InvalidArgumentError
-from .images import ImageInput, load_image
-from .inpaint import inpaint
-from .masking import check_multiple_of_8
-from .steps import StepCallback
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.images import ImageInput, load_image
+from lienzo.pipelines.inpaint import inpaint
+from lienzo.pipelines.masking import check_multiple_of_8
+from lienzo.pipelines.steps import StepCallback
 
 FILL_BLUR_RADIUS = 8
 """Blur (pixels) of the edge-stretched fill, so the new area starts from smooth colours, not streaks."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..errors import InvalidArgumentError
+from lienzo.errors import InvalidArgumentError
 
 DEFAULT_FOLDER = Path("outputs")
 IMAGE_SUFFIXES = (".png",)

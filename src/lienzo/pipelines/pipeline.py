@@ -11,23 +11,23 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..adapters import ModelPatcher
-from ..devices import default_device, default_dtype
-from ..errors import ModelNotFoundError
-from ..io import ModelFiles, read_model
-from ..models.clip import CLIPTextModel
-from ..models.specs import FamilySpec
-from ..models.unet import UNetModel
-from ..models.vae import AutoencoderKL
-from ..text.conditioning import PromptEncoding, TextEncoders
-from ..text.tokenizer import CLIPTokenizer
-from .depth import depth2img
-from .generation import img2img, img2img_size, txt2img
-from .images import ImageInput, load_image
-from .inpaint import inpaint
-from .options import HiresOptions, RefinerOptions, resolve_options
-from .outpaint import outpaint
-from .steps import StepCallback
+from lienzo.adapters import ModelPatcher
+from lienzo.devices import default_device, default_dtype
+from lienzo.errors import ModelNotFoundError
+from lienzo.io import ModelFiles, read_model
+from lienzo.models.clip import CLIPTextModel
+from lienzo.models.specs import FamilySpec
+from lienzo.models.unet import UNetModel
+from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.depth import depth2img
+from lienzo.pipelines.generation import img2img, img2img_size, txt2img
+from lienzo.pipelines.images import ImageInput, load_image
+from lienzo.pipelines.inpaint import inpaint
+from lienzo.pipelines.options import HiresOptions, RefinerOptions, resolve_options
+from lienzo.pipelines.outpaint import outpaint
+from lienzo.pipelines.steps import StepCallback
+from lienzo.text.conditioning import PromptEncoding, TextEncoders
+from lienzo.text.tokenizer import CLIPTokenizer
 
 HASH_CHUNK_BYTES = 1 << 24
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InvalidArgumentError
-from .steps import decode_latents
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.steps import decode_latents
 
 LABEL_HEIGHT = 14
 LABEL_MARGIN = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from .options import GenerationOptions
+from lienzo.pipelines.options import GenerationOptions
 
 
 def attach_records(

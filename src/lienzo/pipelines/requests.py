@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import InvalidArgumentError
-from ..models.specs import family_spec
-from .masking import check_multiple_of_8
-from .options import HiresOptions, resolve_options
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.specs import family_spec
+from lienzo.pipelines.masking import check_multiple_of_8
+from lienzo.pipelines.options import HiresOptions, resolve_options
 
 SIDES = ("left", "right", "top", "bottom")
 REFINER_EXTRAS = ("refiner", "refiner_switch_at")

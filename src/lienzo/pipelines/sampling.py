@@ -20,11 +20,11 @@ from dataclasses import astuple, dataclass, replace
 
 import torch
 
-from ..diffusion import SeededNoise, img2img_sigmas, noise_latent
-from ..models.specs import FamilySpec
-from ..models.unet import UNetModel
-from .options import AESTHETIC_SCORES, GenerationOptions
-from .steps import (
+from lienzo.diffusion import SeededNoise, img2img_sigmas, noise_latent
+from lienzo.models.specs import FamilySpec
+from lienzo.models.unet import UNetModel
+from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
+from lienzo.pipelines.steps import (
     PromptTexts,
     StepCallback,
     conditioning_pair,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..diffusion import (
+from lienzo.diffusion import (
     Conditioning,
     Denoise,
     Denoiser,
@@ -29,14 +29,14 @@ from ..diffusion import (
     parameterization_for,
     sample,
 )
-from ..errors import InvalidArgumentError
-from ..models.specs import FamilySpec, NoiseScheduleConfig
-from ..models.unet import UNetModel, sdxl_vector_conditioning
-from ..models.vae import AutoencoderKL
-from ..models.vae_tiling import decode_tiled, encode_tiled
-from ..text.conditioning import TextEncoders
-from .images import images_to_tensor, tensor_to_images
-from .options import AESTHETIC_SCORES, GenerationOptions
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.specs import FamilySpec, NoiseScheduleConfig
+from lienzo.models.unet import UNetModel, sdxl_vector_conditioning
+from lienzo.models.vae import AutoencoderKL
+from lienzo.models.vae_tiling import decode_tiled, encode_tiled
+from lienzo.pipelines.images import images_to_tensor, tensor_to_images
+from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
+from lienzo.text.conditioning import TextEncoders
 
 AUTO_TILING_CELLS = 128 * 128
 """With `vae_tiling` None, latents with more cells than SDXL's native 1024x1024 image run the VAE in

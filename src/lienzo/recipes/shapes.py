@@ -8,19 +8,20 @@ from pathlib import Path
 
 import torch
 
-from ..devices import default_device
-from ..errors import InvalidArgumentError
-from ..io.checkpoints import staged_output
-from ..io.diffusers_folder import write_diffusers_folder
-from ..io.formats import read_state_dict, write_safetensors
-from ..io.model_files import ModelFiles, spec_with_configs
-from ..models.clip import CLIPTextConfig, CLIPTextModel
-from ..models.unet import UNetConfig, UNetModel
-from ..models.vae import AutoencoderKL, VAEConfig
-from ..pipelines.output import write_png_atomically
-from ..pipelines.pipeline import Pipeline, pipeline_from_files
-from ..text.tokenizer import CLIPTokenizer
-from ..training import (
+from lienzo.devices import default_device
+from lienzo.errors import InvalidArgumentError
+from lienzo.io.checkpoints import staged_output
+from lienzo.io.diffusers_folder import write_diffusers_folder
+from lienzo.io.formats import read_state_dict, write_safetensors
+from lienzo.io.model_files import ModelFiles, spec_with_configs
+from lienzo.models.clip import CLIPTextConfig, CLIPTextModel
+from lienzo.models.unet import UNetConfig, UNetModel
+from lienzo.models.vae import AutoencoderKL, VAEConfig
+from lienzo.pipelines.output import write_png_atomically
+from lienzo.pipelines.pipeline import Pipeline, pipeline_from_files
+from lienzo.recipes.shapes_data import LatentPool, RandomCrops, encode_pool
+from lienzo.text.tokenizer import CLIPTokenizer
+from lienzo.training import (
     LatentDiffusionObjective,
     OptimConfig,
     TrainConfig,
@@ -30,10 +31,9 @@ from ..training import (
     train,
     train_clip_tokenizer,
 )
-from ..training.loop import ensure_writable
-from ..worlds.dataset import ShapesDataConfig, ShapesDataset, caption_corpus
-from ..worlds.evaluate import CATEGORIES, contact_sheet, evaluate, evaluation_prompts
-from .shapes_data import LatentPool, RandomCrops, encode_pool
+from lienzo.training.loop import ensure_writable
+from lienzo.worlds.dataset import ShapesDataConfig, ShapesDataset, caption_corpus
+from lienzo.worlds.evaluate import CATEGORIES, contact_sheet, evaluate, evaluation_prompts
 
 FAMILY = "sd1"
 """The built-in model is an SD 1.x-family model (CLIP-style text tower, eps prediction), only smaller."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError
-from ..models.vae import AutoencoderKL
-from ..training.precision import autocast, autocast_dtype
-from ..worlds.dataset import ShapesDataConfig, ShapesDataset, image_to_array, scene_and_caption
-from ..worlds.shapes import caption
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.vae import AutoencoderKL
+from lienzo.training.precision import autocast, autocast_dtype
+from lienzo.worlds.dataset import ShapesDataConfig, ShapesDataset, image_to_array, scene_and_caption
+from lienzo.worlds.shapes import caption
 
 
 class RandomCrops:

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import InvalidArgumentError
-from ..models.clip import CLIPTextModel
-from ..models.specs import TextEncoderSpec
-from .prompt_syntax import is_break, parse_prompt
-from .tokenizer import CLIPTokenizer
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.clip import CLIPTextModel
+from lienzo.models.specs import TextEncoderSpec
+from lienzo.text.prompt_syntax import is_break, parse_prompt
+from lienzo.text.tokenizer import CLIPTokenizer
 
 CHUNK_TOKENS = 75
 CHUNK_LENGTH = CHUNK_TOKENS + 2

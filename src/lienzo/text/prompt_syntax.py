@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import InvalidArgumentError
+from lienzo.errors import InvalidArgumentError
 
 ROUND_BRACKET_WEIGHT = 1.1
 SQUARE_BRACKET_WEIGHT = 1 / 1.1

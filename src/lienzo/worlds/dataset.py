@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InvalidArgumentError
-from .shapes import BASE_SHAPES, CANVAS, Scene, caption, render, sample_scene
+from lienzo.errors import InvalidArgumentError
+from lienzo.worlds.shapes import BASE_SHAPES, CANVAS, Scene, caption, render, sample_scene
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InvalidArgumentError
-from .scorer import ScoreResult, parse_prompt, score
-from .shapes import COLOURS, HELD_OUT_PAIRS, Scene, caption, sample_scene
+from lienzo.errors import InvalidArgumentError
+from lienzo.worlds.scorer import ScoreResult, parse_prompt, score
+from lienzo.worlds.shapes import COLOURS, HELD_OUT_PAIRS, Scene, caption, sample_scene
 
 CATEGORIES = ("single", "double", "held_out")
 ATTRIBUTES = ("background", "count", "colour", "shape", "size", "position")

@@ -10,8 +10,18 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import InvalidArgumentError
-from .shapes import CANVAS, CELL_CENTRES, CELLS, COLOURS, PALETTE, POSITION_PHRASES, SHAPES, SIZES, draw_shape
+from lienzo.errors import InvalidArgumentError
+from lienzo.worlds.shapes import (
+    CANVAS,
+    CELL_CENTRES,
+    CELLS,
+    COLOURS,
+    PALETTE,
+    POSITION_PHRASES,
+    SHAPES,
+    SIZES,
+    draw_shape,
+)
 
 MIN_CORE_AREA = 60
 OCCUPANCY_GRID = 10

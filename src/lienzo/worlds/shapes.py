@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import InvalidArgumentError
+from lienzo.errors import InvalidArgumentError
 
 CANVAS = 128
 SUPERSAMPLING = 2

@@ -14,8 +14,8 @@ import re
 import torch
 from torch import Tensor
 
-from ...errors import UnknownArchitectureError
-from ...models.clip import CLIPTextConfig
+from lienzo.errors import UnknownArchitectureError
+from lienzo.models.clip import CLIPTextConfig
 
 HF_PREFIX = "text_model."
 HF_LAYER = "text_model.encoder.layers.{}."

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ...errors import UnknownArchitectureError
-from ...models.specs import BETA_SCHEDULES, FamilySpec, NoiseScheduleConfig
+from lienzo.errors import UnknownArchitectureError
+from lienzo.models.specs import BETA_SCHEDULES, FamilySpec, NoiseScheduleConfig
 
 DIFFUSERS_BETA_SCHEDULES = {
     "scaled_linear": "scaled_linear",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ...errors import InvalidArgumentError, UnknownArchitectureError
-from ...models.unet import UNetConfig
+from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
+from lienzo.models.unet import UNetConfig
 
 RESNET_LDM_TO_DIFFUSERS = {
     "in_layers.0.": "norm1.",

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ...errors import InvalidArgumentError, UnknownArchitectureError
-from ...models.vae import VAEConfig
+from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
+from lienzo.models.vae import VAEConfig
 
 RESNET_LDM_TO_DIFFUSERS = {
     "norm1": "norm1",
