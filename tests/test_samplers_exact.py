@@ -175,3 +175,22 @@ def test_a1111_names_resolve_to_sampler_and_scheduler(name, resolved):
 def test_unknown_sampler_names_the_valid_ones():
     with pytest.raises(InvalidArgumentError, match="euler_ancestral"):
         resolve_sampler("Euler b")
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_registry_metadata_says_which_samplers_draw_noise(name):
+    """`stochastic` is True exactly for the samplers whose result follows the noise seed by default;
+    `options` are the keywords the sampler takes, with their defaults."""
+    info = SAMPLERS[name]
+    x_T, sigmas = start_noise(8), karras_sigmas(6, 0.03, SIGMA_MAX)
+
+    def run(seed):
+        noise = {"noise": SeededNoise(torch.Generator().manual_seed(seed))} if info.takes_noise else {}
+        return sample(gaussian_denoiser(MU, STD), x_T, sigmas, name, **noise)
+
+    assert (not torch.equal(run(1), run(2))) == info.stochastic
+    assert "noise" not in info.options and "callback" not in info.options
+    if info.stochastic:
+        assert info.takes_noise
+    with pytest.raises(InvalidArgumentError, match=f"sampler {name} has no option"):
+        sample(gaussian_denoiser(MU, STD), x_T, sigmas, name, warp_factor=9)

@@ -11,7 +11,7 @@ are listed in `RECORD_KEYS` and are the contract with the metadata writer.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lienzo.diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
@@ -119,11 +119,6 @@ class GenerationOptions:
     def item_variation_seed(self, index: int) -> int | None:
         """Variation seed of batch item `index`: variation_seed + index (None when unset)."""
         return None if self.variation_seed is None else self.variation_seed + index
-
-    def items(self, start: int, count: int) -> GenerationOptions:
-        """The settings of batch items start..start+count-1 as a batch of their own (same images)."""
-        variation = self.item_variation_seed(start)
-        return replace(self, seed=self.item_seed(start), variation_seed=variation, batch_size=count)
 
     def to_record(
         self,
