@@ -8,6 +8,7 @@ import shutil
 import torch
 
 import lienzo
+from lienzo.adapters import WeightPatch
 from tiny_models import tiny_pipeline_folder
 
 
@@ -29,7 +30,7 @@ def test_patching_one_pipeline_leaves_another_untouched_and_unpatching_restores_
     before = second.generate("a circle", **settings)[0].tobytes()
     name = "out.2.weight"
     original = first.unet.get_parameter(name)
-    first.unet_patcher.patch({name: lambda weight: torch.full_like(weight, 0.5)})
+    first.unet_patcher.add("half", [WeightPatch((name,), lambda weight: torch.full_like(weight, 0.5))])
     assert torch.equal(first.unet.get_parameter(name), original.float() + 0.5)
     assert second.unet.get_parameter(name) is original
     assert first.generate("a circle", **settings)[0].tobytes() != before

@@ -1,22 +1,38 @@
 """The one way weights change after loading: patchable views of a network, and exact patch and unpatch.
 
 A view is a copy of a module tree whose parameters and buffers are the very tensors of the original, so
-views cost no weight memory. Patching a weight gives that view a new tensor (computed in float32 and cast
-once to the weight's dtype) and leaves every other view on the original; unpatching puts the original
-tensor object back, so it is restored bit for bit. Adapters (LoRA and LyCORIS, hypernetworks, merges)
-act on `.weight`-style parameters through this patcher and never edit tensors in place.
+views cost no weight memory. A patcher owns one view and the adapters applied to it, each under a key
+with a strength. A patched parameter is recomputed from its original in float32 as
+`original + sum(strength * delta(original))` and cast once to the parameter's dtype; it is a new tensor,
+so every other view keeps the original. Removing the last adapter puts the original tensor object back,
+so it is restored bit for bit. Changing a strength recomputes from the deltas held in memory and never
+reads a file. Adapters (LoRA and LyCORIS, merges) act on `.weight`-style parameters through this patcher
+and never edit tensors in place; the UNet's transformer reads `proj_in`/`proj_out` weights directly
+(`F.linear`), which is why patches replace parameters rather than wrap modules.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from lienzo.errors import InvalidArgumentError
+
 Delta = Callable[[torch.Tensor], torch.Tensor]
-"""`delta(weight_fp32) -> change`: what a patch adds to a weight, computed in float32."""
+"""`delta(original_fp32) -> change` at strength 1, same shape as the original."""
+
+
+@dataclass(frozen=True)
+class WeightPatch:
+    """A change to one parameter, or to several seen as one (concatenated along dim 0, e.g. q, k and v
+    for a fused attention projection); the change is split back over them."""
+
+    params: tuple[str, ...]
+    delta: Delta
 
 
 def module_view(module: nn.Module) -> nn.Module:
@@ -26,44 +42,87 @@ def module_view(module: nn.Module) -> nn.Module:
 
 
 class ModelPatcher:
-    """Owns one view of a network and the patches applied to it (ComfyUI's ModelPatcher, by analogy).
+    """Owns one view of a network and the adapters patched into it (ComfyUI's ModelPatcher, by analogy).
 
-    `clone()` gives another patcher over a fresh view of the same weights; `patch` replaces named weights
-    by weight + sum of deltas; `unpatch` restores the originals exactly.
+    `add(key, patches, strength)` applies an adapter, `set_strength` changes its strength, `remove` takes
+    it out, `unpatch` takes every adapter out, and `clone()` gives another patcher over a fresh,
+    unpatched view of the same weights.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.originals: dict[str, nn.Parameter] = {}
+        self.adapters: dict[str, tuple[list[WeightPatch], float]] = {}
 
     def clone(self) -> ModelPatcher:
-        """A patcher over a new view of the original (unpatched) weights."""
-        patched = dict(self.originals)
-        view = module_view(self.model)
-        clone = ModelPatcher(view)
-        for name, original in patched.items():
+        """A patcher over a new view of the original (unpatched) weights, with no adapters."""
+        clone = ModelPatcher(module_view(self.model))
+        for name, original in self.originals.items():
             clone._set(name, original)
         return clone
 
-    def _set(self, name: str, parameter: nn.Parameter) -> None:
-        owner_name, _, leaf = name.rpartition(".")
-        owner = self.model.get_submodule(owner_name)
-        owner._parameters[leaf] = parameter
+    @property
+    def strengths(self) -> dict[str, float]:
+        """The applied adapters' strengths by key, in the order they were added."""
+        return {key: strength for key, (_, strength) in self.adapters.items()}
 
-    def patch(self, deltas: dict[str, Delta]) -> None:
-        """Set each named weight to original + delta(original), in float32 then cast to its dtype."""
+    def add(self, key: str, patches: list[WeightPatch], strength: float = 1.0) -> None:
+        """Apply an adapter's patches at `strength` (replacing an adapter of the same key)."""
         named = dict(self.model.named_parameters())
-        for name, delta in deltas.items():
-            if name not in named:
-                raise KeyError(f"{type(self.model).__name__} has no weight {name!r}")
-            original = self.originals.get(name, named[name])
-            base = original.detach().float()
-            patched = (base + delta(base)).to(original.dtype)
-            self.originals.setdefault(name, original)
-            self._set(name, nn.Parameter(patched, requires_grad=False))
+        missing = sorted(
+            {name for patch in patches for name in patch.params} - set(named) - set(self.originals)
+        )
+        if missing:
+            raise InvalidArgumentError(
+                f"{key} patches {len(missing)} weight(s) that {type(self.model).__name__} does not have, "
+                f"e.g. {missing[0]}; is it made for another model family?"
+            )
+        self.adapters[key] = (list(patches), float(strength))
+        self._apply()
+
+    def set_strength(self, key: str, strength: float) -> None:
+        """Change an applied adapter's strength (recomputed from memory, no file read)."""
+        if key not in self.adapters:
+            raise InvalidArgumentError(
+                f"no adapter {key!r} is applied; applied: {', '.join(self.adapters) or 'none'}"
+            )
+        patches, _ = self.adapters[key]
+        self.adapters[key] = (patches, float(strength))
+        self._apply()
+
+    def remove(self, key: str) -> None:
+        """Take an adapter out; weights no other adapter patches get their original tensors back."""
+        if self.adapters.pop(key, None) is not None:
+            self._apply()
 
     def unpatch(self) -> None:
-        """Put every original weight back (the same tensors, so bit for bit)."""
-        for name, original in self.originals.items():
-            self._set(name, original)
-        self.originals.clear()
+        """Take every adapter out: every original weight back (the same tensors, so bit for bit)."""
+        self.adapters.clear()
+        self._apply()
+
+    def _set(self, name: str, parameter: nn.Parameter) -> None:
+        owner_name, _, leaf = name.rpartition(".")
+        self.model.get_submodule(owner_name)._parameters[leaf] = parameter
+
+    def _original(self, name: str) -> nn.Parameter:
+        original = self.originals.get(name)
+        return self.model.get_parameter(name) if original is None else original
+
+    def _apply(self) -> None:
+        """Recompute every patched weight from its original and the adapters now applied."""
+        changes: dict[str, torch.Tensor] = {}
+        for patches, strength in self.adapters.values():
+            for patch in patches:
+                originals = [self._original(name).detach().float() for name in patch.params]
+                change = strength * patch.delta(torch.cat(originals) if len(originals) > 1 else originals[0])
+                for name, part in zip(
+                    patch.params, change.split([o.shape[0] for o in originals]), strict=True
+                ):
+                    changes[name] = changes[name] + part if name in changes else part
+        for name in [name for name in self.originals if name not in changes]:
+            self._set(name, self.originals.pop(name))
+        for name, change in changes.items():
+            original = self._original(name)
+            self.originals.setdefault(name, original)
+            patched = (original.detach().float() + change).to(original.dtype)
+            self._set(name, nn.Parameter(patched, requires_grad=False))
