@@ -20,9 +20,10 @@ W_d = V * dora_scale / ||V||, the norm taken per output row when `dora_scale` is
 default from 2.2.0 until 3.2.0). The "weight" delta is W_d - W, so a multiplier m gives
 W + m * (W_d - W), the ComfyUI and A1111 convention. It is linear in m, so strengths compose like every
 other delta in the patcher (two halves make a whole, m = 0 is the original), and at m = 1 it equals
-LyCORIS and PEFT, which instead rescale V as V * (m * (dora_scale/||V|| - 1) + 1) with dW unscaled by m
-and therefore differ from this at any other m. ComfyUI's output-axis branch divides by the norm of the
-original W rather than V; that is not copied here: both axes divide by ||V||, as the paper and PEFT do.
+LyCORIS and PEFT. LyCORIS's rule for other m, V * (m * (dora_scale/||V|| - 1) + 1) with dW not scaled
+by m (so m = 0 still gives V), is not linear in m and differs from this at every m other than 1.
+ComfyUI's output-axis branch divides by the norm of the original W rather than V; that is not copied
+here: both axes divide by ||V||, as the paper and PEFT do.
 The only guard is that ||V|| is clamped below at float32's smallest normal number, so an all-zero row
 gives a zero row instead of NaN; LyCORIS and ComfyUI add float32 eps (1.2e-7) to the norm instead, which
 differs from this by about 1e-7 / ||V|| relative.
