@@ -24,6 +24,7 @@ from lienzo.cli.generate import (
     add_outpaint_arguments,
     run_generation,
 )
+from lienzo.cli.library import MODELS_EPILOG, add_models_arguments, run_models
 from lienzo.cli.models import add_convert_arguments, add_info_arguments, run_convert, run_info
 from lienzo.cli.train import TRAIN_EPILOG, add_train_arguments, run_train
 from lienzo.errors import LienzoError
@@ -71,6 +72,13 @@ COMMANDS = [
     ),
     Command("info", "show a model's family, format, components and settings", add_info_arguments, run_info),
     Command("convert", "convert diffusers folders and single files", add_convert_arguments, run_convert),
+    Command(
+        "models",
+        "list the checkpoints, LoRAs, embeddings, ... in the models folders",
+        add_models_arguments,
+        run_models,
+        MODELS_EPILOG,
+    ),
     Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
     Command(
         "train",

@@ -1,13 +1,15 @@
-"""Argument helpers shared by the commands: device and dtype, model family, sizes."""
+"""Argument helpers shared by the commands: device and dtype, model family, model folders, sizes."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from lienzo.devices import DTYPES
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.library import ModelLibrary, library_from_config
 
 ArgumentContainer = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -25,6 +27,42 @@ def add_device_arguments(parser: ArgumentContainer) -> None:
 def add_family_argument(parser: ArgumentContainer) -> None:
     """The `--family` option that overrides family detection."""
     parser.add_argument("--family", help="model family, overriding detection (e.g. sd2-v)")
+
+
+LIBRARY_FLAGS = {
+    "models_dir": "root",
+    "lora_dir": "loras",
+    "embeddings_dir": "embeddings",
+    "hypernetwork_dir": "hypernetworks",
+}
+"""Each folder flag's argparse destination and the ModelLibrary field it sets."""
+
+
+def add_library_arguments(parser: ArgumentContainer) -> None:
+    """`--models-dir`, `--lora-dir`, `--embeddings-dir` and `--hypernetwork-dir`: where named models
+    are looked up (they beat lienzo.toml, which beats the default ./models)."""
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="models root with checkpoints/, loras/, embeddings/, ... or A1111's Stable-diffusion/, Lora/, "
+        "... (default: [models] in ./lienzo.toml, ~/.config/lienzo/config.toml or $LIENZO_CONFIG, "
+        "else ./models)",
+    )
+    parser.add_argument(
+        "--lora-dir", type=Path, metavar="DIR", help="folder of LoRA/LyCORIS files (instead of the root's)"
+    )
+    parser.add_argument(
+        "--embeddings-dir", type=Path, metavar="DIR", help="folder of textual-inversion embeddings"
+    )
+    parser.add_argument("--hypernetwork-dir", type=Path, metavar="DIR", help="folder of hypernetworks")
+
+
+def library_from_args(args: argparse.Namespace) -> ModelLibrary:
+    """The model library the folder flags, the config file and the defaults describe, in that order
+    of precedence; plain paths are allowed (the command line may name any file)."""
+    changes = {field: getattr(args, flag, None) for flag, field in LIBRARY_FLAGS.items()}
+    return library_from_config(allow_paths=True, **changes)
 
 
 def chosen_dtype(args: argparse.Namespace) -> torch.dtype | None:
