@@ -51,10 +51,11 @@ class TextEmbeddings(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """Embed `input_ids` (B, T) into (B, T, D)."""
+    def forward(self, input_ids: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Embed `input_ids` (B, T) into (B, T, D); `inputs_embeds` (B, T, D) replaces the token lookup."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.token_embedding(input_ids) + self.position_embedding(positions)
+        tokens = self.token_embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        return tokens + self.position_embedding(positions)
 
 
 class CausalSelfAttention(nn.Module):
@@ -160,17 +161,24 @@ class CLIPTextModel(nn.Module):
         return hidden_layer % count
 
     def forward(
-        self, input_ids: Tensor, *, hidden_layer: int = -1, final_norm: bool = True, want_pooled: bool = True
+        self,
+        input_ids: Tensor,
+        *,
+        hidden_layer: int = -1,
+        final_norm: bool = True,
+        want_pooled: bool = True,
+        inputs_embeds: Tensor | None = None,
     ) -> CLIPTextOutput:
         """Hidden state `hidden_layer` (transformers indexing) of `input_ids` (B, T) and the pooled vector.
 
         The pooled vector is the final-normed last layer output at the EOS position (argmax of the ids),
         projected when the model has a text projection; it is None when `want_pooled` is False, in which
-        case layers past `hidden_layer` are not run.
+        case layers past `hidden_layer` are not run. `inputs_embeds` (B, T, D), when given, are the token
+        embeddings to use instead of looking up `input_ids` (textual inversion); the ids still locate EOS.
         """
         target = self.hidden_state_index(hidden_layer)
         last = self.config.num_hidden_layers if want_pooled else target
-        x = self.text_model.embeddings(input_ids)
+        x = self.text_model.embeddings(input_ids, inputs_embeds)
         hidden = x
         for index, layer in enumerate(self.text_model.encoder.layers[:last], start=1):
             x = layer(x)
