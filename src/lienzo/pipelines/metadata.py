@@ -74,6 +74,12 @@ def quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
 
 
+def lora_hashes(text: str) -> dict[str, str]:
+    """{name: hash} from A1111's "Lora hashes" value, `name: hash, name2: hash2`."""
+    pairs = (item.rpartition(":") for item in text.split(",") if ":" in item)
+    return {name.strip(): digest.strip() for name, _, digest in pairs}
+
+
 def model_field(name: str | None, model_hash: str | None) -> str | None:
     """A1111's "Refiner" value: `name [hash]`, or whichever part is known."""
     if name and model_hash:
@@ -84,6 +90,7 @@ def model_field(name: str | None, model_hash: str | None) -> str | None:
 def parameter_fields(record: dict) -> dict[str, object]:
     """The `Key: value` fields of a record in A1111's order; None means "leave out"."""
     hires, refiner, mask = record.get("hires"), record.get("refiner"), record.get("mask")
+    loras = record.get("loras") or {}
     only_masked = bool(mask and mask["only_masked"])
     width, height = record.get("width"), record.get("height")
     mode = record.get("mode", "txt2img")
@@ -117,6 +124,7 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Hires upscaler": UPSCALER_DISPLAY_NAMES.get(hires["upscaler"], hires["upscaler"]) if hires else None,
         "Refiner": model_field(refiner.get("model"), refiner.get("model_hash")) if refiner else None,
         "Refiner switch at": refiner["switch_at"] if refiner else None,
+        "Lora hashes": ", ".join(f"{name}: {digest}" for name, digest in loras.items()) or None,
         "Version": lienzo_version(),
     }
 
@@ -272,6 +280,7 @@ def parse_parameters(text: str) -> dict:
         "hires": hires,
         "refiner": refiner,
         "mask": mask,
+        "loras": lora_hashes(fields.pop("Lora hashes", "")),
         "model": fields.pop("Model", None),
         "model_hash": fields.pop("Model hash", None),
         "family": None,

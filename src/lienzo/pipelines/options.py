@@ -49,6 +49,7 @@ RECORD_KEYS = (
     "hires",
     "refiner",
     "mask",
+    "loras",
     "model",
     "model_hash",
     "family",
@@ -58,7 +59,8 @@ RECORD_KEYS = (
 {"model", "model_hash", "switch_at"}; `mask` is None or inpainting's {"blur", "only_masked", "padding"};
 `strength` is the denoising strength (1.0 for plain txt2img); `sampler_options` is a dict of the options
 given to the sampler (eta, s_noise, ...), empty for its defaults;
-`mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"."""
+`mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"; `loras` maps each applied LoRA's
+name to its short hash (A1111's "Lora hashes")."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class GenerationOptions:
         model_hash: str | None = None,
         family: str | None = None,
         refiner_hash: str | None = None,
+        loras: dict[str, str] | None = None,
     ) -> dict:
         """The `image.info["lienzo"]` dict of batch item `index` (keys: RECORD_KEYS)."""
         hires = None
@@ -163,6 +166,7 @@ class GenerationOptions:
             "hires": hires,
             "refiner": refiner,
             "mask": None,
+            "loras": dict(loras or {}),
             "model": model,
             "model_hash": model_hash,
             "family": family,

@@ -15,6 +15,7 @@ from lienzo.adapters import ModelPatcher
 from lienzo.devices import default_device, default_dtype
 from lienzo.errors import ModelNotFoundError
 from lienzo.io import ModelFiles, read_model
+from lienzo.io.library import ModelLibrary
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
@@ -23,6 +24,7 @@ from lienzo.pipelines.depth import depth2img
 from lienzo.pipelines.generation import img2img, img2img_size, txt2img
 from lienzo.pipelines.images import ImageInput, load_image
 from lienzo.pipelines.inpaint import inpaint
+from lienzo.pipelines.loras import LoraSet
 from lienzo.pipelines.options import HiresOptions, RefinerOptions, resolve_options
 from lienzo.pipelines.outpaint import outpaint
 from lienzo.pipelines.steps import StepCallback
@@ -40,7 +42,9 @@ class Pipeline:
 
     Every network is in eval mode with gradients off. The UNet and text encoders are this Pipeline's own
     views (see lienzo.adapters): patching them through `unet_patcher` or `text_patchers` never reaches
-    another Pipeline loaded from the same files, while unchanged weights stay shared.
+    another Pipeline loaded from the same files, while unchanged weights stay shared. `loras` applies
+    LoRA/LyCORIS files (`pipe.loras.add("name", 0.8)`), and every mode applies its prompt's `<lora:…>`
+    tags for the length of the call. Names resolve in `library` (default: lienzo.toml or ./models).
     """
 
     spec: FamilySpec
@@ -51,12 +55,15 @@ class Pipeline:
     name: str | None = None
     path: Path | None = None
     _model_hash: str | None = field(default=None, repr=False, compare=False)
+    library: ModelLibrary | None = field(default=None, repr=False, compare=False)
     unet_patcher: ModelPatcher = field(init=False, repr=False, compare=False)
     text_patchers: list[ModelPatcher] = field(init=False, repr=False, compare=False)
+    loras: LoraSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.unet_patcher = ModelPatcher(self.unet)
         self.text_patchers = [ModelPatcher(encoder) for encoder in self.text_encoders]
+        self.loras = LoraSet(self)
 
     def view(self) -> Pipeline:
         """A Pipeline over fresh views of the same (unpatched) weights; the VAE is shared as is."""
@@ -70,6 +77,7 @@ class Pipeline:
             self.name,
             self.path,
             self._model_hash,
+            self.library,
         )
 
     @property
@@ -155,7 +163,8 @@ class Pipeline:
             **more,
         )
         refined = self.load_refiner(options.refiner)
-        return txt2img(self, options, refiner=refined, callback=callback, progress=progress)
+        with self.loras.from_prompt(options.prompt):
+            return txt2img(self, options, refiner=refined, callback=callback, progress=progress)
 
     def img2img(
         self,
@@ -180,7 +189,8 @@ class Pipeline:
             self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
         )
         refined = self.load_refiner(options.refiner)
-        return img2img(self, source, options, refiner=refined, callback=callback, progress=progress)
+        with self.loras.from_prompt(options.prompt):
+            return img2img(self, source, options, refiner=refined, callback=callback, progress=progress)
 
     def inpaint(
         self,
@@ -202,18 +212,19 @@ class Pipeline:
         See lienzo.pipelines.inpaint.
         """
         refined = self.load_refiner(more.get("refiner"))
-        return inpaint(
-            self,
-            image,
-            mask,
-            prompt,
-            strength=strength,
-            mask_blur=mask_blur,
-            only_masked=only_masked,
-            padding=padding,
-            refiner_model=refined,
-            **more,
-        )
+        with self.loras.from_prompt(prompt):
+            return inpaint(
+                self,
+                image,
+                mask,
+                prompt,
+                strength=strength,
+                mask_blur=mask_blur,
+                only_masked=only_masked,
+                padding=padding,
+                refiner_model=refined,
+                **more,
+            )
 
     def outpaint(
         self,
@@ -229,11 +240,13 @@ class Pipeline:
         """Extend the canvas by the margins (multiples of 8) and paint the new area; the original stays."""
         refined = self.load_refiner(more.get("refiner"))
         margins = {"left": left, "right": right, "top": top, "bottom": bottom}
-        return outpaint(self, image, prompt, refiner_model=refined, **margins, **more)
+        with self.loras.from_prompt(prompt):
+            return outpaint(self, image, prompt, refiner_model=refined, **margins, **more)
 
     def depth2img(self, image: ImageInput, depth, prompt: str, *, strength: float = 0.8, **more) -> list:
         """img2img guided by a depth map image, for SD 2 depth models (family sd2-depth)."""
-        return depth2img(self, image, depth, prompt, strength=strength, **more)
+        with self.loras.from_prompt(prompt):
+            return depth2img(self, image, depth, prompt, strength=strength, **more)
 
 
 def _build(module_class: type[nn.Module], config, state_dict: dict, device, dtype) -> nn.Module:

@@ -16,7 +16,8 @@ def attach_records(
     refiner=None,
 ) -> None:
     """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]; inpainting adds
-    its `mask` settings ({"blur", "only_masked", "padding"}), a refined image its refiner's hash."""
+    its `mask` settings ({"blur", "only_masked", "padding"}), a refined image its refiner's hash, and
+    every image the LoRAs applied while it was made (name: short hash)."""
     for index, image in enumerate(images):
         record = options.to_record(
             index,
@@ -24,5 +25,6 @@ def attach_records(
             model_hash=pipe.model_hash,
             family=pipe.spec.name,
             refiner_hash=None if refiner is None else refiner.model_hash,
+            loras=pipe.loras.hashes(),
         )
         image.info["lienzo"] = {**record, "mask": mask}

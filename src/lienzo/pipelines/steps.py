@@ -37,6 +37,7 @@ from lienzo.models.vae_tiling import decode_tiled, encode_tiled
 from lienzo.pipelines.images import images_to_tensor, tensor_to_images
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.text.conditioning import TextEncoders
+from lienzo.text.network_tags import extract_lora_tags
 
 AUTO_TILING_CELLS = 128 * 128
 """With `vae_tiling` None, latents with more cells than SDXL's native 1024x1024 image run the VAE in
@@ -58,8 +59,10 @@ class PromptTexts:
 
 
 def encode_texts(clip: TextEncoders, options: GenerationOptions) -> PromptTexts:
-    """Run the text encoders once for the prompt and the negative prompt together."""
-    encoded = clip.encode([options.prompt, options.negative_prompt], clip_skip=options.clip_skip)
+    """Run the text encoders once for the prompt and the negative prompt together, without their
+    `<lora:…>` tags (the Pipeline applies those)."""
+    prompts = [extract_lora_tags(text)[0] for text in (options.prompt, options.negative_prompt)]
+    encoded = clip.encode(prompts, clip_skip=options.clip_skip)
     context = encoded.context.float()
     pooled = None if encoded.pooled is None else encoded.pooled.float()
     return PromptTexts(

@@ -1,0 +1,183 @@
+"""LoRA and LyCORIS files on a Pipeline: read once, resolved onto the model's weights, patched through its
+patchers.
+
+A file is read and resolved once per model family and kept (the last LORA_CACHE_SIZE files), so changing
+a LoRA's strength, or switching LoRAs between generations, never reads the file again. Each resolved
+module becomes `WeightPatch`es whose deltas come from `lienzo.adapters.algorithms`, the one place every
+algorithm's formula lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lienzo.adapters import WeightPatch
+from lienzo.adapters.algorithms import ModuleWeights, parameter_deltas
+from lienzo.errors import InvalidArgumentError
+from lienzo.io.adapter_files import Target, parameter_shapes, read_adapter_file, resolve_targets
+from lienzo.io.adapter_keys import UNET
+from lienzo.io.library import library_from_config
+from lienzo.text.network_tags import extract_lora_tags
+
+LORA_CACHE_SIZE = 8
+HASH_CHUNK_BYTES = 1 << 24
+SHORT_HASH_DIGITS = 12
+"""A1111's "Lora hashes" use the first 12 hex digits of the file's sha256."""
+
+
+@dataclass(frozen=True)
+class LoadedLora:
+    """A LoRA file resolved onto one model family: its patches per network and its short hash."""
+
+    name: str
+    path: Path
+    short_hash: str
+    unet: tuple[WeightPatch, ...]
+    texts: tuple[tuple[WeightPatch, ...], ...]
+
+
+def short_hash(path: Path) -> str:
+    """The first 12 hex digits of the file's sha256 (A1111's LoRA short hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()[:SHORT_HASH_DIGITS]
+
+
+def target_patches(target: Target, source: Path) -> list[WeightPatch]:
+    """The patches of one resolved module: one per parameter its algorithm changes."""
+    patches = []
+    for suffix, delta in parameter_deltas(ModuleWeights(target.parts)).items():
+        if suffix not in target.params:
+            raise InvalidArgumentError(
+                f"{source.name}: {target.key} changes a {suffix} that the module it maps to does not have"
+            )
+        patches.append(WeightPatch(target.params[suffix], delta))
+    return patches
+
+
+def resolve_lora(pipe, path: Path) -> LoadedLora:
+    """Read a LoRA/LyCORIS file and resolve it onto `pipe`'s networks (no caching)."""
+    adapter = read_adapter_file(path)
+    text_shapes = [parameter_shapes(encoder) for encoder in pipe.text_encoders]
+    resolution = resolve_targets(adapter, pipe.spec, parameter_shapes(pipe.unet), text_shapes)
+    unet = [patch for target in resolution.for_component(UNET) for patch in target_patches(target, path)]
+    texts = [
+        tuple(
+            patch
+            for target in resolution.for_component(("text", i))
+            for patch in target_patches(target, path)
+        )
+        for i in range(len(pipe.text_encoders))
+    ]
+    return LoadedLora(path.stem, path, short_hash(path), tuple(unet), tuple(texts))
+
+
+_LOADED: OrderedDict[tuple, LoadedLora] = OrderedDict()
+"""Resolved files by (path, size, modification time, family spec), least recently used first."""
+
+
+def load_lora(pipe, path: Path) -> LoadedLora:
+    """The file resolved onto `pipe`'s family, read only when it is not cached or has changed."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, pipe.spec)
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    loaded = resolve_lora(pipe, path)
+    _LOADED[key] = loaded
+    while len(_LOADED) > LORA_CACHE_SIZE:
+        _LOADED.popitem(last=False)
+    return loaded
+
+
+class LoraSet:
+    """The LoRAs applied to one Pipeline, by key, each with a UNet and a text-encoder strength.
+
+    `add` takes a path or a name from the model library's `loras/`; `set_strength` and `remove` change
+    what is applied without reading any file; `from_prompt` applies a prompt's `<lora:…>` tags for the
+    length of one generation.
+    """
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.applied: dict[str, tuple[LoadedLora, float, float]] = {}
+
+    def resolve_path(self, lora: str | Path) -> Path:
+        """The file of a LoRA given as a path or as a name in the library's loras folders (without a
+        library of its own, the Pipeline uses the configured one and allows plain paths, as the Python
+        API trusts its caller; the server gives its Pipelines a library that refuses them)."""
+        library = self.pipe.library or library_from_config(allow_paths=True)
+        return library.resolve("loras", lora)
+
+    def add(
+        self,
+        lora: str | Path,
+        strength: float = 1.0,
+        *,
+        text_strength: float | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Apply a LoRA/LyCORIS file at `strength` on the UNet and `text_strength` (default: the same) on
+        the text encoders, as ComfyUI's LoraLoader does; returns its key (default: the file's stem)."""
+        loaded = load_lora(self.pipe, self.resolve_path(lora))
+        key = key or loaded.name
+        text = strength if text_strength is None else text_strength
+        self.applied[key] = (loaded, float(strength), float(text))
+        self._patch(key)
+        return key
+
+    def set_strength(self, key: str, strength: float, *, text_strength: float | None = None) -> None:
+        """Change an applied LoRA's strengths (text default: the same as the UNet's)."""
+        loaded, _, _ = self._applied(key)
+        text = strength if text_strength is None else text_strength
+        self.applied[key] = (loaded, float(strength), float(text))
+        self._patch(key)
+
+    def remove(self, *keys: str) -> None:
+        """Take LoRAs out; the weights they changed get their original tensors back."""
+        for key in keys:
+            self._applied(key)
+            del self.applied[key]
+            for patcher in (self.pipe.unet_patcher, *self.pipe.text_patchers):
+                patcher.remove(key)
+
+    @property
+    def strengths(self) -> dict[str, tuple[float, float]]:
+        """(UNet strength, text-encoder strength) of each applied LoRA by key."""
+        return {key: (unet, text) for key, (_, unet, text) in self.applied.items()}
+
+    def hashes(self) -> dict[str, str]:
+        """A1111's "Lora hashes": each applied file's name and short hash."""
+        return {loaded.name: loaded.short_hash for loaded, _, _ in self.applied.values()}
+
+    @contextlib.contextmanager
+    def from_prompt(self, prompt: str) -> Iterator[None]:
+        """Apply the prompt's `<lora:name:te:unet>` tags while the block runs, then take them out again."""
+        _, tags = extract_lora_tags(prompt)
+        keys = []
+        try:
+            for tag in tags:
+                key = f"prompt:{tag.name}"
+                keys.append(self.add(tag.name, tag.unet_strength, text_strength=tag.text_strength, key=key))
+            yield
+        finally:
+            self.remove(*keys)
+
+    def _applied(self, key: str) -> tuple[LoadedLora, float, float]:
+        if key not in self.applied:
+            applied = ", ".join(self.applied) or "none"
+            raise InvalidArgumentError(f"no LoRA {key!r} is applied; applied: {applied}")
+        return self.applied[key]
+
+    def _patch(self, key: str) -> None:
+        loaded, unet, text = self.applied[key]
+        self.pipe.unet_patcher.add(key, list(loaded.unet), unet)
+        for patcher, patches in zip(self.pipe.text_patchers, loaded.texts, strict=True):
+            patcher.add(key, list(patches), text)

@@ -1,0 +1,201 @@
+"""LoRA files on a Pipeline: parity with diffusers' own networks with the weights fused by hand
+(W + m * alpha / rank * up @ down), exact restore, prompt tags and the explicit API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lienzo
+from lienzo.errors import InvalidArgumentError, ModelNotFoundError
+from lienzo.io.library import ModelLibrary
+from lienzo.pipelines.generation import generate_latents
+from lienzo.pipelines.metadata import format_parameters, parse_parameters
+from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
+from test_generate_parity import NEGATIVE, PROMPT, SIZE, STEPS, TOLERANCE, lienzo_setup, reference_pipeline
+from tiny_models import tiny_pipeline_folder
+
+RANK = 4
+LORA_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def targets(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> dict[str, torch.nn.Module]:
+    """Every linear and conv layer of a diffusers/transformers network by its module name."""
+    return {
+        name: layer
+        for name, layer in module.named_modules()
+        if isinstance(layer, LORA_TYPES) and not any(part in name for part in skip)
+    }
+
+
+def random_lora(layer: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """down (r, in[, k, k]), up (out, r[, 1, 1]) and alpha for one layer, sized to change it visibly."""
+    out_features, in_features = layer.weight.shape[:2]
+    kernel = layer.weight.shape[2:]
+    down = torch.randn(RANK, in_features, *kernel, generator=generator) * 0.2
+    up = torch.randn(out_features, RANK, *([1] * len(kernel)), generator=generator) * 0.2
+    return {"down": down, "up": up, "alpha": torch.tensor(2.0)}
+
+
+def fuse(layer: torch.nn.Module, lora: dict[str, torch.Tensor], multiplier: float) -> None:
+    """The oracle: W += m * alpha / rank * up @ down, written from the LoRA paper's formula."""
+    scale = float(lora["alpha"]) / RANK
+    change = (lora["up"].flatten(1) @ lora["down"].flatten(1)).reshape(layer.weight.shape)
+    with torch.no_grad():
+        layer.weight += multiplier * scale * change
+
+
+def text_layers(reference) -> dict[str, torch.nn.Module]:
+    """A text encoder's layers under transformers' full names (transformers 5 drops `text_model.`)."""
+    layers = targets(reference, skip=("embeddings", "text_projection"))
+    return {
+        (name if name.startswith("text_model.") else f"text_model.{name}"): layer
+        for name, layer in layers.items()
+    }
+
+
+def kohya_file(reference, path, generator) -> dict:
+    """A kohya-layout SD1 LoRA on every UNet and text-encoder layer (diffusers names, `.` -> `_`)."""
+    loras = {}
+    for prefix, layers in (
+        ("lora_unet", targets(reference.unet)),
+        ("lora_te", text_layers(reference.text_encoder)),
+    ):
+        for name, layer in layers.items():
+            loras[(prefix, name)] = (layer, random_lora(layer, generator))
+    tensors = {}
+    for (prefix, name), (_, lora) in loras.items():
+        key = f"{prefix}_{name.replace('.', '_')}"
+        tensors |= {f"{key}.lora_down.weight": lora["down"], f"{key}.lora_up.weight": lora["up"]}
+        tensors[f"{key}.alpha"] = lora["alpha"]
+    save_file(tensors, path)
+    return loras
+
+
+def peft_file(reference, path, generator) -> dict:
+    """A diffusers/PEFT-layout SDXL LoRA (lora_A / lora_B) with its alphas in `lora_adapter_metadata`."""
+    components = {"unet": targets(reference.unet), "text_encoder": text_layers(reference.text_encoder)}
+    components["text_encoder_2"] = text_layers(reference.text_encoder_2)
+    loras, tensors = {}, {}
+    for component, layers in components.items():
+        for name, layer in layers.items():
+            lora = random_lora(layer, generator)
+            loras[(component, name)] = (layer, lora)
+            key = f"{component}.{name}"
+            tensors |= {f"{key}.lora_A.weight": lora["down"], f"{key}.lora_B.weight": lora["up"]}
+    metadata = {"lora_adapter_metadata": '{"r": 4, "lora_alpha": 2.0}'}
+    save_file(tensors, path, metadata=metadata)
+    return loras
+
+
+def reference_latents(reference, pipe, options) -> torch.Tensor:
+    """diffusers' latents from lienzo's seeded start, as tests/test_generate_parity.py runs them."""
+    reference.scheduler.set_timesteps(STEPS)
+    noise = initial_noise(options, latent_shape(pipe.spec, SIZE, SIZE))
+    start = noise * schedule_sigmas(pipe.spec, options)[0] / reference.scheduler.init_noise_sigma
+    with torch.no_grad():
+        return reference(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=6.0,
+            latents=start,
+            output_type="latent",
+        ).images
+
+
+@pytest.mark.parametrize(("family", "unet", "text"), [("sd1", 0.7, 0.3), ("sdxl", 1.0, 1.0)])
+def test_lora_latents_match_diffusers_with_the_weights_fused(family, unet, text, tmp_path):
+    """kohya layout on SD1 (UNet and text strengths differ), diffusers/PEFT layout on SDXL (both towers)."""
+    reference = reference_pipeline(family)
+    path = tmp_path / "style.safetensors"
+    make = kohya_file if family == "sd1" else peft_file
+    loras = make(reference, path, torch.Generator().manual_seed(1))
+    for (component, _), (layer, lora) in loras.items():
+        fuse(layer, lora, unet if component in ("lora_unet", "unet") else text)
+    pipe, options = lienzo_setup(family)
+    plain = generate_latents(pipe, options, progress=False)
+    pipe.loras.add(path, unet, text_strength=text)
+    ours = generate_latents(pipe, options, progress=False)
+    expected = reference_latents(reference, pipe, options)
+    error = (ours - expected).abs().max().item()
+    change = (plain - ours).abs().max().item()
+    print(f"{family} LoRA latents: max abs error {error:.2e}, change from the LoRA {change:.2f}")
+    assert (plain - ours).abs().max() > 100 * TOLERANCE
+    assert error < TOLERANCE
+
+
+@pytest.fixture
+def library(tmp_path) -> ModelLibrary:
+    """A models root whose loras/ holds a kohya LoRA for the tiny sd1 model."""
+    reference = reference_pipeline("sd1")
+    folder = tmp_path / "models" / "loras"
+    folder.mkdir(parents=True)
+    kohya_file(reference, folder / "ink.safetensors", torch.Generator().manual_seed(2))
+    return ModelLibrary(root=tmp_path / "models")
+
+
+def tiny_sd1(library: ModelLibrary):
+    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    pipe.library = library
+    return pipe
+
+
+SETTINGS = {"width": 32, "height": 32, "steps": 2, "seed": 3, "progress": False}
+
+
+def test_prompt_tags_apply_for_one_call_and_restore_every_weight_bit_for_bit(library):
+    pipe = tiny_sd1(library)
+    weights = {name: param for name, param in pipe.unet.named_parameters()}
+    plain = pipe.generate("a cat", **SETTINGS)[0]
+    tagged = pipe.generate("a cat <lora:ink:0.8>", **SETTINGS)[0]
+    again = pipe.generate("a cat", **SETTINGS)[0]
+    tagged_again = pipe.generate("a cat <lora:ink:0.8>", **SETTINGS)[0]
+    assert plain.tobytes() == again.tobytes() != tagged.tobytes() == tagged_again.tobytes()
+    assert all(param is weights[name] for name, param in pipe.unet.named_parameters())
+    record = tagged.info["lienzo"]
+    assert record["prompt"] == "a cat <lora:ink:0.8>" and list(record["loras"]) == ["ink"]
+    assert parse_parameters(format_parameters(record))["loras"] == record["loras"]
+    assert plain.info["lienzo"]["loras"] == {}
+
+
+def test_the_tag_text_never_reaches_the_text_encoder(library):
+    pipe = tiny_sd1(library)
+    pipe.loras.add("ink", 0.0)
+    with_tag = pipe.generate("a cat <lora:ink:0>", **SETTINGS)[0]
+    without = pipe.generate("a cat", **SETTINGS)[0]
+    assert np.array_equal(np.asarray(with_tag), np.asarray(without))
+
+
+def test_explicit_strengths_change_without_reading_the_file_again(library, monkeypatch):
+    pipe = tiny_sd1(library)
+    key = pipe.loras.add("ink", 1.0, text_strength=0.5)
+    assert key == "ink" and pipe.loras.strengths == {"ink": (1.0, 0.5)}
+    full = pipe.generate("a cat", **SETTINGS)[0]
+    monkeypatch.setattr("lienzo.pipelines.loras.read_adapter_file", lambda path: pytest.fail("read again"))
+    pipe.loras.set_strength("ink", 0.0)
+    off = pipe.generate("a cat", **SETTINGS)[0]
+    pipe.loras.set_strength("ink", 1.0, text_strength=0.5)
+    assert pipe.generate("a cat", **SETTINGS)[0].tobytes() == full.tobytes()
+    pipe.loras.remove("ink")
+    assert pipe.generate("a cat", **SETTINGS)[0].tobytes() == off.tobytes()
+    other = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    other.library = library
+    other.loras.add("ink")
+    assert pipe.loras.strengths == {}
+
+
+def test_missing_and_foreign_loras_are_clear_errors(library, tmp_path):
+    pipe = tiny_sd1(library)
+    with pytest.raises(ModelNotFoundError, match="no LoRA named 'inc'.*loras"):
+        pipe.generate("a cat <lora:inc:1>", **SETTINGS)
+    foreign = tmp_path / "models" / "loras" / "xl.safetensors"
+    save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 32)}, foreign)
+    with pytest.raises(InvalidArgumentError, match="sdxl"):
+        pipe.generate("a cat <lora:xl>", **SETTINGS)
+    with pytest.raises(InvalidArgumentError, match="no LoRA 'ink' is applied"):
+        pipe.loras.remove("ink")
