@@ -181,7 +181,8 @@ def test_parses_a_recent_a1111_file_with_multiline_prompt_hires_and_quoted_hashe
         "width": 1152,
         "height": 768,
     }
-    assert parsed["extra"] == {"Lora hashes": "detail: 62d1d4e1a5cd", "Version": "v1.10.1"}
+    assert parsed["loras"] == {"detail": "62d1d4e1a5cd"}
+    assert parsed["extra"] == {"Version": "v1.10.1"}
 
 
 def test_parses_an_a1111_inpaint_file_and_keeps_unknown_samplers_as_written():
