@@ -10,10 +10,12 @@ from safetensors.torch import save_file
 
 import lienzo
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
+from lienzo.io.embedding_files import load_embeddings, write_embedding_file
 from lienzo.io.library import ModelLibrary
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.metadata import format_parameters, parse_parameters
 from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
+from lienzo.text.embeddings import EmbeddingVectors
 from test_generate_parity import NEGATIVE, PROMPT, SIZE, STEPS, TOLERANCE, lienzo_setup, reference_pipeline
 from tiny_models import tiny_pipeline_folder
 
@@ -199,3 +201,21 @@ def test_missing_and_foreign_loras_are_clear_errors(library, tmp_path):
         pipe.generate("a cat <lora:xl>", **SETTINGS)
     with pytest.raises(InvalidArgumentError, match="no LoRA 'ink' is applied"):
         pipe.loras.remove("ink")
+
+
+def test_embeddings_from_the_library_folder_trigger_by_name_and_are_recorded(library, tmp_path):
+    pipe = tiny_sd1(library)
+    width = pipe.text_encoders[0].config.hidden_size
+    folder = tmp_path / "models" / "embeddings"
+    folder.mkdir()
+    vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(5))
+    write_embedding_file(folder / "glint.safetensors", EmbeddingVectors.of(vectors))
+    plain = pipe.generate("a cat", **SETTINGS)[0]
+    triggered = pipe.generate("a cat, glint", **SETTINGS)[0]
+    assert plain.tobytes() != triggered.tobytes()
+    record = triggered.info["lienzo"]
+    assert list(record["embeddings"]) == ["glint"] and plain.info["lienzo"]["embeddings"] == {}
+    assert parse_parameters(format_parameters(record))["embeddings"] == record["embeddings"]
+    explicit = tiny_sd1(library)
+    explicit.embeddings = load_embeddings(folder / "glint.safetensors")
+    assert explicit.generate("a cat, glint", **SETTINGS)[0].tobytes() == triggered.tobytes()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from lienzo.errors import InvalidArgumentError
-from lienzo.pipelines.generation import generate_latents, img2img_size
+from lienzo.pipelines.generation import generate_latents, img2img_size, prompt_stages
 from lienzo.pipelines.images import ImageInput, load_image, resize_image
 from lienzo.pipelines.options import resolve_options
 from lienzo.pipelines.records import attach_records
@@ -89,9 +89,9 @@ def depth2img(
         return ImageConditions(concat=depth_conditioning(depth_map, (height // factor, width // factor)))
 
     start = encode_images(pipe.vae, [resize_image(source, options.width, options.height)], options.vae_tiling)
-    latents = generate_latents(
-        pipe, options, start=start, conditions=conditions, callback=callback, progress=progress
-    )
+    stages = prompt_stages(pipe, options)
+    run = {"start": start, "conditions": conditions, "callback": callback, "progress": progress}
+    latents = generate_latents(pipe, options, stages=stages, **run)
     images = decode_latents(pipe.vae, latents, options.vae_tiling)
-    attach_records(pipe, images, options)
+    attach_records(pipe, images, options, texts=stages[0].texts)
     return images

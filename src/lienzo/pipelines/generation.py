@@ -27,18 +27,21 @@ def generate_latents(
     pipe,
     options: GenerationOptions,
     *,
+    stages: list[Stage] | None = None,
     start: torch.Tensor | None = None,
     conditions: ConditionsAt | None = None,
     refiner=None,
     callback: StepCallback | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Every mode's latents: sample (base, then the refiner), then the hires pass when asked for."""
-    if (options.refiner is None) != (refiner is None):
-        raise ValueError(
-            "pass the loaded refiner exactly when the options ask for one (Pipeline.load_refiner)"
-        )
-    stages = prompt_stages(pipe, options, refiner)
+    """Every mode's latents: sample (base, then the refiner), then the hires pass when asked for;
+    `stages` default to `prompt_stages(pipe, options, refiner)`."""
+    if stages is None:
+        if (options.refiner is None) != (refiner is None):
+            raise ValueError(
+                "pass the loaded refiner exactly when the options ask for one (Pipeline.load_refiner)"
+            )
+        stages = prompt_stages(pipe, options, refiner)
     run = {"conditions": conditions, "callback": callback, "progress": progress}
     latents = sample_latents(stages, options, start=start, **run)
     if options.hires is not None:
@@ -55,9 +58,10 @@ def txt2img(
     progress: bool = True,
 ) -> list[Image.Image]:
     """Images for the options' prompt, each carrying its settings in image.info["lienzo"]."""
-    latents = generate_latents(pipe, options, refiner=refiner, callback=callback, progress=progress)
+    stages = prompt_stages(pipe, options, refiner)
+    latents = generate_latents(pipe, options, stages=stages, callback=callback, progress=progress)
     images = decode_latents(pipe.vae, latents, options.vae_tiling)
-    attach_records(pipe, images, options, refiner=refiner)
+    attach_records(pipe, images, options, refiner=refiner, texts=stages[0].texts)
     return images
 
 
@@ -78,9 +82,9 @@ def img2img(
     """Images from `image` (resized to the options' size) at options.strength, with their records."""
     source = resize_image(load_image(image), options.width, options.height)
     start = encode_images(pipe.vae, [source], options.vae_tiling)
-    latents = generate_latents(
-        pipe, options, start=start, refiner=refiner, callback=callback, progress=progress
-    )
+    stages = prompt_stages(pipe, options, refiner)
+    run = {"callback": callback, "progress": progress}
+    latents = generate_latents(pipe, options, stages=stages, start=start, **run)
     images = decode_latents(pipe.vae, latents, options.vae_tiling)
-    attach_records(pipe, images, options, refiner=refiner)
+    attach_records(pipe, images, options, refiner=refiner, texts=stages[0].texts)
     return images

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lienzo.errors import InvalidArgumentError
-from lienzo.pipelines.generation import generate_latents, img2img_size
+from lienzo.pipelines.generation import generate_latents, img2img_size, prompt_stages
 from lienzo.pipelines.images import ImageInput, images_to_tensor, load_image, resize_image
 from lienzo.pipelines.masking import (
     Box,
@@ -120,18 +120,12 @@ def inpaint(
     region = InpaintRegion(source.crop(box.as_tuple()), blurred.crop(box.as_tuple()), box)
     conditions = inpaint_conditions(pipe, region, options.vae_tiling)
     start = None if options.strength == 1 else conditions(*size).latent
-    latents = generate_latents(
-        pipe,
-        options,
-        start=start,
-        conditions=conditions,
-        refiner=refiner_model,
-        callback=callback,
-        progress=progress,
-    )
+    stages = prompt_stages(pipe, options, refiner_model)
+    run = {"start": start, "conditions": conditions, "callback": callback, "progress": progress}
+    latents = generate_latents(pipe, options, stages=stages, **run)
     alpha = composite_alpha(mask_image, blurred)
     generated = decode_latents(pipe.vae, latents, options.vae_tiling)
     images = [paste_back(source, image, alpha, box) for image in generated]
     mask_record = {"blur": mask_blur, "only_masked": only_masked, "padding": padding}
-    attach_records(pipe, images, options, mask=mask_record, refiner=refiner_model)
+    attach_records(pipe, images, options, mask=mask_record, refiner=refiner_model, texts=stages[0].texts)
     return images

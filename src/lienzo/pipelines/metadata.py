@@ -74,8 +74,13 @@ def quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
 
 
-def lora_hashes(text: str) -> dict[str, str]:
-    """{name: hash} from A1111's "Lora hashes" value, `name: hash, name2: hash2`."""
+def name_hashes(hashes: dict[str, str]) -> str | None:
+    """A1111's "Lora hashes" / "TI hashes" value, `name: hash, name2: hash2`, or None when empty."""
+    return ", ".join(f"{name}: {digest}" for name, digest in hashes.items()) or None
+
+
+def parse_name_hashes(text: str) -> dict[str, str]:
+    """{name: hash} from A1111's "Lora hashes" or "TI hashes" value, `name: hash, name2: hash2`."""
     pairs = (item.rpartition(":") for item in text.split(",") if ":" in item)
     return {name.strip(): digest.strip() for name, _, digest in pairs}
 
@@ -124,7 +129,8 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Hires upscaler": UPSCALER_DISPLAY_NAMES.get(hires["upscaler"], hires["upscaler"]) if hires else None,
         "Refiner": model_field(refiner.get("model"), refiner.get("model_hash")) if refiner else None,
         "Refiner switch at": refiner["switch_at"] if refiner else None,
-        "Lora hashes": ", ".join(f"{name}: {digest}" for name, digest in loras.items()) or None,
+        "Lora hashes": name_hashes(loras),
+        "TI hashes": name_hashes(record.get("embeddings") or {}),
         "Version": lienzo_version(),
     }
 
@@ -280,7 +286,8 @@ def parse_parameters(text: str) -> dict:
         "hires": hires,
         "refiner": refiner,
         "mask": mask,
-        "loras": lora_hashes(fields.pop("Lora hashes", "")),
+        "loras": parse_name_hashes(fields.pop("Lora hashes", "")),
+        "embeddings": parse_name_hashes(fields.pop("TI hashes", "")),
         "model": fields.pop("Model", None),
         "model_hash": fields.pop("Model hash", None),
         "family": None,

@@ -50,6 +50,7 @@ RECORD_KEYS = (
     "refiner",
     "mask",
     "loras",
+    "embeddings",
     "model",
     "model_hash",
     "family",
@@ -60,7 +61,8 @@ RECORD_KEYS = (
 `strength` is the denoising strength (1.0 for plain txt2img); `sampler_options` is a dict of the options
 given to the sampler (eta, s_noise, ...), empty for its defaults;
 `mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"; `loras` maps each applied LoRA's
-name to its short hash (A1111's "Lora hashes")."""
+name to its short hash (A1111's "Lora hashes"), `embeddings` each textual-inversion embedding the
+prompts used ("TI hashes")."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class GenerationOptions:
         family: str | None = None,
         refiner_hash: str | None = None,
         loras: dict[str, str] | None = None,
+        embeddings: dict[str, str] | None = None,
     ) -> dict:
         """The `image.info["lienzo"]` dict of batch item `index` (keys: RECORD_KEYS)."""
         hires = None
@@ -167,6 +170,7 @@ class GenerationOptions:
             "refiner": refiner,
             "mask": None,
             "loras": dict(loras or {}),
+            "embeddings": dict(embeddings or {}),
             "model": model,
             "model_hash": model_hash,
             "family": family,

@@ -15,7 +15,8 @@ from lienzo.adapters import ModelPatcher
 from lienzo.devices import default_device, default_dtype
 from lienzo.errors import ModelNotFoundError
 from lienzo.io import ModelFiles, read_model
-from lienzo.io.library import ModelLibrary
+from lienzo.io.embedding_files import load_embeddings
+from lienzo.io.library import ModelLibrary, library_from_config
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
@@ -29,6 +30,7 @@ from lienzo.pipelines.options import HiresOptions, RefinerOptions, resolve_optio
 from lienzo.pipelines.outpaint import outpaint
 from lienzo.pipelines.steps import StepCallback
 from lienzo.text.conditioning import PromptEncoding, TextEncoders
+from lienzo.text.embeddings import Embeddings
 from lienzo.text.tokenizer import CLIPTokenizer
 
 HASH_CHUNK_BYTES = 1 << 24
@@ -45,6 +47,8 @@ class Pipeline:
     another Pipeline loaded from the same files, while unchanged weights stay shared. `loras` applies
     LoRA/LyCORIS files (`pipe.loras.add("name", 0.8)`), and every mode applies its prompt's `<lora:…>`
     tags for the length of the call. Names resolve in `library` (default: lienzo.toml or ./models).
+    Prompts trigger the textual-inversion `embeddings` by name; left None, they are every embedding in
+    the library's embeddings folders that fits this model, as A1111 reads its embeddings folder.
     """
 
     spec: FamilySpec
@@ -56,9 +60,11 @@ class Pipeline:
     path: Path | None = None
     _model_hash: str | None = field(default=None, repr=False, compare=False)
     library: ModelLibrary | None = field(default=None, repr=False, compare=False)
+    embeddings: Embeddings | None = field(default=None, repr=False, compare=False)
     unet_patcher: ModelPatcher = field(init=False, repr=False, compare=False)
     text_patchers: list[ModelPatcher] = field(init=False, repr=False, compare=False)
     loras: LoraSet = field(init=False, repr=False, compare=False)
+    _library_embeddings: tuple = field(default=((), None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.unet_patcher = ModelPatcher(self.unet)
@@ -78,6 +84,7 @@ class Pipeline:
             self.path,
             self._model_hash,
             self.library,
+            self.embeddings,
         )
 
     @property
@@ -87,8 +94,29 @@ class Pipeline:
 
     @property
     def clip(self) -> TextEncoders:
-        """The text encoders with their specs and tokenizers, as one component."""
-        return TextEncoders(self.spec.text_encoders, self.text_encoders, self.tokenizers)
+        """The text encoders with their specs, tokenizers and embeddings, as one component."""
+        return TextEncoders(
+            self.spec.text_encoders, self.text_encoders, self.tokenizers, self.prompt_embeddings()
+        )
+
+    def prompt_embeddings(self) -> Embeddings | None:
+        """`embeddings` when set, else the fitting files of the library's embeddings folders (read again
+        only when those files change)."""
+        if self.embeddings is not None:
+            return self.embeddings
+        library = self.library or library_from_config(allow_paths=True)
+        folders = [folder for folder in library.folders("embeddings") if folder.is_dir()]
+        signature = tuple(files_signature(folder) for folder in folders)
+        if signature != self._library_embeddings[0]:
+            widths = [encoder.config.hidden_size for encoder in self.text_encoders]
+            found = load_embeddings(folders).fitting(widths) if folders else None
+            self._library_embeddings = (signature, found)
+        return self._library_embeddings[1]
+
+    def embedding_hashes(self, names) -> dict[str, str]:
+        """A1111's "TI hashes" of the named embeddings: name -> short file hash."""
+        embeddings = self.prompt_embeddings()
+        return {} if embeddings is None else embeddings.hashes(names)
 
     @property
     def model_hash(self) -> str | None:

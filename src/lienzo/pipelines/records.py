@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from lienzo.pipelines.options import GenerationOptions
+from lienzo.pipelines.steps import PromptTexts
 
 
 def attach_records(
@@ -14,10 +15,12 @@ def attach_records(
     *,
     mask: dict | None = None,
     refiner=None,
+    texts: PromptTexts | None = None,
 ) -> None:
     """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]; inpainting adds
     its `mask` settings ({"blur", "only_masked", "padding"}), a refined image its refiner's hash, and
-    every image the LoRAs applied while it was made (name: short hash)."""
+    every image the LoRAs applied while it was made and the embeddings its prompts used (name: short
+    hash)."""
     for index, image in enumerate(images):
         record = options.to_record(
             index,
@@ -26,5 +29,6 @@ def attach_records(
             family=pipe.spec.name,
             refiner_hash=None if refiner is None else refiner.model_hash,
             loras=pipe.loras.hashes(),
+            embeddings=pipe.embedding_hashes(() if texts is None else texts.embeddings_used),
         )
         image.info["lienzo"] = {**record, "mask": mask}

@@ -56,6 +56,7 @@ class PromptTexts:
     negative: torch.Tensor
     pooled_positive: torch.Tensor | None
     pooled_negative: torch.Tensor | None
+    embeddings_used: tuple[str, ...] = ()
 
 
 def encode_texts(clip: TextEncoders, options: GenerationOptions) -> PromptTexts:
@@ -70,6 +71,7 @@ def encode_texts(clip: TextEncoders, options: GenerationOptions) -> PromptTexts:
         negative=context[1:],
         pooled_positive=None if pooled is None else pooled[:1],
         pooled_negative=None if pooled is None else pooled[1:],
+        embeddings_used=encoded.embeddings_used,
     )
 
 
