@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import save_file
 
 import lienzo
+from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io.embedding_files import load_embeddings, write_embedding_file
 from lienzo.io.library import ModelLibrary
 from lienzo.pipelines.generation import generate_latents
-from lienzo.pipelines.metadata import format_parameters, parse_parameters
+from lienzo.pipelines.metadata import format_parameters, parse_parameters, read_parameters
 from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from lienzo.text.embeddings import EmbeddingVectors
 from test_generate_parity import NEGATIVE, PROMPT, SIZE, STEPS, TOLERANCE, lienzo_setup, reference_pipeline
@@ -219,3 +220,20 @@ def test_embeddings_from_the_library_folder_trigger_by_name_and_are_recorded(lib
     explicit = tiny_sd1(library)
     explicit.embeddings = load_embeddings(folder / "glint.safetensors")
     assert explicit.generate("a cat, glint", **SETTINGS)[0].tobytes() == triggered.tobytes()
+
+
+def test_the_command_line_finds_loras_and_models_by_name(library, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "models" / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "tiny").symlink_to(tiny_pipeline_folder("sd1"), target_is_directory=True)
+    args = ["--model", "tiny", "--size", "32x32", "--steps", "2", "--seed", "1", "-q"]
+    assert main(["generate", "a cat <lora:ink:0.5>", *args, "-o", "out.png"]) == 0
+    assert 'Lora hashes: "ink: ' in read_parameters(tmp_path / "out.png")
+    capsys.readouterr()
+    assert main(["generate", "a cat <lora:missing>", *args, "-o", "none.png"]) == 1
+    assert "no LoRA named 'missing'" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
+    other = tmp_path / "elsewhere"
+    (tmp_path / "models" / "loras").rename(other)
+    assert main(["generate", "a cat <lora:ink>", *args, "--lora-dir", str(other), "-o", "moved.png"]) == 0

@@ -9,7 +9,9 @@ from pathlib import Path
 from lienzo.cli.arguments import (
     add_device_arguments,
     add_family_argument,
+    add_library_arguments,
     chosen_dtype,
+    library_from_args,
     parse_sampler_options,
     parse_size,
 )
@@ -24,6 +26,7 @@ from lienzo.pipelines.output import prepare_target, release_paths, reserve_paths
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.preview import FilmstripRecorder
 from lienzo.pipelines.requests import MODE_EXTRAS, SIDES, validate_request
+from lienzo.text.network_tags import extract_lora_tags
 
 VAE_TILING = {"auto": None, "on": True, "off": False}
 GENERATE_EPILOG = """examples:
@@ -104,10 +107,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
-        type=Path,
-        help="a diffusers folder or a .safetensors/.ckpt file (default: the built-in model)",
+        help="a diffusers folder, a .safetensors/.ckpt file, or the name of one in the models folder's "
+        "checkpoints/ (default: the built-in model)",
     )
     add_family_argument(model)
+    add_library_arguments(model)
     add_device_arguments(model)
     model.add_argument(
         "--vae-tiling",
@@ -131,7 +135,9 @@ def add_hires_and_refiner_arguments(parser: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-steps", type=int, help="steps of the second pass (default: --steps)")
     hires.add_argument("--hires-strength", type=float, help="denoising strength of the second pass (0.5)")
     hires.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, help="how to upscale (default latent)")
-    hires.add_argument("--refiner", type=Path, help="an SDXL refiner model to finish the image")
+    hires.add_argument(
+        "--refiner", help="an SDXL refiner model (path or checkpoint name) to finish the image"
+    )
     hires.add_argument("--refiner-switch-at", type=float, help="fraction of steps before the refiner (0.8)")
 
 
@@ -242,7 +248,8 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
     settings["vae_tiling"] = VAE_TILING[args.vae_tiling]
     if args.refiner is not None:
         switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}
-        settings["refiner"] = RefinerOptions(args.refiner, **switch)
+        refiner = library_from_args(args).resolve("checkpoints", args.refiner)
+        settings["refiner"] = RefinerOptions(refiner, **switch)
     return settings
 
 
@@ -310,9 +317,15 @@ def run_generation(args: argparse.Namespace) -> int:
     settings = gather_settings(args, record)
     validate_request(args.command, settings, command_extras(args))
     images = input_images(args)
+    library = library_from_args(args)
+    for prompt in prompts:
+        for tag in extract_lora_tags(prompt)[1]:
+            library.resolve("loras", tag.name)
+    model = None if args.model is None else library.resolve("checkpoints", args.model)
     target = prepare_target(args.output)
     dtype = chosen_dtype(args)
-    pipe = load(args.model, device=args.device, dtype=dtype, family=args.family)
+    pipe = load(model, device=args.device, dtype=dtype, family=args.family)
+    pipe.library = library
     warn_on_other_model(record, pipe)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
