@@ -169,12 +169,12 @@ def _tucker(core: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torc
 def _lora(t: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
     """dW = s * up @ down, or Tucker up x mid x down with lora_mid (LoRA: Hu et al. 2021, eq. 3)."""
     down, up = _f32(t["lora_down.weight"], weight), _f32(t["lora_up.weight"], weight)
-    scale = _scale(t, down.shape[0])
+    up = up * _scale(t, down.shape[0])
     if "lora_mid.weight" in t:
         delta = _tucker(_f32(t["lora_mid.weight"], weight), _matrix(up), _matrix(down))
     else:
         delta = _matrix(up) @ _matrix(down)
-    return _fit(delta, weight, "LoRA") * scale
+    return _fit(delta, weight, "LoRA")
 
 
 def _loha(t: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:

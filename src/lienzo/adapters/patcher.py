@@ -109,20 +109,39 @@ class ModelPatcher:
         return self.model.get_parameter(name) if original is None else original
 
     def _apply(self) -> None:
-        """Recompute every patched weight from its original and the adapters now applied."""
-        changes: dict[str, torch.Tensor] = {}
+        """Recompute every patched weight from its original and the adapters now applied: each original
+        converted to float32 once, each change added in place, one cast back."""
+        originals: dict[str, torch.Tensor] = {}
+        changes: dict[str, tuple[torch.Tensor, bool]] = {}
+
+        def original32(name: str) -> torch.Tensor:
+            if name not in originals:
+                originals[name] = self._original(name).detach().to(torch.float32, copy=True)
+            return originals[name]
+
         for patches, strength in self.adapters.values():
             for patch in patches:
-                originals = [self._original(name).detach().float() for name in patch.params]
-                change = strength * patch.delta(torch.cat(originals) if len(originals) > 1 else originals[0])
-                for name, part in zip(
-                    patch.params, change.split([o.shape[0] for o in originals]), strict=True
-                ):
-                    changes[name] = changes[name] + part if name in changes else part
+                inputs = [original32(name) for name in patch.params]
+                change = patch.delta(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+                for name, part in zip(patch.params, change.split([i.shape[0] for i in inputs]), strict=True):
+                    changes[name] = _accumulate(changes.get(name), part, strength)
         for name in [name for name in self.originals if name not in changes]:
             self._set(name, self.originals.pop(name))
-        for name, change in changes.items():
+        for name, (change, _) in changes.items():
             original = self._original(name)
             self.originals.setdefault(name, original)
-            patched = (original.detach().float() + change).to(original.dtype)
+            patched = original32(name).add_(change).to(original.dtype)
             self._set(name, nn.Parameter(patched, requires_grad=False))
+
+
+def _accumulate(
+    total: tuple[torch.Tensor, bool] | None, part: torch.Tensor, strength: float
+) -> tuple[torch.Tensor, bool]:
+    """(sum so far + strength * part, whether the sum is a tensor of our own to add into in place); a
+    delta's own tensor is never changed in place, since it may be the adapter's stored tensor."""
+    if total is None:
+        return (part, False) if strength == 1 else (part * strength, True)
+    tensor, owned = total
+    if not owned:
+        tensor = tensor.clone()
+    return tensor.add_(part, alpha=strength), True
