@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import lienzo
 from lienzo.cli import main
@@ -237,3 +237,19 @@ def test_the_command_line_finds_loras_and_models_by_name(library, tmp_path, monk
     other = tmp_path / "elsewhere"
     (tmp_path / "models" / "loras").rename(other)
     assert main(["generate", "a cat <lora:ink>", *args, "--lora-dir", str(other), "-o", "moved.png"]) == 0
+
+
+def test_embeddings_bundled_in_a_lora_file_work_while_it_is_applied(library, tmp_path):
+    pipe = tiny_sd1(library)
+    width = pipe.text_encoders[0].config.hidden_size
+    vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(6))
+    reference = reference_pipeline("sd1")
+    path = tmp_path / "models" / "loras" / "bundle.safetensors"
+    kohya_file(reference, path, torch.Generator().manual_seed(3))
+    tensors = {**load_file(path), "bundle_emb.sparkle.string_to_param.*": vectors}
+    save_file(tensors, path)
+    plain = pipe.generate("a cat <lora:bundle:0>", **SETTINGS)[0]
+    triggered = pipe.generate("a cat, sparkle <lora:bundle:0>", **SETTINGS)[0]
+    assert plain.tobytes() != triggered.tobytes()
+    assert list(triggered.info["lienzo"]["embeddings"]) == ["sparkle"]
+    assert pipe.generate("a cat, sparkle", **SETTINGS)[0].info["lienzo"]["embeddings"] == {}

@@ -21,7 +21,9 @@ from lienzo.adapters.algorithms import ModuleWeights, parameter_deltas
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.adapter_files import Target, parameter_shapes, read_adapter_file, resolve_targets
 from lienzo.io.adapter_keys import UNET
+from lienzo.io.embedding_files import embedding_vectors
 from lienzo.io.library import library_from_config
+from lienzo.text.embeddings import Embeddings
 from lienzo.text.network_tags import extract_lora_tags
 
 LORA_CACHE_SIZE = 8
@@ -32,13 +34,15 @@ SHORT_HASH_DIGITS = 12
 
 @dataclass(frozen=True)
 class LoadedLora:
-    """A LoRA file resolved onto one model family: its patches per network and its short hash."""
+    """A LoRA file resolved onto one model family: its patches per network, its short hash and the
+    textual-inversion embeddings bundled in it (kohya's `bundle_emb.<name>.*`)."""
 
     name: str
     path: Path
     short_hash: str
     unet: tuple[WeightPatch, ...]
     texts: tuple[tuple[WeightPatch, ...], ...]
+    embeddings: Embeddings = Embeddings()
 
 
 def short_hash(path: Path) -> str:
@@ -76,7 +80,12 @@ def resolve_lora(pipe, path: Path) -> LoadedLora:
         )
         for i in range(len(pipe.text_encoders))
     ]
-    return LoadedLora(path.stem, path, short_hash(path), tuple(unet), tuple(texts))
+    digest = short_hash(path)
+    bundled = {
+        name: embedding_vectors(parts, f"{path.name}: {name}", short_hash=digest)
+        for name, parts in resolution.embeddings.items()
+    }
+    return LoadedLora(path.stem, path, digest, tuple(unet), tuple(texts), Embeddings(bundled))
 
 
 _LOADED: OrderedDict[tuple, LoadedLora] = OrderedDict()
@@ -152,6 +161,13 @@ class LoraSet:
     def strengths(self) -> dict[str, tuple[float, float]]:
         """(UNet strength, text-encoder strength) of each applied LoRA by key."""
         return {key: (unet, text) for key, (_, unet, text) in self.applied.items()}
+
+    def embeddings(self) -> Embeddings:
+        """The embeddings bundled in the applied LoRA files (a later file's name wins)."""
+        bundled = {}
+        for loaded, _, _ in self.applied.values():
+            bundled.update(loaded.embeddings.entries)
+        return Embeddings(bundled)
 
     def hashes(self) -> dict[str, str]:
         """A1111's "Lora hashes": each applied file's name and short hash."""

@@ -101,9 +101,14 @@ class Pipeline:
 
     def prompt_embeddings(self) -> Embeddings | None:
         """`embeddings` when set, else the fitting files of the library's embeddings folders (read again
-        only when those files change)."""
-        if self.embeddings is not None:
-            return self.embeddings
+        only when those files change); plus the embeddings bundled in the applied LoRA files."""
+        chosen = self.embeddings if self.embeddings is not None else self._folder_embeddings()
+        bundled = self.loras.embeddings()
+        if not bundled.entries:
+            return chosen
+        return Embeddings({**({} if chosen is None else chosen.entries), **bundled.entries})
+
+    def _folder_embeddings(self) -> Embeddings | None:
         library = self.library or library_from_config(allow_paths=True)
         folders = [folder for folder in library.folders("embeddings") if folder.is_dir()]
         signature = tuple(files_signature(folder) for folder in folders)
