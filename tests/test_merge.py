@@ -18,7 +18,15 @@ from lienzo.io import ModelFiles, read_model, read_safetensors_metadata, read_st
 from lienzo.io.keymaps.vae import vae_ldm_to_diffusers
 from lienzo.io.layouts import VAE_PREFIX
 from lienzo.training.extract_lora import extract_lora, lora_metadata, lora_modules, write_lora
-from lienzo.training.merge import bake_lora, bake_vae, merge_models, read_vae, write_merged
+from lienzo.training.merge import (
+    LoraBake,
+    bake_lora,
+    bake_loras,
+    bake_vae,
+    merge_models,
+    read_vae,
+    write_merged,
+)
 from test_generate_parity import reference_pipeline
 from test_lora import kohya_file
 from tiny_models import tiny_pipeline_folder
@@ -190,20 +198,29 @@ def test_a_vae_in_diffusers_naming_or_inside_a_checkpoint_is_baked_in(tmp_path):
 # --- LoRA bake-in ---------------------------------------------------------------------------------------
 
 
-def test_a_baked_lora_gives_the_weights_the_pipeline_patches_in(tmp_path):
-    path = tmp_path / "style.safetensors"
-    kohya_file(reference_pipeline("sd1"), path, torch.Generator().manual_seed(1))
+def test_baked_loras_give_the_weights_the_pipeline_patches_in(tmp_path):
+    """One LoRA at UNet 0.7 / text 0.3, then two together (each from the original weights, summed)."""
+    paths = [tmp_path / "style.safetensors", tmp_path / "ink.safetensors"]
+    for seed, path in enumerate(paths, start=1):
+        kohya_file(reference_pipeline("sd1"), path, torch.Generator().manual_seed(seed))
     files = tiny("sd1")
-    baked = bake_lora(files, path, strength=0.7, text_strength=0.3)
     pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32, cache=False)
-    pipe.loras.add(path, 0.7, text_strength=0.3)
-    unet, text = pipe.unet.state_dict(), pipe.text_encoders[0].state_dict()
-    unet_error = max((baked.unet[key] - unet[key]).abs().max().item() for key in unet)
-    text_error = max((baked.text_encoders[0][key] - text[key]).abs().max().item() for key in text)
-    changed = sum(not torch.equal(baked.unet[key], files.unet[key]) for key in files.unet)
-    print(f"baked LoRA vs Pipeline, max abs error: UNet {unet_error:.1e}, text {text_error:.1e} ({changed} changed)")
-    assert unet_error == 0.0 and text_error == 0.0
-    assert changed > 50
+    cases = [
+        ([LoraBake(paths[0], 0.7, 0.3)], bake_lora(files, paths[0], strength=0.7, text_strength=0.3)),
+        ([LoraBake(paths[0], 0.7, 0.3), LoraBake(paths[1], -0.4)], None),
+    ]
+    for loras, baked in cases:
+        baked = baked or bake_loras(files, loras)
+        for lora in loras:
+            pipe.loras.add(lora.path, lora.strength, text_strength=lora.text_strength)
+        unet, text = pipe.unet.state_dict(), pipe.text_encoders[0].state_dict()
+        unet_error = max((baked.unet[key] - unet[key]).abs().max().item() for key in unet)
+        text_error = max((baked.text_encoders[0][key] - text[key]).abs().max().item() for key in text)
+        changed = sum(not torch.equal(baked.unet[key], files.unet[key]) for key in files.unet)
+        print(f"{len(loras)} baked vs Pipeline: UNet error {unet_error:.1e}, text {text_error:.1e}")
+        assert unet_error == 0.0 and text_error == 0.0
+        assert changed > 50
+        pipe.loras.remove(*pipe.loras.strengths)
 
 
 # --- LoRA extraction ------------------------------------------------------------------------------------
@@ -371,6 +388,37 @@ def test_cli_merge_bakes_loras_and_records_the_recipe(checkpoints, tmp_path):
         "c.safetensors",
     ]
     assert recipe["loras"][0]["strength"] == 0.5 and len(recipe["primary_model_hash"]) == 64
+
+
+def test_cli_no_interpolation_bakes_a_vae_by_name_in_fp16(tmp_path):
+    from safetensors.torch import save_file
+
+    a = tiny("sd1")
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "vae").mkdir()
+    write_model(a, tmp_path / "models" / "checkpoints" / "base.safetensors")
+    vae = perturbed(a, 8).vae
+    save_file(vae_ldm_to_diffusers(vae, a.spec.vae), tmp_path / "models" / "vae" / "ft.safetensors")
+    out = tmp_path / "baked.safetensors"
+    library = ["--models-dir", str(tmp_path / "models")]
+    args = [
+        "merge",
+        "base",
+        "--method",
+        "no-interpolation",
+        "--bake-vae",
+        "ft",
+        "--dtype",
+        "fp16",
+        "-o",
+        str(out),
+    ]
+    assert main([*args, *library]) == 0
+    result = read_model(out)
+    assert all(torch.equal(result.vae[key], vae[key].half()) for key in vae)
+    assert all(torch.equal(result.unet[key], a.unet[key].half()) for key in a.unet)
+    recipe = json.loads(read_safetensors_metadata(out)["sd_merge_recipe"])
+    assert recipe["bake_in_vae"] == "ft.safetensors" and recipe["save_as_half"] is True
 
 
 def test_cli_merge_errors_are_one_line_and_write_nothing(checkpoints, tmp_path, capsys):

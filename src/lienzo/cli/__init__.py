@@ -25,6 +25,14 @@ from lienzo.cli.generate import (
     run_generation,
 )
 from lienzo.cli.library import MODELS_EPILOG, add_models_arguments, run_models
+from lienzo.cli.merge import (
+    EXTRACT_EPILOG,
+    MERGE_EPILOG,
+    add_extract_arguments,
+    add_merge_arguments,
+    run_extract,
+    run_merge,
+)
 from lienzo.cli.models import add_convert_arguments, add_info_arguments, run_convert, run_info
 from lienzo.cli.train import TRAIN_EPILOG, add_train_arguments, run_train
 from lienzo.errors import LienzoError
@@ -78,6 +86,20 @@ COMMANDS = [
         add_models_arguments,
         run_models,
         MODELS_EPILOG,
+    ),
+    Command(
+        "merge",
+        "merge checkpoints (weighted sum, add difference), bake in LoRAs and a VAE",
+        add_merge_arguments,
+        run_merge,
+        MERGE_EPILOG,
+    ),
+    Command(
+        "extract-lora",
+        "extract a LoRA from the difference of a fine-tuned model and its base",
+        add_extract_arguments,
+        run_extract,
+        EXTRACT_EPILOG,
     ),
     Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
     Command(
