@@ -14,7 +14,7 @@ and never edit tensors in place; the UNet's transformer reads `proj_in`/`proj_ou
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,29 +109,38 @@ class ModelPatcher:
         return self.model.get_parameter(name) if original is None else original
 
     def _apply(self) -> None:
-        """Recompute every patched weight from its original and the adapters now applied: each original
-        converted to float32 once, each change added in place, one cast back."""
-        originals: dict[str, torch.Tensor] = {}
-        changes: dict[str, tuple[torch.Tensor, bool]] = {}
-
-        def original32(name: str) -> torch.Tensor:
-            if name not in originals:
-                originals[name] = self._original(name).detach().to(torch.float32, copy=True)
-            return originals[name]
-
-        for patches, strength in self.adapters.values():
-            for patch in patches:
-                inputs = [original32(name) for name in patch.params]
-                change = patch.delta(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
-                for name, part in zip(patch.params, change.split([i.shape[0] for i in inputs]), strict=True):
-                    changes[name] = _accumulate(changes.get(name), part, strength)
-        for name in [name for name in self.originals if name not in changes]:
+        """Recompute every patched weight from its original and the adapters now applied."""
+        patched = patch_weights(self._original, self.adapters.values())
+        for name in [name for name in self.originals if name not in patched]:
             self._set(name, self.originals.pop(name))
-        for name, (change, _) in changes.items():
-            original = self._original(name)
-            self.originals.setdefault(name, original)
-            patched = original32(name).add_(change).to(original.dtype)
-            self._set(name, nn.Parameter(patched, requires_grad=False))
+        for name, weight in patched.items():
+            self.originals.setdefault(name, self._original(name))
+            self._set(name, nn.Parameter(weight, requires_grad=False))
+
+
+def patch_weights(
+    original: Callable[[str], torch.Tensor], applied: Iterable[tuple[Sequence[WeightPatch], float]]
+) -> dict[str, torch.Tensor]:
+    """Every parameter the applied patches change, by name: original + Σ strength · delta(original),
+    each original converted to float32 once, the changes added in place, one cast back to its dtype.
+    `original(name)` gives the unpatched tensor (a network's parameter or a state dict's entry)."""
+    originals: dict[str, torch.Tensor] = {}
+    changes: dict[str, tuple[torch.Tensor, bool]] = {}
+
+    def original32(name: str) -> torch.Tensor:
+        if name not in originals:
+            originals[name] = original(name).detach().to(torch.float32, copy=True)
+        return originals[name]
+
+    for patches, strength in applied:
+        for patch in patches:
+            inputs = [original32(name) for name in patch.params]
+            change = patch.delta(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+            for name, part in zip(patch.params, change.split([i.shape[0] for i in inputs]), strict=True):
+                changes[name] = _accumulate(changes.get(name), part, strength)
+    return {
+        name: original32(name).add_(change).to(original(name).dtype) for name, (change, _) in changes.items()
+    }
 
 
 def _accumulate(

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lienzo.adapters import WeightPatch
+from lienzo.adapters import WeightPatch, patch_weights
 from lienzo.adapters.algorithms import ModuleWeights, parameter_deltas
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io import read_model, read_state_dict, write_safetensors
@@ -241,24 +241,9 @@ def bake_loras(files: ModelFiles, loras: Sequence[LoraBake]) -> ModelFiles:
 def apply_patches(
     state: Mapping[str, Tensor], applied: Sequence[tuple[Sequence[WeightPatch], float]]
 ) -> dict[str, Tensor]:
-    """A state dict with weight patches applied at their strengths: each change computed in float32 from
-    the original (fused parameters concatenated along dim 0 and split back), summed, added, and cast
-    once to the original dtype, as `lienzo.adapters.patcher.ModelPatcher` does to a network."""
-    changes: dict[str, Tensor] = {}
-    for patches, strength in applied:
-        for patch in patches:
-            inputs = [state[name].detach().float() for name in patch.params]
-            change = patch.delta(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
-            for name, part in zip(patch.params, change.split([i.shape[0] for i in inputs]), strict=True):
-                if name in changes:
-                    changes[name].add_(part, alpha=strength)
-                else:
-                    changes[name] = part * strength
-    patched = dict(state)
-    for name, change in changes.items():
-        original = state[name]
-        patched[name] = (original.detach().float() + change).to(original.dtype)
-    return patched
+    """A state dict with weight patches applied at their strengths, computed exactly as
+    `lienzo.adapters.patcher.ModelPatcher` patches a network (the same `patch_weights`)."""
+    return {**state, **patch_weights(state.__getitem__, applied)}
 
 
 def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
