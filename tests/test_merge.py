@@ -17,6 +17,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.io import ModelFiles, read_model, read_safetensors_metadata, read_state_dict, write_model
 from lienzo.io.keymaps.vae import vae_ldm_to_diffusers
 from lienzo.io.layouts import VAE_PREFIX
+from lienzo.io.vae_files import read_vae
 from lienzo.training.extract_lora import extract_lora, lora_metadata, lora_modules, write_lora
 from lienzo.training.merge import (
     LoraBake,
@@ -24,7 +25,6 @@ from lienzo.training.merge import (
     bake_loras,
     bake_vae,
     merge_models,
-    read_vae,
     write_merged,
 )
 from test_generate_parity import reference_pipeline

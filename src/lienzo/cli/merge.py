@@ -9,6 +9,7 @@ from lienzo.cli.arguments import add_library_arguments, library_from_args
 from lienzo.devices import DTYPES
 from lienzo.errors import InvalidArgumentError
 from lienzo.io import read_model
+from lienzo.io.vae_files import read_vae
 from lienzo.training.extract_lora import extract_lora, lora_metadata, write_lora
 from lienzo.training.merge import (
     LoraBake,
@@ -17,7 +18,6 @@ from lienzo.training.merge import (
     check_destination,
     merge_metadata,
     merge_models,
-    read_vae,
     write_merged,
 )
 

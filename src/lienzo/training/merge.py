@@ -26,12 +26,9 @@ from torch import Tensor
 from lienzo.adapters import WeightPatch, patch_weights
 from lienzo.adapters.algorithms import ModuleWeights, parameter_deltas
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
-from lienzo.io import read_model, read_state_dict, write_safetensors
+from lienzo.io import write_safetensors
 from lienzo.io.adapter_files import read_adapter_file, resolve_targets
 from lienzo.io.adapter_keys import TEXT, UNET
-from lienzo.io.diffusers_folder import DIFFUSERS_WEIGHTS, read_component_weights
-from lienzo.io.keymaps.vae import vae_diffusers_to_ldm
-from lienzo.io.layouts import VAE_PREFIX
 from lienzo.io.model_files import ModelFiles
 from lienzo.io.single_file import join_single_file, single_file_metadata
 from lienzo.models.specs import family_spec, parse_family
@@ -43,8 +40,6 @@ A1111_METHOD_NAMES = {
     "no_interpolation": "No interpolation",
 }
 SKIPPED_SUFFIX = "position_ids"
-VAE_IGNORED_PREFIXES = ("loss.", "model_ema.")
-DIFFUSERS_VAE_MARKERS = ("encoder.down_blocks.", "decoder.up_blocks.")
 HASH_CHUNK_BYTES = 1 << 24
 MERGE_RECIPE_KEY = "sd_merge_recipe"
 MERGE_MODELS_KEY = "sd_merge_models"
@@ -251,25 +246,6 @@ def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 # --- VAE bake-in ----------------------------------------------------------------------------------------
-
-
-def read_vae(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A VAE's weights in lienzo's (ldm) naming from a VAE file in ldm or diffusers naming (`.safetensors`,
-    `.pt`, `.ckpt`, `.bin`), a diffusers VAE folder, or a whole checkpoint or pipeline folder's VAE."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelNotFoundError(f"{path} does not exist; check the VAE's path or name")
-    if path.is_dir():
-        if (path / "model_index.json").is_file():
-            return read_model(path).vae
-        return vae_diffusers_to_ldm(read_component_weights(path, DIFFUSERS_WEIGHTS))
-    state = read_state_dict(path)
-    if any(key.startswith(VAE_PREFIX) for key in state):
-        state = {key[len(VAE_PREFIX) :]: value for key, value in state.items() if key.startswith(VAE_PREFIX)}
-    state = {key: value for key, value in state.items() if not key.startswith(VAE_IGNORED_PREFIXES)}
-    if any(key.startswith(DIFFUSERS_VAE_MARKERS) for key in state):
-        state = vae_diffusers_to_ldm(state)
-    return state
 
 
 def bake_vae(files: ModelFiles, vae: Mapping[str, Tensor], *, source: str = "the VAE") -> ModelFiles:
