@@ -9,12 +9,17 @@ so it is restored bit for bit. Changing a strength recomputes from the deltas he
 reads a file. Adapters (LoRA and LyCORIS, merges) act on `.weight`-style parameters through this patcher
 and never edit tensors in place; the UNet's transformer reads `proj_in`/`proj_out` weights directly
 (`F.linear`), which is why patches replace parameters rather than wrap modules.
+
+Adapters that transform activations rather than weights (A1111 hypernetworks) are hooks: callables the
+patcher puts in the `context_patches` of its view's attention modules (lienzo.models.blocks.CrossAttention),
+chained in the order their keys were added. A view's modules are its own objects, so hooks never reach
+another view, and a new view (`clone`) starts without any.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +29,10 @@ from lienzo.errors import InvalidArgumentError
 
 Delta = Callable[[torch.Tensor], torch.Tensor]
 """`delta(original_fp32) -> change` at strength 1, same shape as the original."""
+Hook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""`hook(k_source, v_source) -> (k_source, v_source)`, run before an attention's key and value projections."""
+HOOK_ATTRIBUTE = "context_patches"
+"""The attribute of a module that holds its hooks (a tuple; the class default is empty)."""
 
 
 @dataclass(frozen=True)
@@ -36,26 +45,32 @@ class WeightPatch:
 
 
 def module_view(module: nn.Module) -> nn.Module:
-    """A structural copy of `module` sharing every parameter and buffer tensor with it."""
-    shared = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
+    """A structural copy of `module` sharing every parameter and buffer tensor with it; its modules start
+    without hooks (the hook objects are neither copied nor shared)."""
+    shared: dict[int, object] = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
+    for submodule in module.modules():
+        if HOOK_ATTRIBUTE in vars(submodule):
+            shared[id(vars(submodule)[HOOK_ATTRIBUTE])] = ()
     return copy.deepcopy(module, memo=shared)
 
 
 class ModelPatcher:
     """Owns one view of a network and the adapters patched into it (ComfyUI's ModelPatcher, by analogy).
 
-    `add(key, patches, strength)` applies an adapter, `set_strength` changes its strength, `remove` takes
-    it out, `unpatch` takes every adapter out, and `clone()` gives another patcher over a fresh,
-    unpatched view of the same weights.
+    `add(key, patches, strength)` applies an adapter, `set_strength` changes its strength, `add_hooks(key,
+    {module name: hook})` installs hooks, `remove` takes a key's patches and hooks out, `unpatch` takes
+    everything out, and `clone()` gives another patcher over a fresh, unpatched view of the same weights.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.originals: dict[str, nn.Parameter] = {}
         self.adapters: dict[str, tuple[list[WeightPatch], float]] = {}
+        self.hooks: dict[str, dict[str, Hook]] = {}
+        self._hooked: set[str] = set()
 
     def clone(self) -> ModelPatcher:
-        """A patcher over a new view of the original (unpatched) weights, with no adapters."""
+        """A patcher over a new view of the original (unpatched) weights, with no adapters or hooks."""
         clone = ModelPatcher(module_view(self.model))
         for name, original in self.originals.items():
             clone._set(name, original)
@@ -90,15 +105,51 @@ class ModelPatcher:
         self.adapters[key] = (patches, float(strength))
         self._apply()
 
+    def add_hooks(self, key: str, hooks: Mapping[str, Hook]) -> None:
+        """Install hooks on the named modules under `key` (replacing that key's hooks, in its place in the
+        order); each module runs its hooks in the order their keys were first added."""
+        for name in hooks:
+            try:
+                module = self.model.get_submodule(name)
+            except AttributeError:
+                module = None
+            if not hasattr(module, HOOK_ATTRIBUTE):
+                raise InvalidArgumentError(
+                    f"{key} hooks {name!r}, which is not an attention module of "
+                    f"{type(self.model).__name__}; is it made for another model?"
+                )
+        self.hooks[key] = dict(hooks)
+        self._install_hooks()
+
     def remove(self, key: str) -> None:
-        """Take an adapter out; weights no other adapter patches get their original tensors back."""
+        """Take an adapter's patches and hooks out; weights no other adapter patches get their original
+        tensors back."""
         if self.adapters.pop(key, None) is not None:
             self._apply()
+        if self.hooks.pop(key, None) is not None:
+            self._install_hooks()
 
     def unpatch(self) -> None:
-        """Take every adapter out: every original weight back (the same tensors, so bit for bit)."""
+        """Take every adapter and hook out: every original weight back (the same tensors, so bit for bit)."""
         self.adapters.clear()
         self._apply()
+        self.hooks.clear()
+        self._install_hooks()
+
+    def _install_hooks(self) -> None:
+        """Give each hooked module the tuple of its hooks in key order; a module left without hooks gets
+        the class default (none) back."""
+        chains: dict[str, list[Hook]] = {name: [] for name in self._hooked}
+        for hooks in self.hooks.values():
+            for name, hook in hooks.items():
+                chains.setdefault(name, []).append(hook)
+        for name, chain in chains.items():
+            module = self.model.get_submodule(name)
+            if chain:
+                setattr(module, HOOK_ATTRIBUTE, tuple(chain))
+            elif HOOK_ATTRIBUTE in vars(module):
+                delattr(module, HOOK_ATTRIBUTE)
+        self._hooked = {name for name, chain in chains.items() if chain}
 
     def _set(self, name: str, parameter: nn.Parameter) -> None:
         owner_name, _, leaf = name.rpartition(".")

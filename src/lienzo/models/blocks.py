@@ -68,7 +68,14 @@ class ResBlock(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head (cross-)attention with scaled dot-product attention (Vaswani et al. 2017)."""
+    """Multi-head (cross-)attention with scaled dot-product attention (Vaswani et al. 2017).
+
+    `context_patches` are callables `(k_source, v_source) -> (k_source, v_source)` applied in order to
+    what the key and value projections read (the context, or x for self-attention); A1111 hypernetworks
+    are such patches. Only lienzo.adapters.ModelPatcher sets them, on its own view of a network.
+    """
+
+    context_patches: tuple = ()
 
     def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int) -> None:
         super().__init__()
@@ -80,11 +87,13 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        source = x if context is None else context
+        k_source = v_source = x if context is None else context
+        for patch in self.context_patches:
+            k_source, v_source = patch(k_source, v_source)
         batch, tokens, _ = x.shape
         q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k = self.to_k(source).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        v = self.to_v(source).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        k = self.to_k(k_source).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        v = self.to_v(v_source).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         out = attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(batch, tokens, -1))
 

@@ -130,6 +130,7 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Refiner": model_field(refiner.get("model"), refiner.get("model_hash")) if refiner else None,
         "Refiner switch at": refiner["switch_at"] if refiner else None,
         "Lora hashes": name_hashes(loras),
+        "Hypernet hashes": name_hashes(record.get("hypernetworks") or {}),
         "TI hashes": name_hashes(record.get("embeddings") or {}),
         "Version": lienzo_version(),
     }
@@ -240,9 +241,12 @@ def parse_parameters(text: str) -> dict:
     """A generation record from A1111's `parameters` text (inverse of `format_parameters`).
 
     Absent settings are None; fields lienzo does not use are kept as raw strings under "extra".
-    A "Denoising strength" without hires fix marks an img2img-style run (mode "img2img").
+    A "Denoising strength" without hires fix marks an img2img-style run (mode "img2img"). An old A1111
+    "Hypernet" field becomes a `<hypernet:name:strength>` tag at the end of the prompt, as A1111 reads it.
     """
     prompt, negative, fields = split_parameters(text)
+    if "Hypernet" in fields:
+        prompt += f"<hypernet:{fields.pop('Hypernet')}:{fields.pop('Hypernet strength', '1.0')}>"
     sampler, scheduler = _sampler_and_scheduler(fields)
     width = height = None
     if (size := IMAGE_SIZE.match(fields.pop("Size", ""))) is not None:
@@ -287,6 +291,7 @@ def parse_parameters(text: str) -> dict:
         "refiner": refiner,
         "mask": mask,
         "loras": parse_name_hashes(fields.pop("Lora hashes", "")),
+        "hypernetworks": parse_name_hashes(fields.pop("Hypernet hashes", "")),
         "embeddings": parse_name_hashes(fields.pop("TI hashes", "")),
         "model": fields.pop("Model", None),
         "model_hash": fields.pop("Model hash", None),

@@ -50,6 +50,7 @@ RECORD_KEYS = (
     "refiner",
     "mask",
     "loras",
+    "hypernetworks",
     "embeddings",
     "model",
     "model_hash",
@@ -61,8 +62,9 @@ RECORD_KEYS = (
 `strength` is the denoising strength (1.0 for plain txt2img); `sampler_options` is a dict of the options
 given to the sampler (eta, s_noise, ...), empty for its defaults;
 `mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"; `loras` maps each applied LoRA's
-name to its short hash (A1111's "Lora hashes"), `embeddings` each textual-inversion embedding the
-prompts used ("TI hashes")."""
+name to its short hash (A1111's "Lora hashes"), `hypernetworks` each applied hypernetwork's name to its
+short hash (10 hex digits, A1111's; written as "Hypernet hashes"), `embeddings` each textual-inversion
+embedding the prompts used ("TI hashes")."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class GenerationOptions:
         refiner_hash: str | None = None,
         loras: dict[str, str] | None = None,
         embeddings: dict[str, str] | None = None,
+        hypernetworks: dict[str, str] | None = None,
     ) -> dict:
         """The `image.info["lienzo"]` dict of batch item `index` (keys: RECORD_KEYS)."""
         hires = None
@@ -170,6 +173,7 @@ class GenerationOptions:
             "refiner": refiner,
             "mask": None,
             "loras": dict(loras or {}),
+            "hypernetworks": dict(hypernetworks or {}),
             "embeddings": dict(embeddings or {}),
             "model": model,
             "model_hash": model_hash,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
 from lienzo.pipelines.depth import depth2img
 from lienzo.pipelines.generation import img2img, img2img_size, txt2img
+from lienzo.pipelines.hypernetworks import HypernetworkSet
 from lienzo.pipelines.images import ImageInput, load_image
 from lienzo.pipelines.inpaint import inpaint
 from lienzo.pipelines.loras import LoraSet
@@ -45,8 +48,10 @@ class Pipeline:
     Every network is in eval mode with gradients off. The UNet and text encoders are this Pipeline's own
     views (see lienzo.adapters): patching them through `unet_patcher` or `text_patchers` never reaches
     another Pipeline loaded from the same files, while unchanged weights stay shared. `loras` applies
-    LoRA/LyCORIS files (`pipe.loras.add("name", 0.8)`), and every mode applies its prompt's `<lora:…>`
-    tags for the length of the call. Names resolve in `library` (default: lienzo.toml or ./models).
+    LoRA/LyCORIS files (`pipe.loras.add("name", 0.8)`), `hypernetworks` A1111 hypernetworks
+    (`pipe.hypernetworks.add("name", 0.5)`), and every mode applies its prompt's `<lora:…>` and
+    `<hypernet:…>` tags for the length of the call. Names resolve in `library` (default: lienzo.toml or
+    ./models).
     Prompts trigger the textual-inversion `embeddings` by name; left None, they are every embedding in
     the library's embeddings folders that fits this model, as A1111 reads its embeddings folder.
     """
@@ -64,12 +69,14 @@ class Pipeline:
     unet_patcher: ModelPatcher = field(init=False, repr=False, compare=False)
     text_patchers: list[ModelPatcher] = field(init=False, repr=False, compare=False)
     loras: LoraSet = field(init=False, repr=False, compare=False)
+    hypernetworks: HypernetworkSet = field(init=False, repr=False, compare=False)
     _library_embeddings: tuple = field(default=((), None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.unet_patcher = ModelPatcher(self.unet)
         self.text_patchers = [ModelPatcher(encoder) for encoder in self.text_encoders]
         self.loras = LoraSet(self)
+        self.hypernetworks = HypernetworkSet(self)
 
     def view(self) -> Pipeline:
         """A Pipeline over fresh views of the same (unpatched) weights; the VAE is shared as is."""
@@ -86,6 +93,12 @@ class Pipeline:
             self.library,
             self.embeddings,
         )
+
+    @contextlib.contextmanager
+    def _prompt_adapters(self, prompt: str) -> Iterator[None]:
+        """The prompt's `<lora:…>` and `<hypernet:…>` tags, applied while the block runs."""
+        with self.loras.from_prompt(prompt), self.hypernetworks.from_prompt(prompt):
+            yield
 
     @property
     def family(self) -> str:
@@ -196,7 +209,7 @@ class Pipeline:
             **more,
         )
         refined = self.load_refiner(options.refiner)
-        with self.loras.from_prompt(options.prompt):
+        with self._prompt_adapters(options.prompt):
             return txt2img(self, options, refiner=refined, callback=callback, progress=progress)
 
     def img2img(
@@ -222,7 +235,7 @@ class Pipeline:
             self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
         )
         refined = self.load_refiner(options.refiner)
-        with self.loras.from_prompt(options.prompt):
+        with self._prompt_adapters(options.prompt):
             return img2img(self, source, options, refiner=refined, callback=callback, progress=progress)
 
     def inpaint(
@@ -245,7 +258,7 @@ class Pipeline:
         See lienzo.pipelines.inpaint.
         """
         refined = self.load_refiner(more.get("refiner"))
-        with self.loras.from_prompt(prompt):
+        with self._prompt_adapters(prompt):
             return inpaint(
                 self,
                 image,
@@ -273,12 +286,12 @@ class Pipeline:
         """Extend the canvas by the margins (multiples of 8) and paint the new area; the original stays."""
         refined = self.load_refiner(more.get("refiner"))
         margins = {"left": left, "right": right, "top": top, "bottom": bottom}
-        with self.loras.from_prompt(prompt):
+        with self._prompt_adapters(prompt):
             return outpaint(self, image, prompt, refiner_model=refined, **margins, **more)
 
     def depth2img(self, image: ImageInput, depth, prompt: str, *, strength: float = 0.8, **more) -> list:
         """img2img guided by a depth map image, for SD 2 depth models (family sd2-depth)."""
-        with self.loras.from_prompt(prompt):
+        with self._prompt_adapters(prompt):
             return depth2img(self, image, depth, prompt, strength=strength, **more)
 
 

@@ -19,8 +19,8 @@ def attach_records(
 ) -> None:
     """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]; inpainting adds
     its `mask` settings ({"blur", "only_masked", "padding"}), a refined image its refiner's hash, and
-    every image the LoRAs applied while it was made and the embeddings its prompts used (name: short
-    hash)."""
+    every image the LoRAs and hypernetworks applied while it was made and the embeddings its prompts used
+    (name: short hash)."""
     for index, image in enumerate(images):
         record = options.to_record(
             index,
@@ -29,6 +29,7 @@ def attach_records(
             family=pipe.spec.name,
             refiner_hash=None if refiner is None else refiner.model_hash,
             loras=pipe.loras.hashes(),
+            hypernetworks=pipe.hypernetworks.hashes(),
             embeddings=pipe.embedding_hashes(() if texts is None else texts.embeddings_used),
         )
         image.info["lienzo"] = {**record, "mask": mask}
