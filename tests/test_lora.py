@@ -253,3 +253,11 @@ def test_embeddings_bundled_in_a_lora_file_work_while_it_is_applied(library, tmp
     assert plain.tobytes() != triggered.tobytes()
     assert list(triggered.info["lienzo"]["embeddings"]) == ["sparkle"]
     assert pipe.generate("a cat, sparkle", **SETTINGS)[0].info["lienzo"]["embeddings"] == {}
+
+
+def test_a_lora_tagged_twice_applies_twice(library):
+    pipe = tiny_sd1(library)
+    twice = pipe.generate("a cat <lora:ink:0.25> <lora:ink:0.25>", **SETTINGS)[0]
+    once = pipe.generate("a cat <lora:ink:0.5>", **SETTINGS)[0]
+    difference = np.abs(np.asarray(twice, dtype=np.int16) - np.asarray(once, dtype=np.int16)).max()
+    assert difference <= 1 and pipe.loras.strengths == {}

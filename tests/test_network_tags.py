@@ -39,7 +39,6 @@ def test_tags_leave_the_prompt_and_keep_their_order():
         ("<lora::1>", "no name"),
         ("<lora:ink:gain=2>", "unknown gain"),
         ("<frobnicate:ink>", "unknown extra network"),
-        ("<hypernet:anime:1>", "not supported yet"),
     ],
 )
 def test_bad_tags_name_the_fix(prompt, message):

@@ -26,7 +26,7 @@ from lienzo.pipelines.output import prepare_target, release_paths, reserve_paths
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.preview import FilmstripRecorder
 from lienzo.pipelines.requests import MODE_EXTRAS, SIDES, validate_request
-from lienzo.text.network_tags import extract_lora_tags
+from lienzo.text.network_tags import extract_hypernet_tags, extract_lora_tags
 
 VAE_TILING = {"auto": None, "on": True, "off": False}
 GENERATE_EPILOG = """examples:
@@ -321,6 +321,8 @@ def run_generation(args: argparse.Namespace) -> int:
     for prompt in prompts:
         for tag in extract_lora_tags(prompt)[1]:
             library.resolve("loras", tag.name)
+        for tag in extract_hypernet_tags(prompt)[1]:
+            library.resolve("hypernetworks", tag.name)
     model = None if args.model is None else library.resolve("checkpoints", args.model)
     target = prepare_target(args.output)
     dtype = chosen_dtype(args)

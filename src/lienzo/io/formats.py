@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
@@ -95,22 +96,30 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def read_weights_only_pickle(path: str | os.PathLike) -> object:
+    """A torch pickle's contents through `torch.load(weights_only=True)` (tensors, numbers, strings and
+    containers only): one that needs any class or function to load is refused, never run."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if _needs_code_to_load(path, error):
+            refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+            what = f"asks for {refused.group(1)}" if refused else "needs arbitrary classes or functions"
             raise UnsafeCheckpointError(
-                f"{path} was refused: it is a pickle that needs arbitrary classes or functions, "
-                "and loading it could run code. If you trust it, convert it to .safetensors in an "
-                "isolated environment (a throwaway container or VM, with torch.load(weights_only=False) "
-                "and safetensors' save_file), then load the .safetensors file"
+                f"{path} was refused: its pickle {what}, and loading it could run code. If you trust it, "
+                "convert it to .safetensors in an isolated environment (a throwaway container or VM, with "
+                "torch.load(weights_only=False) and safetensors' save_file), then load the .safetensors file"
             ) from None
         raise _damaged(path, ValueError("not a readable weights-only pickle")) from None
     except Exception as error:
         raise _damaged(path, error) from None
+
+
+def _read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    loaded = read_weights_only_pickle(path)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping):

@@ -26,9 +26,7 @@ is refused, never run.
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +37,8 @@ from lienzo.errors import (
     CorruptCheckpointError,
     InvalidArgumentError,
     ModelNotFoundError,
-    UnsafeCheckpointError,
 )
-from lienzo.io.formats import _needs_code_to_load
+from lienzo.io.formats import read_weights_only_pickle
 
 HYPERNETWORK_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 DEFAULT_LAYER_STRUCTURE = (1.0, 2.0, 1.0)
@@ -100,7 +97,7 @@ def read_hypernetwork_file(path: str | os.PathLike) -> HypernetworkFile:
             f"{path} is not a hypernetwork file: A1111 hypernetworks are .pt files "
             f"({', '.join(HYPERNETWORK_SUFFIXES)} are read)"
         )
-    return parse_hypernetwork(_load(path), str(path))
+    return parse_hypernetwork(read_weights_only_pickle(path), str(path))
 
 
 def parse_hypernetwork(data: object, source: str) -> HypernetworkFile:
@@ -140,26 +137,6 @@ def parse_hypernetwork(data: object, source: str) -> HypernetworkFile:
         dropout,
         info,
     )
-
-
-def _load(path: Path) -> object:
-    """`torch.load(weights_only=True)`, its failures turned into clear errors."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if _needs_code_to_load(path, error):
-            refused = re.search(r"GLOBAL ([\w.]+)", str(error))
-            what = f"asks for {refused.group(1)}" if refused else "needs classes or functions to load"
-            raise UnsafeCheckpointError(
-                f"{path} was refused: its pickle {what}, and loading it could run code. A1111 hypernetwork "
-                "files hold only tensors, numbers, strings, lists and dicts; get it again from its source"
-            ) from None
-        raise _corrupt(str(path), "not a readable weights-only pickle") from None
-    except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise _corrupt(str(path), reason) from None
 
 
 def _corrupt(source: str, reason: str) -> CorruptCheckpointError:

@@ -175,12 +175,13 @@ class LoraSet:
 
     @contextlib.contextmanager
     def from_prompt(self, prompt: str) -> Iterator[None]:
-        """Apply the prompt's `<lora:name:te:unet>` tags while the block runs, then take them out again."""
+        """Apply the prompt's `<lora:name:te:unet>` tags while the block runs, then take them out again
+        (a file tagged twice applies twice, each at its own strengths)."""
         _, tags = extract_lora_tags(prompt)
         keys = []
         try:
-            for tag in tags:
-                key = f"prompt:{tag.name}"
+            for index, tag in enumerate(tags):
+                key = f"prompt:{index}:{tag.name}"
                 keys.append(self.add(tag.name, tag.unet_strength, text_strength=tag.text_strength, key=key))
             yield
         finally:
