@@ -261,3 +261,25 @@ def test_a_lora_tagged_twice_applies_twice(library):
     once = pipe.generate("a cat <lora:ink:0.5>", **SETTINGS)[0]
     difference = np.abs(np.asarray(twice, dtype=np.int16) - np.asarray(once, dtype=np.int16)).max()
     assert difference <= 1 and pipe.loras.strengths == {}
+
+
+def test_another_vae_by_name_decodes_and_is_recorded(library, tmp_path, monkeypatch):
+    pipe = tiny_sd1(library)
+    folder = tmp_path / "models" / "vae"
+    folder.mkdir()
+    weights = {key: (value * 0.5).contiguous() for key, value in pipe.vae.state_dict().items()}
+    save_file(weights, folder / "half.safetensors")
+    plain = pipe.generate("a cat", **SETTINGS)[0]
+    other = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    pipe.use_vae("half")
+    halved = pipe.generate("a cat", **SETTINGS)[0]
+    assert halved.tobytes() != plain.tobytes() and halved.info["lienzo"]["vae"] == "half"
+    assert "VAE: half" in format_parameters(halved.info["lienzo"])
+    assert other.generate("a cat", **SETTINGS)[0].tobytes() == plain.tobytes()
+    save_file({"encoder.conv_in.weight": torch.zeros(1)}, folder / "broken.safetensors")
+    with pytest.raises(InvalidArgumentError, match="does not fit this sd1 model"):
+        pipe.use_vae("broken")
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", str(tiny_pipeline_folder("sd1")), "--size", "32x32", "--steps", "2", "-q"]
+    assert main(["generate", "a cat", *args, "--vae", "half", "--seed", "3", "-o", "v.png"]) == 0
+    assert "VAE: half" in read_parameters(tmp_path / "v.png")

@@ -111,6 +111,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoints/ (default: the built-in model)",
     )
     add_family_argument(model)
+    model.add_argument("--vae", help="another VAE: a file or folder, or a name in the models folder's vae/")
     add_library_arguments(model)
     add_device_arguments(model)
     model.add_argument(
@@ -328,6 +329,8 @@ def run_generation(args: argparse.Namespace) -> int:
     dtype = chosen_dtype(args)
     pipe = load(model, device=args.device, dtype=dtype, family=args.family)
     pipe.library = library
+    if args.vae is not None:
+        pipe.use_vae(args.vae)
     warn_on_other_model(record, pipe)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None

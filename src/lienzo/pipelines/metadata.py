@@ -131,6 +131,7 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Refiner switch at": refiner["switch_at"] if refiner else None,
         "Lora hashes": name_hashes(loras),
         "Hypernet hashes": name_hashes(record.get("hypernetworks") or {}),
+        "VAE": record.get("vae"),
         "TI hashes": name_hashes(record.get("embeddings") or {}),
         "Version": lienzo_version(),
     }
@@ -292,6 +293,7 @@ def parse_parameters(text: str) -> dict:
         "mask": mask,
         "loras": parse_name_hashes(fields.pop("Lora hashes", "")),
         "hypernetworks": parse_name_hashes(fields.pop("Hypernet hashes", "")),
+        "vae": fields.pop("VAE", None),
         "embeddings": parse_name_hashes(fields.pop("TI hashes", "")),
         "model": fields.pop("Model", None),
         "model_hash": fields.pop("Model hash", None),

@@ -51,6 +51,7 @@ RECORD_KEYS = (
     "mask",
     "loras",
     "hypernetworks",
+    "vae",
     "embeddings",
     "model",
     "model_hash",
@@ -64,7 +65,8 @@ given to the sampler (eta, s_noise, ...), empty for its defaults;
 `mode` is "txt2img", "img2img", "inpaint", "outpaint" or "depth2img"; `loras` maps each applied LoRA's
 name to its short hash (A1111's "Lora hashes"), `hypernetworks` each applied hypernetwork's name to its
 short hash (10 hex digits, A1111's; written as "Hypernet hashes"), `embeddings` each textual-inversion
-embedding the prompts used ("TI hashes")."""
+embedding the prompts used ("TI hashes"); `vae` the name of a VAE used instead of the model's own
+(A1111's "VAE"), else None."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class GenerationOptions:
         loras: dict[str, str] | None = None,
         embeddings: dict[str, str] | None = None,
         hypernetworks: dict[str, str] | None = None,
+        vae: str | None = None,
     ) -> dict:
         """The `image.info["lienzo"]` dict of batch item `index` (keys: RECORD_KEYS)."""
         hires = None
@@ -174,6 +177,7 @@ class GenerationOptions:
             "mask": None,
             "loras": dict(loras or {}),
             "hypernetworks": dict(hypernetworks or {}),
+            "vae": vae,
             "embeddings": dict(embeddings or {}),
             "model": model,
             "model_hash": model_hash,

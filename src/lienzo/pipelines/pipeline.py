@@ -15,10 +15,11 @@ from torch import nn
 
 from lienzo.adapters import ModelPatcher
 from lienzo.devices import default_device, default_dtype
-from lienzo.errors import ModelNotFoundError
+from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io import ModelFiles, read_model
 from lienzo.io.embedding_files import load_embeddings
 from lienzo.io.library import ModelLibrary, library_from_config
+from lienzo.io.vae_files import read_vae
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
@@ -66,6 +67,7 @@ class Pipeline:
     _model_hash: str | None = field(default=None, repr=False, compare=False)
     library: ModelLibrary | None = field(default=None, repr=False, compare=False)
     embeddings: Embeddings | None = field(default=None, repr=False, compare=False)
+    vae_name: str | None = field(default=None, repr=False, compare=False)
     unet_patcher: ModelPatcher = field(init=False, repr=False, compare=False)
     text_patchers: list[ModelPatcher] = field(init=False, repr=False, compare=False)
     loras: LoraSet = field(init=False, repr=False, compare=False)
@@ -158,6 +160,24 @@ class Pipeline:
     def encode_prompt(self, prompts: list[str], *, clip_skip: int = 1) -> PromptEncoding:
         """Text conditioning of a batch of prompts (long prompts in 75-token chunks, A1111 style)."""
         return self.clip.encode(prompts, clip_skip=clip_skip)
+
+    def use_vae(self, vae: str | Path) -> None:
+        """Decode and encode with another VAE from now on: a file or folder (ldm or diffusers naming, or a
+        whole checkpoint's VAE), or a name in the library's vae/ folders; other Pipelines keep theirs."""
+        library = self.library or library_from_config(allow_paths=True)
+        path = library.resolve("vae", vae)
+        try:
+            self.vae = _build(AutoencoderKL, self.spec.vae, read_vae(path), self.device, self.vae_dtype)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0][:160]
+            raise InvalidArgumentError(
+                f"the VAE {path.name} does not fit this {self.family} model ({first}); use a VAE made for it"
+            ) from None
+        self.vae_name = path.stem
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
 
     def load_refiner(self, refiner: RefinerOptions | None) -> Pipeline | None:
         """The refiner model, loaded like `lienzo.load` on this Pipeline's device and dtype."""

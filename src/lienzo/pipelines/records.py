@@ -30,6 +30,7 @@ def attach_records(
             refiner_hash=None if refiner is None else refiner.model_hash,
             loras=pipe.loras.hashes(),
             hypernetworks=pipe.hypernetworks.hashes(),
+            vae=pipe.vae_name,
             embeddings=pipe.embedding_hashes(() if texts is None else texts.embeddings_used),
         )
         image.info["lienzo"] = {**record, "mask": mask}

@@ -20,11 +20,13 @@ from dataclasses import astuple, dataclass, replace
 
 import torch
 
-from lienzo.diffusion import SeededNoise, img2img_sigmas, noise_latent
+from lienzo.diffusion import Denoise, SeededNoise, img2img_sigmas, noise_latent
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.pipelines.steps import (
+    BASE_PASS,
+    HIRES_PASS,
     PromptTexts,
     StepCallback,
     conditioning_pair,
@@ -35,6 +37,7 @@ from lienzo.pipelines.steps import (
     make_denoiser,
     run_sampler,
     schedule_sigmas,
+    scheduled_denoiser,
     switch_index,
 )
 
@@ -63,19 +66,43 @@ class Stage:
     name: str = "base"
     aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES
 
-    def denoiser(self, options: GenerationOptions, conditions: ImageConditions, noise: torch.Tensor):
+    def denoiser(
+        self,
+        options: GenerationOptions,
+        conditions: ImageConditions,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor | None = None,
+        pass_name: str = BASE_PASS,
+    ) -> Denoise:
         """The stage's guided denoiser at the options' size; extra channels go to a UNet that takes
-        them, latent blending serves one that does not."""
-        cond, uncond = conditioning_pair(
-            self.spec, self.texts, options.width, options.height, self.aesthetic_scores
-        )
-        takes_concat = self.spec.concat_channels > 0
-        if takes_concat:
-            cond, uncond = replace(cond, concat=conditions.concat), replace(uncond, concat=conditions.concat)
-        denoise = make_denoiser(self.unet, self.spec, cond, uncond, options)
-        if conditions.mask is not None and not takes_concat:
+        them, latent blending serves one that does not.
+
+        With prompt editing, each model call reads the texts of its sampling step: the step of the run
+        over `sigmas` (the whole run's, of which the stage samples a part) that holds its sigma, on the
+        pass's timeline (`PromptTexts.schedule`).
+        """
+        run_steps = None if sigmas is None else len(sigmas) - 1
+        if pass_name == BASE_PASS:
+            entries = self.texts.schedule(pass_name, steps=options.steps)
+        else:
+            entries = self.texts.schedule(pass_name, run_steps=run_steps)
+        if len(entries) > 1 and sigmas is None:
+            raise ValueError("a prompt with edits needs the run's sigmas to know each call's step")
+        guided = {id(texts): self._guided(texts, options, conditions) for _, texts in entries}
+        denoisers = [guided[id(texts)] for _, texts in entries]
+        denoise = scheduled_denoiser(denoisers, [until for until, _ in entries], sigmas)
+        if conditions.mask is not None and self.spec.concat_channels == 0:
             denoise = inpaint_blend_denoiser(denoise, conditions.latent, conditions.mask, noise)
         return denoise
+
+    def _guided(self, texts: PromptTexts, options: GenerationOptions, conditions: ImageConditions) -> Denoise:
+        """The CFG denoiser of one fixed pair of texts (cond and uncond in one batched pass)."""
+        cond, uncond = conditioning_pair(
+            self.spec, texts, options.width, options.height, self.aesthetic_scores
+        )
+        if self.spec.concat_channels > 0:
+            cond, uncond = replace(cond, concat=conditions.concat), replace(uncond, concat=conditions.concat)
+        return make_denoiser(self.unet, self.spec, cond, uncond, options)
 
 
 def sample_latents(
@@ -94,6 +121,10 @@ def sample_latents(
     each item the image it gets alone. Sampling starts at options.strength of the schedule from
     `start` + noise (pure noise without `start`). With a second stage (the SDXL refiner), the first
     runs until options.refiner.switch_at of the steps and the second the rest.
+
+    Prompt edits count the steps of this run from 0, the refiner's continuing the base's, as A1111 counts
+    its denoiser's calls: on the timeline of options.steps, or for the hires pass (stage_name "hires")
+    on A1111's hires timeline over the steps this run samples.
     """
     base = stages[0]
     shape = latent_shape(base.spec, options.width, options.height)
@@ -108,9 +139,10 @@ def sample_latents(
     extra = conditions(options.width, options.height) if conditions else ImageConditions()
     extra = ImageConditions(*(None if t is None else t.to(device) for t in astuple(extra)))
     sampler_noise = SeededNoise(generators)
+    pass_name = HIRES_PASS if stage_name == HIRES_PASS else BASE_PASS
     for stage, part in parts:
         x = run_sampler(
-            stage.denoiser(options, extra, noise),
+            stage.denoiser(options, extra, noise, sigmas, pass_name),
             x,
             part,
             options,

@@ -25,6 +25,7 @@ from lienzo.diffusion import (
     NoiseSource,
     get_sigmas,
     guided_denoiser,
+    img2img_sigmas,
     noise_latent,
     parameterization_for,
     sample,
@@ -38,6 +39,7 @@ from lienzo.pipelines.images import images_to_tensor, tensor_to_images
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.text.conditioning import TextEncoders
 from lienzo.text.network_tags import extract_lora_tags
+from lienzo.text.prompt_schedule import merge_schedule, prompt_schedule, schedule_index, text_at
 
 AUTO_TILING_CELLS = 128 * 128
 """With `vae_tiling` None, latents with more cells than SDXL's native 1024x1024 image run the VAE in
@@ -48,30 +50,150 @@ StepCallback = Callable[[dict], None]
 plus "stage" ("base", "refiner" or "hires") and "total" (steps in this stage)."""
 
 
+BASE_PASS = "base"
+"""The timeline of a generation's first pass: txt2img or img2img, the refiner continuing its steps."""
+HIRES_PASS = "hires"
+"""The timeline of the hires pass (the stage name `sample_latents` gets from `hires_fix`)."""
+
+
+@dataclass(frozen=True)
+class TextTimeline:
+    """Which text the prompt and the negative prompt read at each sampling step of one pass: entries
+    (until_step, prompt text, negative text), indices into `ScheduledTexts`, looked up by A1111's rule
+    (`schedule_index`). Made for A1111's `steps` (and `hires_steps` for the hires pass)."""
+
+    steps: int
+    hires_steps: int | None
+    entries: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ScheduledTexts:
+    """Every text an edited prompt and negative prompt read while sampling (A1111 prompt editing and
+    alternation), encoded in one call so that all have the same number of 75-token chunks: context
+    (V, L, C) and pooled (V, P) rows, the prompt's texts first; and each pass's timeline."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None
+    texts: tuple[str, ...]
+    timelines: dict[str, TextTimeline]
+
+
 @dataclass(frozen=True)
 class PromptTexts:
-    """The text encoders' output for the prompt and the negative prompt (each with batch 1)."""
+    """The text encoders' output for the prompt and the negative prompt (each with batch 1); with prompt
+    editing, that of the first step, and in `scheduled` every text the sampling steps read."""
 
     positive: torch.Tensor
     negative: torch.Tensor
     pooled_positive: torch.Tensor | None
     pooled_negative: torch.Tensor | None
     embeddings_used: tuple[str, ...] = ()
+    scheduled: ScheduledTexts | None = None
+
+    def row(self, positive: int, negative: int) -> PromptTexts:
+        """The fixed texts of scheduled rows `positive` and `negative`."""
+        context, pooled = self.scheduled.context, self.scheduled.pooled
+        return PromptTexts(
+            positive=context[positive : positive + 1],
+            negative=context[negative : negative + 1],
+            pooled_positive=None if pooled is None else pooled[positive : positive + 1],
+            pooled_negative=None if pooled is None else pooled[negative : negative + 1],
+            embeddings_used=self.embeddings_used,
+        )
+
+    def schedule(
+        self, pass_name: str = BASE_PASS, *, steps: int | None = None, run_steps: int | None = None
+    ) -> list[tuple[int, PromptTexts]]:
+        """[(until_step, fixed texts), ...] of a pass, for `schedule_index` (one object per pair of texts);
+        one entry without edits.
+
+        `steps` (the options' steps of a first pass) and `run_steps` (the steps a hires pass runs), where
+        given, must be those the timeline was made for.
+        """
+        if self.scheduled is None:
+            return [(0, self)]
+        timeline = self.scheduled.timelines.get(pass_name)
+        if timeline is None:
+            raise ValueError(
+                f"the prompt's edits have no {pass_name} timeline: encode the prompts with the options "
+                "you sample with"
+            )
+        if steps not in (None, timeline.steps) or run_steps not in (None, timeline.hires_steps):
+            raise ValueError(
+                f"the prompt's edits were scheduled for {timeline.steps} steps (hires pass: "
+                f"{timeline.hires_steps}), not {steps} ({run_steps}): encode the prompts with the options "
+                "you sample with"
+            )
+        pairs = {pair: self.row(*pair) for pair in dict.fromkeys(entry[1:] for entry in timeline.entries)}
+        return [(until, pairs[positive, negative]) for until, positive, negative in timeline.entries]
+
+
+def prompt_timelines(options: GenerationOptions) -> dict[str, tuple[int, int | None]]:
+    """A1111's (steps, hires_steps) of each pass of a generation: the first pass on options.steps, the
+    hires pass (with options.hires) on the steps it runs (`hires_options`' steps at its strength)."""
+    timelines: dict[str, tuple[int, int | None]] = {BASE_PASS: (options.steps, None)}
+    if options.hires is not None:
+        hires_steps = options.hires.steps or options.steps
+        run = len(img2img_sigmas(torch.zeros(hires_steps + 1), options.hires.strength)) - 1
+        timelines[HIRES_PASS] = (options.steps, run)
+    return timelines
+
+
+def _timeline(
+    positive: list[tuple[int, str]],
+    negative: list[tuple[int, str]],
+    rows: tuple[dict[str, int], dict[str, int]],
+) -> tuple[tuple[int, int, int], ...]:
+    """(until_step, prompt row, negative row) entries of one pass: both schedules' boundaries, neighbours
+    that read the same rows joined."""
+    entries: list[tuple[int, int, int]] = []
+    for until in sorted({step for step, _ in positive} | {step for step, _ in negative}):
+        pair = (rows[0][text_at(positive, until)], rows[1][text_at(negative, until)])
+        if entries and entries[-1][1:] == pair:
+            entries.pop()
+        entries.append((until, *pair))
+    return tuple(entries)
 
 
 def encode_texts(clip: TextEncoders, options: GenerationOptions) -> PromptTexts:
     """Run the text encoders once for the prompt and the negative prompt together, without their
-    `<lora:…>` tags (the Pipeline applies those)."""
+    `<lora:…>` tags (the Pipeline applies those).
+
+    With prompt editing or alternation (`lienzo.text.prompt_schedule`) every text either prompt reads in
+    any pass is encoded in that one call, so all get the same number of 75-token chunks (the longest
+    one's) and the context keeps its shape while sampling; a prompt without edits is encoded exactly as
+    before.
+    """
     prompts = [extract_lora_tags(text)[0] for text in (options.prompt, options.negative_prompt)]
-    encoded = clip.encode(prompts, clip_skip=options.clip_skip)
+    passes = prompt_timelines(options)
+    schedules = {
+        name: tuple(merge_schedule(prompt_schedule(prompt, *timeline)) for prompt in prompts)
+        for name, timeline in passes.items()
+    }
+    positive = list(dict.fromkeys(text for pair in schedules.values() for _, text in pair[0]))
+    negative = list(dict.fromkeys(text for pair in schedules.values() for _, text in pair[1]))
+    encoded = clip.encode([*positive, *negative], clip_skip=options.clip_skip)
     context = encoded.context.float()
     pooled = None if encoded.pooled is None else encoded.pooled.float()
+    scheduled = None
+    if len(positive) > 1 or len(negative) > 1:
+        rows = (
+            {text: row for row, text in enumerate(positive)},
+            {text: row for row, text in enumerate(negative, start=len(positive))},
+        )
+        timelines = {
+            name: TextTimeline(*passes[name], _timeline(*pair, rows)) for name, pair in schedules.items()
+        }
+        scheduled = ScheduledTexts(context, pooled, (*positive, *negative), timelines)
+    first_negative = len(positive)
     return PromptTexts(
         positive=context[:1],
-        negative=context[1:],
+        negative=context[first_negative : first_negative + 1],
         pooled_positive=None if pooled is None else pooled[:1],
-        pooled_negative=None if pooled is None else pooled[1:],
+        pooled_negative=None if pooled is None else pooled[first_negative : first_negative + 1],
         embeddings_used=encoded.embeddings_used,
+        scheduled=scheduled,
     )
 
 
@@ -188,6 +310,35 @@ def make_denoiser(
         options.cfg,
         guidance_rescale=options.guidance_rescale,
     )
+
+
+SIGMA_MATCH = 1e-5
+"""Relative tolerance within which a sigma counts as a schedule's sigma (samplers that go through t =
+-log sigma give it back a few ulps off)."""
+
+
+def step_at(sigmas: list[float], sigma: float) -> int:
+    """Index i of the sampling step of a run over `sigmas` (decreasing) whose interval (sigmas[i+1],
+    sigmas[i]] holds sigma; 0 at or above sigmas[0], the last step at or below its end. A second-order
+    sampler's evaluation at sigmas[i+1] thus belongs to step i + 1, where the next step begins."""
+    lower = sigma * (1 - SIGMA_MATCH)
+    step = sum(1 for level in sigmas[1:-1] if level >= lower)
+    return min(step, max(len(sigmas) - 2, 0))
+
+
+def scheduled_denoiser(denoisers: list[Denoise], until_steps: list[int], sigmas: torch.Tensor) -> Denoise:
+    """`denoise(x, sigma)` that runs denoisers[k] for the sampling step of `sigmas` holding sigma (`step_at`),
+    k being the entry of `until_steps` that step reads (A1111's rule, `schedule_index`); one denoiser alone
+    is returned as it is."""
+    if len(denoisers) == 1:
+        return denoisers[0]
+    levels = [float(level) for level in sigmas]
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        step = step_at(levels, float(sigma.max()))
+        return denoisers[schedule_index(until_steps, step)](x, sigma)
+
+    return denoise
 
 
 def inpaint_blend_denoiser(
