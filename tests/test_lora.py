@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 import lienzo
 from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
+from lienzo.io.adapter_files import parameter_shapes, read_adapter_file, resolve_targets
 from lienzo.io.embedding_files import load_embeddings, write_embedding_file
 from lienzo.io.library import ModelLibrary
 from lienzo.pipelines.generation import generate_latents
@@ -230,6 +231,15 @@ def test_the_command_line_finds_loras_and_models_by_name(library, tmp_path, monk
     args = ["--model", "tiny", "--size", "32x32", "--steps", "2", "--seed", "1", "-q"]
     assert main(["generate", "a cat <lora:ink:0.5>", *args, "-o", "out.png"]) == 0
     assert 'Lora hashes: "ink: ' in read_parameters(tmp_path / "out.png")
+    assert main(["generate", "--from-png", "out.png", "--model", "tiny", "-q", "-o", "again.png"]) == 0
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "out.png").read_bytes()
+    embeddings = tmp_path / "my-embeddings"
+    embeddings.mkdir()
+    width = tiny_sd1(library).text_encoders[0].config.hidden_size
+    write_embedding_file(embeddings / "glint.safetensors", EmbeddingVectors.of(torch.ones(1, width)))
+    with_embedding = [*args, "--embeddings-dir", str(embeddings), "-o", "glint.png"]
+    assert main(["generate", "a cat, glint", *with_embedding]) == 0
+    assert 'TI hashes: "glint: ' in read_parameters(tmp_path / "glint.png")
     capsys.readouterr()
     assert main(["generate", "a cat <lora:missing>", *args, "-o", "none.png"]) == 1
     assert "no LoRA named 'missing'" in capsys.readouterr().err
@@ -283,3 +293,44 @@ def test_another_vae_by_name_decodes_and_is_recorded(library, tmp_path, monkeypa
     args = ["--model", str(tiny_pipeline_folder("sd1")), "--size", "32x32", "--steps", "2", "-q"]
     assert main(["generate", "a cat", *args, "--vae", "half", "--seed", "3", "-o", "v.png"]) == 0
     assert "VAE: half" in read_parameters(tmp_path / "v.png")
+
+
+def test_lycoris_files_patch_the_weights_as_lycoris_computes(library, tmp_path):
+    """A LoHa and a LoKr module in one kohya-named file, applied through a Pipeline, against the
+    `lycoris-lora` functional oracle: W' = W + m * diff_weight."""
+    from lycoris.functional import loha, lokr
+
+    pipe = tiny_sd1(library)
+    layers = targets(reference_pipeline("sd1").unet)
+    q_name, ff_name = (next(n for n in layers if n.endswith(end)) for end in ("attn1.to_q", "ff.net.2"))
+    generator = torch.Generator().manual_seed(9)
+    q_out, q_in = layers[q_name].weight.shape
+    ff_out, ff_in = layers[ff_name].weight.shape
+    halves = [torch.randn(shape, generator=generator) for shape in [(q_out, 2), (2, q_in)] * 2]
+    kron = [torch.randn(2, 2, generator=generator), torch.randn(ff_out // 2, ff_in // 2, generator=generator)]
+    q_key, ff_key = (f"lora_unet_{name.replace('.', '_')}" for name in (q_name, ff_name))
+    tensors = {
+        f"{q_key}.hada_w1_a": halves[0],
+        f"{q_key}.hada_w1_b": halves[1],
+        f"{q_key}.hada_w2_a": halves[2],
+        f"{q_key}.hada_w2_b": halves[3],
+        f"{q_key}.alpha": torch.tensor(1.0),
+        f"{ff_key}.lokr_w1": kron[0],
+        f"{ff_key}.lokr_w2": kron[1],
+    }
+    path = tmp_path / "models" / "loras" / "lyco.safetensors"
+    save_file(tensors, path)
+    expected = {
+        q_key: loha.diff_weight(halves[1], halves[0], halves[3], halves[2], None, None, gamma=0.5),
+        ff_key: lokr.diff_weight(kron[0], None, None, kron[1], None, None, None, gamma=1.0),
+    }
+    pipe.loras.add("lyco", 0.6)
+    adapter = read_adapter_file(path)
+    text_shapes = [parameter_shapes(encoder) for encoder in pipe.text_encoders]
+    resolution = resolve_targets(adapter, pipe.spec, parameter_shapes(pipe.unet), text_shapes)
+    assert {target.key for target in resolution.targets} == set(expected)
+    for target in resolution.targets:
+        (name,) = target.params["weight"]
+        original = pipe.unet_patcher.originals[name]
+        wanted = original.float() + 0.6 * expected[target.key].reshape(original.shape)
+        torch.testing.assert_close(pipe.unet.get_parameter(name), wanted, rtol=1e-5, atol=1e-5)
