@@ -31,11 +31,12 @@ differs from this by about 1e-7 / ||V|| relative.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from lienzo.adapters.patcher import WeightPatch
 from lienzo.errors import InvalidArgumentError
 
 DeltaFn = Callable[[torch.Tensor], torch.Tensor]
@@ -332,3 +333,16 @@ def parameter_deltas(module: ModuleWeights) -> dict[str, DeltaFn]:
 
 
 __all__ = ["ModuleWeights", "algorithm_of", "parameter_deltas"]
+
+
+def module_patches(
+    parts: dict[str, torch.Tensor], params: Mapping[str, tuple[str, ...]], where: str
+) -> list[WeightPatch]:
+    """One weight patch per parameter a module's algorithm changes ("weight", "bias"), onto the
+    parameter names `params` gives for each; `where` names the module in errors."""
+    patches = []
+    for suffix, delta in parameter_deltas(ModuleWeights(parts)).items():
+        if suffix not in params:
+            raise InvalidArgumentError(f"{where} changes a {suffix} that the module it maps to does not have")
+        patches.append(WeightPatch(params[suffix], delta))
+    return patches

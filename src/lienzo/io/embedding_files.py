@@ -16,7 +16,6 @@ dict of tensors and refuses every other class or function.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import pickle
 import re
@@ -35,14 +34,13 @@ from lienzo.errors import (
     ModelNotFoundError,
     UnsafeCheckpointError,
 )
-from lienzo.io.formats import write_safetensors
+from lienzo.io.formats import file_sha256, write_safetensors
 from lienzo.text.embeddings import Embeddings, EmbeddingVectors
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth", ".ckpt")
 SDXL_KEYS = ("clip_l", "clip_g")
 FLAT_PREFIX = "string_to_param."
 SHORT_HASH_DIGITS = 12
-HASH_CHUNK_BYTES = 1 << 20
 LAYOUTS_HINT = (
     "an embedding holds string_to_param (A1111), emb_params (kohya), clip_l/clip_g (SDXL) or exactly one "
     "tensor (diffusers learned_embeds)"
@@ -61,7 +59,7 @@ def read_embedding_file(path: str | os.PathLike) -> EmbeddingVectors:
             "(PNG/WebP embeddings are not supported)"
         )
     data = _read_safetensors(path) if suffix == ".safetensors" else _read_pickle(path)
-    return embedding_vectors(data, str(path), short_hash=file_short_hash(path))
+    return embedding_vectors(data, str(path), short_hash=file_sha256(path)[:SHORT_HASH_DIGITS])
 
 
 def embedding_vectors(data: object, source: str, *, short_hash: str | None = None) -> EmbeddingVectors:
@@ -120,15 +118,6 @@ def write_embedding_file(path: str | os.PathLike, embedding: EmbeddingVectors) -
         raise InvalidArgumentError(f"no embedding file layout holds {len(embedding.vectors)} towers' vectors")
     write_safetensors(path, tensors)
     return path
-
-
-def file_short_hash(path: Path) -> str:
-    """A1111's short hash of an embedding file: the first 12 hex digits of its sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()[:SHORT_HASH_DIGITS]
 
 
 def _embedding_tensors(data: object, path: str) -> list[torch.Tensor]:

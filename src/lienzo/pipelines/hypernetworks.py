@@ -19,9 +19,9 @@ import torch
 
 from lienzo.adapters.hypernetwork import Hypernetwork, attention_hooks, attention_widths, hypernetwork_module
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.formats import file_sha256
 from lienzo.io.hypernetwork_files import HypernetworkFile, read_hypernetwork_file
 from lienzo.io.library import library_from_config
-from lienzo.pipelines.loras import short_hash
 from lienzo.text.network_tags import extract_hypernet_tags
 
 HYPERNETWORK_CACHE_SIZE = 8
@@ -73,7 +73,7 @@ def load_hypernetwork(path: Path, device: torch.device, dtype: torch.dtype) -> L
         _LOADED.move_to_end(key)
         return _LOADED[key]
     network = build_hypernetwork(read_hypernetwork_file(path)).to(device=device, dtype=dtype)
-    loaded = LoadedHypernetwork(path.stem, path, short_hash(path)[:SHORT_HASH_DIGITS], network)
+    loaded = LoadedHypernetwork(path.stem, path, file_sha256(path)[:SHORT_HASH_DIGITS], network)
     _LOADED[key] = loaded
     while len(_LOADED) > HYPERNETWORK_CACHE_SIZE:
         _LOADED.popitem(last=False)

@@ -10,24 +10,23 @@ algorithm's formula lives.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from lienzo.adapters import WeightPatch
-from lienzo.adapters.algorithms import ModuleWeights, parameter_deltas
+from lienzo.adapters.algorithms import module_patches
 from lienzo.errors import InvalidArgumentError
-from lienzo.io.adapter_files import Target, parameter_shapes, read_adapter_file, resolve_targets
+from lienzo.io.adapter_files import parameter_shapes, read_adapter_file, resolve_targets
 from lienzo.io.adapter_keys import UNET
 from lienzo.io.embedding_files import embedding_vectors
+from lienzo.io.formats import file_sha256
 from lienzo.io.library import library_from_config
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.network_tags import extract_lora_tags
 
 LORA_CACHE_SIZE = 8
-HASH_CHUNK_BYTES = 1 << 24
 SHORT_HASH_DIGITS = 12
 """A1111's "Lora hashes" use the first 12 hex digits of the file's sha256."""
 
@@ -45,42 +44,25 @@ class LoadedLora:
     embeddings: Embeddings = Embeddings()
 
 
-def short_hash(path: Path) -> str:
-    """The first 12 hex digits of the file's sha256 (A1111's LoRA short hash)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()[:SHORT_HASH_DIGITS]
-
-
-def target_patches(target: Target, source: Path) -> list[WeightPatch]:
-    """The patches of one resolved module: one per parameter its algorithm changes."""
-    patches = []
-    for suffix, delta in parameter_deltas(ModuleWeights(target.parts)).items():
-        if suffix not in target.params:
-            raise InvalidArgumentError(
-                f"{source.name}: {target.key} changes a {suffix} that the module it maps to does not have"
-            )
-        patches.append(WeightPatch(target.params[suffix], delta))
-    return patches
-
-
 def resolve_lora(pipe, path: Path) -> LoadedLora:
     """Read a LoRA/LyCORIS file and resolve it onto `pipe`'s networks (no caching)."""
     adapter = read_adapter_file(path)
     text_shapes = [parameter_shapes(encoder) for encoder in pipe.text_encoders]
     resolution = resolve_targets(adapter, pipe.spec, parameter_shapes(pipe.unet), text_shapes)
-    unet = [patch for target in resolution.for_component(UNET) for patch in target_patches(target, path)]
+    unet = [
+        patch
+        for target in resolution.for_component(UNET)
+        for patch in module_patches(target.parts, target.params, f"{path.name}: {target.key}")
+    ]
     texts = [
         tuple(
             patch
             for target in resolution.for_component(("text", i))
-            for patch in target_patches(target, path)
+            for patch in module_patches(target.parts, target.params, f"{path.name}: {target.key}")
         )
         for i in range(len(pipe.text_encoders))
     ]
-    digest = short_hash(path)
+    digest = file_sha256(path)[:SHORT_HASH_DIGITS]
     bundled = {
         name: embedding_vectors(parts, f"{path.name}: {name}", short_hash=digest)
         for name, parts in resolution.embeddings.items()

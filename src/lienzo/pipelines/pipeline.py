@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from lienzo.devices import default_device, default_dtype
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io import ModelFiles, read_model
 from lienzo.io.embedding_files import load_embeddings
+from lienzo.io.formats import file_sha256
 from lienzo.io.library import ModelLibrary, library_from_config
 from lienzo.io.vae_files import read_vae
 from lienzo.models.clip import CLIPTextModel
@@ -37,7 +37,6 @@ from lienzo.text.conditioning import PromptEncoding, TextEncoders
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.tokenizer import CLIPTokenizer
 
-HASH_CHUNK_BYTES = 1 << 24
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"
 """The shapes-world model shipped inside the package, made by `lienzo train recipe shapes`."""
 
@@ -142,11 +141,7 @@ class Pipeline:
     def model_hash(self) -> str | None:
         """A1111's "Model hash" of a single-file checkpoint: the first 10 hex digits of its sha256."""
         if self._model_hash is None and self.path is not None and Path(self.path).is_file():
-            digest = hashlib.sha256()
-            with open(self.path, "rb") as stream:
-                while chunk := stream.read(HASH_CHUNK_BYTES):
-                    digest.update(chunk)
-            self._model_hash = digest.hexdigest()[:10]
+            self._model_hash = file_sha256(self.path)[:10]
         return self._model_hash
 
     @property

@@ -13,7 +13,6 @@ have one architecture. LoRAs are baked as the Pipeline patches them: W + m * del
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,11 +23,12 @@ import torch
 from torch import Tensor
 
 from lienzo.adapters import WeightPatch, patch_weights
-from lienzo.adapters.algorithms import ModuleWeights, parameter_deltas
+from lienzo.adapters.algorithms import module_patches
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io import write_safetensors
 from lienzo.io.adapter_files import read_adapter_file, resolve_targets
 from lienzo.io.adapter_keys import TEXT, UNET
+from lienzo.io.formats import file_sha256
 from lienzo.io.model_files import ModelFiles
 from lienzo.io.single_file import join_single_file, single_file_metadata
 from lienzo.models.specs import family_spec, parse_family
@@ -40,7 +40,6 @@ A1111_METHOD_NAMES = {
     "no_interpolation": "No interpolation",
 }
 SKIPPED_SUFFIX = "position_ids"
-HASH_CHUNK_BYTES = 1 << 24
 MERGE_RECIPE_KEY = "sd_merge_recipe"
 MERGE_MODELS_KEY = "sd_merge_models"
 EXAMPLES = 3
@@ -219,13 +218,7 @@ def bake_loras(files: ModelFiles, loras: Sequence[LoraBake]) -> ModelFiles:
         resolution = resolve_targets(adapter, files.spec, shapes[UNET], text_shapes)
         text = lora.strength if lora.text_strength is None else lora.text_strength
         for target in resolution.targets:
-            patches = []
-            for suffix, delta in parameter_deltas(ModuleWeights(target.parts)).items():
-                if suffix not in target.params:
-                    raise InvalidArgumentError(
-                        f"{lora.path.name}: {target.key} changes a {suffix} that its module does not have"
-                    )
-                patches.append(WeightPatch(target.params[suffix], delta))
+            patches = module_patches(target.parts, target.params, f"{lora.path.name}: {target.key}")
             strength = lora.strength if target.component == UNET else text
             applied[target.component].append((patches, float(strength)))
     baked = {component: apply_patches(states[component], applied[component]) for component in states}
@@ -297,15 +290,9 @@ def write_merged(
     return dst
 
 
-def file_sha256(path: Path | None) -> str | None:
-    """The sha256 of a file (None for a folder or no path)."""
-    if path is None or not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+def source_sha256(path: Path | None) -> str | None:
+    """The sha256 of a source file (None for a folder or no path)."""
+    return file_sha256(path) if path is not None and Path(path).is_file() else None
 
 
 def merge_metadata(
@@ -320,7 +307,7 @@ def merge_metadata(
 ) -> dict[str, str]:
     """A1111-style `sd_merge_recipe` and `sd_merge_models` metadata: the sources (A, B, C) by name and
     sha256, the method, multiplier, output dtype, baked VAE and LoRAs."""
-    hashes = [file_sha256(path) for path in sources]
+    hashes = [source_sha256(path) for path in sources]
     roles = ("primary", "secondary", "tertiary")
     recipe = {
         "type": "lienzo",
@@ -337,7 +324,7 @@ def merge_metadata(
         "loras": [
             {
                 "name": lora.path.name,
-                "sha256": file_sha256(lora.path),
+                "sha256": source_sha256(lora.path),
                 "strength": lora.strength,
                 "text_strength": lora.strength if lora.text_strength is None else lora.text_strength,
             }
