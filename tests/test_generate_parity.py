@@ -67,18 +67,15 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2-v", "sdxl"])
-def test_txt2img_latents_match_diffusers(family):
-    pipe, options = lienzo_setup(family)
-    ours = generate_latents(pipe, options, progress=False)
-    reference = reference_pipeline(family)
+def reference_latents(reference, pipe, options) -> torch.Tensor:
+    """diffusers' txt2img latents from lienzo's seeded start, Euler over the same Karras sigmas."""
     reference.scheduler.set_timesteps(STEPS)
     noise = initial_noise(options, latent_shape(pipe.spec, SIZE, SIZE))
     sigmas = schedule_sigmas(pipe.spec, options)
     assert torch.allclose(reference.scheduler.sigmas.float(), sigmas, rtol=1e-4)
     start = noise * sigmas[0] / reference.scheduler.init_noise_sigma
     with torch.no_grad():
-        expected = reference(
+        return reference(
             PROMPT,
             negative_prompt=NEGATIVE,
             height=SIZE,
@@ -88,6 +85,13 @@ def test_txt2img_latents_match_diffusers(family):
             latents=start,
             output_type="latent",
         ).images
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2-v", "sdxl"])
+def test_txt2img_latents_match_diffusers(family):
+    pipe, options = lienzo_setup(family)
+    ours = generate_latents(pipe, options, progress=False)
+    expected = reference_latents(reference_pipeline(family), pipe, options)
     error = max_error(ours, expected)
     print(f"{family} txt2img latent max abs error: {error:.2e} (latent scale {expected.abs().max():.2f})")
     assert error < TOLERANCE

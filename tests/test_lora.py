@@ -16,9 +16,8 @@ from lienzo.io.embedding_files import load_embeddings, write_embedding_file
 from lienzo.io.library import ModelLibrary
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.metadata import format_parameters, parse_parameters, read_parameters
-from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from lienzo.text.embeddings import EmbeddingVectors
-from test_generate_parity import NEGATIVE, PROMPT, SIZE, STEPS, TOLERANCE, lienzo_setup, reference_pipeline
+from test_generate_parity import TOLERANCE, lienzo_setup, reference_latents, reference_pipeline
 from tiny_models import tiny_pipeline_folder
 
 RANK = 4
@@ -92,24 +91,6 @@ def peft_file(reference, path, generator) -> dict:
     metadata = {"lora_adapter_metadata": '{"r": 4, "lora_alpha": 2.0}'}
     save_file(tensors, path, metadata=metadata)
     return loras
-
-
-def reference_latents(reference, pipe, options) -> torch.Tensor:
-    """diffusers' latents from lienzo's seeded start, as tests/test_generate_parity.py runs them."""
-    reference.scheduler.set_timesteps(STEPS)
-    noise = initial_noise(options, latent_shape(pipe.spec, SIZE, SIZE))
-    start = noise * schedule_sigmas(pipe.spec, options)[0] / reference.scheduler.init_noise_sigma
-    with torch.no_grad():
-        return reference(
-            PROMPT,
-            negative_prompt=NEGATIVE,
-            height=SIZE,
-            width=SIZE,
-            num_inference_steps=STEPS,
-            guidance_scale=6.0,
-            latents=start,
-            output_type="latent",
-        ).images
 
 
 @pytest.mark.parametrize(("family", "unet", "text"), [("sd1", 0.7, 0.3), ("sdxl", 1.0, 1.0)])
