@@ -325,12 +325,13 @@ def run_generation(args: argparse.Namespace) -> int:
         for tag in extract_hypernet_tags(prompt)[1]:
             library.resolve("hypernetworks", tag.name)
     model = None if args.model is None else library.resolve("checkpoints", args.model)
+    vae = None if args.vae is None else library.resolve("vae", args.vae)
     target = prepare_target(args.output)
     dtype = chosen_dtype(args)
     pipe = load(model, device=args.device, dtype=dtype, family=args.family)
     pipe.library = library
-    if args.vae is not None:
-        pipe.use_vae(args.vae)
+    if vae is not None:
+        pipe.use_vae(vae)
     warn_on_other_model(record, pipe)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
