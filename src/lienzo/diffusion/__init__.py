@@ -6,7 +6,7 @@ import torch
 
 from lienzo.diffusion.denoiser import Conditioning, ControlResiduals, Denoiser
 from lienzo.diffusion.guidance import concat_conditionings, guided_denoiser, rescale_guidance
-from lienzo.diffusion.img2img import img2img_sigmas, noise_latent, partial_denoise_sigmas
+from lienzo.diffusion.img2img import img2img_sigmas, img2img_steps, noise_latent, partial_denoise_sigmas
 from lienzo.diffusion.parameterization import (
     EpsPrediction,
     Parameterization,
@@ -70,6 +70,7 @@ __all__ = [
     "get_sigmas",
     "guided_denoiser",
     "img2img_sigmas",
+    "img2img_steps",
     "noise_latent",
     "parameterization_for",
     "partial_denoise_sigmas",

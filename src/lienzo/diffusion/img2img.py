@@ -16,12 +16,16 @@ def _check_strength(strength: float) -> None:
         raise InvalidArgumentError(f"denoising strength must lie in [0, 1], got {strength}")
 
 
-def img2img_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
-    """The last floor(strength * steps) steps of a full schedule (SDEdit, Meng et al. 2022)."""
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many of a schedule's `steps` an img2img run at `strength` samples: floor(strength * steps)."""
     _check_strength(strength)
+    return min(int(strength * steps + 1e-6), steps)
+
+
+def img2img_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
+    """The last `img2img_steps` steps of a full schedule (SDEdit, Meng et al. 2022)."""
     steps = len(sigmas) - 1
-    run = min(int(strength * steps + 1e-6), steps)
-    return sigmas[steps - run :]
+    return sigmas[steps - img2img_steps(steps, strength) :]
 
 
 def partial_denoise_sigmas(

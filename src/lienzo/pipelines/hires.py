@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 
 from lienzo.models.vae import AutoencoderKL
 from lienzo.pipelines.images import resize_image
-from lienzo.pipelines.options import GenerationOptions, hires_size
+from lienzo.pipelines.options import GenerationOptions, hires_options
 from lienzo.pipelines.sampling import ConditionsAt, Stage, sample_latents
 from lienzo.pipelines.steps import StepCallback, decode_latents, encode_images
 
@@ -27,21 +25,6 @@ def upscale_latents(
         return F.interpolate(latents, size=size, mode=LATENT_MODES[upscaler])
     images = [resize_image(image, width, height) for image in decode_latents(vae, latents, tiling)]
     return encode_images(vae, images, tiling).to(latents.device)
-
-
-def hires_options(options: GenerationOptions) -> GenerationOptions:
-    """The second pass's settings: the hires size, steps and strength; no further hires or refiner."""
-    width, height = hires_size(options)
-    hires = options.hires
-    return replace(
-        options,
-        width=width,
-        height=height,
-        steps=hires.steps or options.steps,
-        strength=hires.strength,
-        hires=None,
-        refiner=None,
-    )
 
 
 def hires_fix(

@@ -11,7 +11,7 @@ are listed in `RECORD_KEYS` and are the contract with the metadata writer.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lienzo.diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
@@ -190,6 +190,21 @@ def hires_size(options: GenerationOptions) -> tuple[int, int]:
     """(width, height) of the hires pass: the first pass scaled and rounded down to multiples of 8."""
     scale = options.hires.scale if options.hires is not None else 1.0
     return int(options.width * scale) // 8 * 8, int(options.height * scale) // 8 * 8
+
+
+def hires_options(options: GenerationOptions) -> GenerationOptions:
+    """The second pass's settings: the hires size, steps and strength; no further hires or refiner."""
+    width, height = hires_size(options)
+    hires = options.hires
+    return replace(
+        options,
+        width=width,
+        height=height,
+        steps=hires.steps or options.steps,
+        strength=hires.strength,
+        hires=None,
+        refiner=None,
+    )
 
 
 def random_seed() -> int:

@@ -25,7 +25,7 @@ from lienzo.diffusion import (
     NoiseSource,
     get_sigmas,
     guided_denoiser,
-    img2img_sigmas,
+    img2img_steps,
     noise_latent,
     parameterization_for,
     sample,
@@ -36,7 +36,7 @@ from lienzo.models.unet import UNetModel, sdxl_vector_conditioning
 from lienzo.models.vae import AutoencoderKL
 from lienzo.models.vae_tiling import decode_tiled, encode_tiled
 from lienzo.pipelines.images import images_to_tensor, tensor_to_images
-from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
+from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions, hires_options
 from lienzo.text.conditioning import TextEncoders
 from lienzo.text.network_tags import extract_lora_tags
 from lienzo.text.prompt_schedule import merge_schedule, prompt_schedule, schedule_index, text_at
@@ -134,9 +134,8 @@ def prompt_timelines(options: GenerationOptions) -> dict[str, tuple[int, int | N
     hires pass (with options.hires) on the steps it runs (`hires_options`' steps at its strength)."""
     timelines: dict[str, tuple[int, int | None]] = {BASE_PASS: (options.steps, None)}
     if options.hires is not None:
-        hires_steps = options.hires.steps or options.steps
-        run = len(img2img_sigmas(torch.zeros(hires_steps + 1), options.hires.strength)) - 1
-        timelines[HIRES_PASS] = (options.steps, run)
+        second = hires_options(options)
+        timelines[HIRES_PASS] = (options.steps, img2img_steps(second.steps, second.strength))
     return timelines
 
 
