@@ -21,7 +21,6 @@ from lienzo.adapters.hypernetwork import Hypernetwork, attention_hooks, attentio
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.formats import file_sha256
 from lienzo.io.hypernetwork_files import HypernetworkFile, read_hypernetwork_file
-from lienzo.io.library import library_from_config
 from lienzo.text.network_tags import extract_hypernet_tags
 
 HYPERNETWORK_CACHE_SIZE = 8
@@ -93,10 +92,9 @@ class HypernetworkSet:
         self.applied: dict[str, tuple[LoadedHypernetwork, float]] = {}
 
     def resolve_path(self, hypernetwork: str | Path) -> Path:
-        """The file of a hypernetwork given as a path or as a name in the library's hypernetworks folders
-        (as LoraSet.resolve_path: without a library of its own, the configured one with plain paths)."""
-        library = self.pipe.library or library_from_config(allow_paths=True)
-        return library.resolve("hypernetworks", hypernetwork)
+        """The file of a hypernetwork given as a path or as a name in the Pipeline's library's
+        hypernetworks folders."""
+        return self.pipe.model_library().resolve("hypernetworks", hypernetwork)
 
     def add(self, hypernetwork: str | Path, strength: float = 1.0, *, key: str | None = None) -> str:
         """Apply a hypernetwork file at `strength`, after those already applied; returns its key

@@ -22,7 +22,6 @@ from lienzo.io.adapter_files import parameter_shapes, read_adapter_file, resolve
 from lienzo.io.adapter_keys import UNET
 from lienzo.io.embedding_files import embedding_vectors
 from lienzo.io.formats import file_sha256
-from lienzo.io.library import library_from_config
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.network_tags import extract_lora_tags
 
@@ -101,11 +100,8 @@ class LoraSet:
         self.applied: dict[str, tuple[LoadedLora, float, float]] = {}
 
     def resolve_path(self, lora: str | Path) -> Path:
-        """The file of a LoRA given as a path or as a name in the library's loras folders (without a
-        library of its own, the Pipeline uses the configured one and allows plain paths, as the Python
-        API trusts its caller; the server gives its Pipelines a library that refuses them)."""
-        library = self.pipe.library or library_from_config(allow_paths=True)
-        return library.resolve("loras", lora)
+        """The file of a LoRA given as a path or as a name in the Pipeline's library's loras folders."""
+        return self.pipe.model_library().resolve("loras", lora)
 
     def add(
         self,

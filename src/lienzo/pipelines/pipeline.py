@@ -123,7 +123,7 @@ class Pipeline:
         return Embeddings({**({} if chosen is None else chosen.entries), **bundled.entries})
 
     def _folder_embeddings(self) -> Embeddings | None:
-        library = self.library or library_from_config(allow_paths=True)
+        library = self.model_library()
         folders = [folder for folder in library.folders("embeddings") if folder.is_dir()]
         signature = tuple(files_signature(folder) for folder in folders)
         if signature != self._library_embeddings[0]:
@@ -156,10 +156,15 @@ class Pipeline:
         """Text conditioning of a batch of prompts (long prompts in 75-token chunks, A1111 style)."""
         return self.clip.encode(prompts, clip_skip=clip_skip)
 
+    def model_library(self) -> ModelLibrary:
+        """Where names resolve: `library`, or without one the configured library with plain paths allowed
+        (the Python API trusts its caller; the server gives its Pipelines a library that refuses them)."""
+        return self.library or library_from_config(allow_paths=True)
+
     def use_vae(self, vae: str | Path) -> None:
         """Decode and encode with another VAE from now on: a file or folder (ldm or diffusers naming, or a
         whole checkpoint's VAE), or a name in the library's vae/ folders; other Pipelines keep theirs."""
-        library = self.library or library_from_config(allow_paths=True)
+        library = self.model_library()
         path = library.resolve("vae", vae)
         try:
             self.vae = _build(AutoencoderKL, self.spec.vae, read_vae(path), self.device, self.vae_dtype)
