@@ -6,7 +6,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from lienzo.errors import (
     ModelNotFoundError,
     UnsafeCheckpointError,
 )
+from lienzo.io.atomic import atomic_path
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -59,14 +59,8 @@ def write_safetensors(
     """Write a `.safetensors` file via a temporary sibling and `os.replace`, never leaving a partial file."""
     path = Path(path)
     tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in state_dict.items()}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=dict(metadata) if metadata else None)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=dict(metadata) if metadata else None)
 
 
 def _existing_file(path: str | os.PathLike) -> Path:

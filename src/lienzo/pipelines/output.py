@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.atomic import atomic_path
 
 DEFAULT_FOLDER = Path("outputs")
 IMAGE_SUFFIXES = (".png",)
@@ -110,14 +110,6 @@ def release_paths(paths: list[Path]) -> None:
 def write_png_atomically(image: Image.Image, path: Path, pnginfo: PngInfo | None = None) -> Path:
     """Save `image` as PNG through a temporary file in the same folder and `os.replace`, so readers
     never see a half-written file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG", pnginfo=pnginfo)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return path
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG", pnginfo=pnginfo)
+    return Path(path)

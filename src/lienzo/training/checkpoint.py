@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from lienzo.errors import CorruptCheckpointError, InvalidArgumentError
+from lienzo.io.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "lienzo-training-state-1"
 CHECKPOINT_NAME = "training_state.pt"
@@ -22,15 +22,8 @@ def atomic_torch_save(state: dict[str, Any], path: Path) -> None:
     A failure at any point leaves the previous file at `path` untouched and removes the partial file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
