@@ -1,4 +1,5 @@
-"""Filmstrip previews: the decoded x0 prediction every N sampler steps, side by side, labelled with the step.
+"""Filmstrip previews: the decoded x0 prediction every N sampler steps, side by side, labelled with the step;
+and fast latent-to-RGB previews (a linear map fitted per VAE) for progress updates.
 
 The picture of an image emerging from noise: each frame is the VAE decode of the sampler's current
 estimate of the clean latent (the `denoised` value of the step callback), for the first batch item.
@@ -6,12 +7,15 @@ estimate of the clean latent (the `denoised` value of the step callback), for th
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from lienzo.errors import InvalidArgumentError
-from lienzo.pipelines.steps import decode_latents
+from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.steps import decode_latents, encode_images
 
 LABEL_HEIGHT = 14
 LABEL_MARGIN = 2
@@ -76,3 +80,31 @@ def filmstrip(frames: list[Frame]) -> Image.Image:
         draw.text((left + LABEL_MARGIN, 1), frame.label, fill=LABEL_COLOUR, font=font)
         left += width
     return strip
+
+
+PREVIEW_COLOURS = torch.tensor(
+    [[r, g, b] for r in (0.0, 1.0) for g in (0.0, 1.0) for b in (0.0, 1.0)] + [[0.5] * 3]
+)
+"""The RGB cube's corners and mid grey: solid images whose latents fit a VAE's latent-to-RGB map."""
+_LATENT_RGB: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def latent_rgb_map(vae: AutoencoderKL) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, 3) weights and (3,) bias of the least-squares linear map from a VAE's (scaled) latent to RGB in
+    [0, 1], fitted on the latents of solid-colour images (ComfyUI's latent_rgb_factors, derived for any
+    VAE); computed once per VAE."""
+    if vae not in _LATENT_RGB:
+        size = 8 * vae.downscale_factor
+        pixels = PREVIEW_COLOURS[:, :, None, None].expand(-1, -1, size, size) * 2 - 1
+        latents = encode_images(vae, pixels).mean(dim=(2, 3))
+        design = torch.cat([latents, torch.ones(len(latents), 1)], dim=1)
+        solution = torch.linalg.lstsq(design, PREVIEW_COLOURS).solution
+        _LATENT_RGB[vae] = (solution[:-1], solution[-1])
+    return _LATENT_RGB[vae]
+
+
+def latent_preview(vae: AutoencoderKL, latent: torch.Tensor) -> Image.Image:
+    """A fast RGB preview of one (C, h, w) latent: the fitted linear map per latent cell, at latent size."""
+    weights, bias = latent_rgb_map(vae)
+    rgb = torch.einsum("chw,cd->hwd", latent.detach().float().cpu(), weights) + bias
+    return Image.fromarray((rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy())

@@ -1,0 +1,7 @@
+"""lienzo's graph nodes, registered on import: ComfyUI's core nodes and lienzo's own."""
+
+from __future__ import annotations
+
+from lienzo.graph.nodes import conditioning, images, latents, lienzo_nodes, loaders, sampling, vae
+
+__all__ = ["conditioning", "images", "latents", "lienzo_nodes", "loaders", "sampling", "vae"]

@@ -1,0 +1,61 @@
+"""What travels along a graph's links: models, CLIP with its clip skip, images and masks as ComfyUI
+holds them (IMAGE: (B, H, W, 3) floats in [0, 1]; MASK: (B, H, W) floats, 1 = masked)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from lienzo.pipelines.images import images_to_tensor, tensor_to_images
+from lienzo.pipelines.pipeline import Pipeline
+from lienzo.text.conditioning import TextEncoders
+
+
+@dataclass(frozen=True)
+class ClipModel:
+    """CLIP as a graph passes it: the Pipeline whose text encoders (and their LoRAs) it uses, and the
+    A1111 clip skip (1 = last layer) that CLIPSetLastLayer sets."""
+
+    pipe: Pipeline
+    clip_skip: int = 1
+
+    @property
+    def encoders(self) -> TextEncoders:
+        return self.pipe.clip
+
+
+def with_lora(pipe: Pipeline, path: Path, unet_strength: float, text_strength: float) -> Pipeline:
+    """A new view of `pipe` with its LoRAs re-applied and one more (the input Pipeline is left as it is)."""
+    view = pipe.view()
+    view.vae, view.vae_name = pipe.vae, pipe.vae_name
+    for key, (loaded, unet, text) in pipe.loras.applied.items():
+        view.loras.add(loaded.path, unet, text_strength=text, key=key)
+    view.loras.add(
+        path, unet_strength, text_strength=text_strength, key=f"graph:{len(pipe.loras.applied)}:{path.stem}"
+    )
+    return view
+
+
+def images_to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """An IMAGE (B, H, W, 3) in [0, 1] as lienzo's (B, 3, H, W) pixels in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def pil_to_images(images: list[Image.Image]) -> torch.Tensor:
+    """An IMAGE from same-sized PIL images."""
+    return (images_to_tensor(images).permute(0, 2, 3, 1) + 1) / 2
+
+
+def images_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """PIL images of an IMAGE (rounded to 8 bits)."""
+    return tensor_to_images(images_to_pixels(images))
+
+
+def mask_batch(mask: torch.Tensor) -> torch.Tensor:
+    """A MASK as (B, 1, H, W) (a single (H, W) mask as a batch of one)."""
+    if mask.ndim == 2:
+        mask = mask[None]
+    return mask[:, None].float()

@@ -1,0 +1,164 @@
+"""ComfyUI's KSampler on lienzo's steps: a latent, seeded noise, conditioning lists, a slice of the steps.
+
+A graph's CONDITIONING is a list of `PromptCondition`s (text encodings with an optional area, strength
+and part of the schedule); they become `RegionalConditioning`s at the latent's size and are averaged
+by `regional_denoiser`. The noise follows lienzo's rule (item i from seed + i), the sigmas ComfyUI's
+(`denoise` runs the tail of a longer schedule; start and end steps cut the schedule), and a latent
+noise mask blends in the original latent outside the mask at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lienzo.diffusion import (
+    Conditioning,
+    Denoiser,
+    SeededNoise,
+    get_sigmas,
+    noise_latent,
+    parameterization_for,
+    partial_denoise_sigmas,
+)
+from lienzo.diffusion.regions import RegionalConditioning, percent_to_sigma, regional_denoiser
+from lienzo.errors import InvalidArgumentError
+from lienzo.models.specs import FamilySpec
+from lienzo.models.unet import UNetModel, sdxl_vector_conditioning
+from lienzo.pipelines.masking import latent_mask
+from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
+from lienzo.pipelines.steps import (
+    StepCallback,
+    inpaint_blend_denoiser,
+    model_sampling,
+    network,
+    run_sampler,
+    vector_values,
+)
+
+SEED_MODULUS = 2**64
+"""Seeds wrap around at 2^64 (ComfyUI's seed range), so seed + i stays a valid generator seed."""
+
+
+@dataclass(frozen=True)
+class PromptCondition:
+    """One entry of a graph's CONDITIONING: a text encoding (1, L, C) and its pooled vector (SDXL), the
+    weight and area (height, width, top, left in pixels) it applies with, and the fraction of the
+    schedule (start, end) during which it applies; for inpaint models, the masked image's latent and the
+    (B, 1, H, W) pixel mask they take as extra input channels."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+    strength: float = 1.0
+    area: tuple[int, int, int, int] | None = None
+    percent_range: tuple[float, float] = (0.0, 1.0)
+    concat_latent: torch.Tensor | None = None
+    concat_mask: torch.Tensor | None = None
+
+
+def extra_channels(spec: FamilySpec, entry: PromptCondition) -> torch.Tensor | None:
+    """The extra UNet input of an inpaint model (latent-size mask, masked-image latent); None for others."""
+    if spec.concat_channels == 0:
+        return None
+    if spec.variant != "inpaint" or entry.concat_latent is None:
+        raise InvalidArgumentError(
+            f"a {spec.name} model takes extra input channels; for an inpaint model, pass the conditionings "
+            "through InpaintModelConditioning (other variants are not available in graphs)"
+        )
+    return torch.cat(
+        [latent_mask(entry.concat_mask, tuple(entry.concat_latent.shape[-2:])), entry.concat_latent], dim=1
+    )
+
+
+def regional_conditions(
+    spec: FamilySpec, entries: list[PromptCondition], width: int, height: int, device, negative: bool = False
+) -> list[RegionalConditioning]:
+    """The denoiser-level entries of a conditioning list for a latent of width x height pixels."""
+    sampling = model_sampling(spec.schedule)
+    factor = spec.vae.downscale_factor
+    regional = []
+    for entry in entries:
+        y = None
+        if spec.vector_conditioning is not None:
+            score = AESTHETIC_SCORES[1 if negative else 0]
+            values = vector_values(spec.vector_conditioning, width, height, score)
+            y = sdxl_vector_conditioning(entry.pooled, values, spec.unet.addition_time_embed_dim)
+        area = None if entry.area is None else tuple(value // factor for value in entry.area)
+        start, end = entry.percent_range
+        sigma_range = (percent_to_sigma(sampling, end), percent_to_sigma(sampling, start))
+        cond = Conditioning(entry.context, y, extra_channels(spec, entry)).to(device)
+        regional.append(RegionalConditioning(cond, entry.strength, area, sigma_range))
+    return regional
+
+
+def ksampler_sigmas(
+    spec: FamilySpec,
+    scheduler: str,
+    steps: int,
+    *,
+    denoise: float = 1.0,
+    start_step: int = 0,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> torch.Tensor:
+    """ComfyUI's sigmas: `steps` of the scheduler (with denoise < 1, the tail of int(steps / denoise)
+    steps), cut at last_step (ending at 0 with force_full_denoise) and started at start_step."""
+    sampling = model_sampling(spec.schedule)
+    if denoise < 1:
+        sigmas = partial_denoise_sigmas(scheduler, steps, sampling, denoise)
+    else:
+        sigmas = get_sigmas(scheduler, steps, sampling)
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    return sigmas[start_step:]
+
+
+def ksample(
+    unet: UNetModel,
+    spec: FamilySpec,
+    positive: list[PromptCondition],
+    negative: list[PromptCondition],
+    latent: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    seed: int,
+    cfg: float,
+    sampler: str,
+    add_noise: bool = True,
+    noise_mask: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The sampled latent (scaled, float32) from `latent` + noise at sigmas[0] down to sigmas[-1]."""
+    if len(sigmas) < 2:
+        return latent
+    batch = latent.shape[0]
+    height, width = (size * spec.vae.downscale_factor for size in latent.shape[-2:])
+    options = GenerationOptions(
+        prompt="", negative_prompt="", width=width, height=height, steps=len(sigmas) - 1, cfg=cfg,
+        sampler=sampler, scheduler="normal", seed=seed % SEED_MODULUS, batch_size=batch,
+    )  # fmt: skip
+    generators = [torch.Generator("cpu").manual_seed((seed + i) % SEED_MODULUS) for i in range(batch)]
+    device = next(unet.parameters()).device
+    shape = tuple(latent.shape[1:])
+    noise = torch.stack([torch.randn(shape, generator=generator) for generator in generators]).to(device)
+    if not add_noise:
+        noise = torch.zeros_like(noise)
+    start = latent.to(device).float()
+    denoiser = Denoiser(network(unet), parameterization_for(spec.prediction), model_sampling(spec.schedule))
+    denoise = regional_denoiser(
+        denoiser,
+        regional_conditions(spec, positive, width, height, device),
+        regional_conditions(spec, negative, width, height, device, negative=True),
+        cfg,
+    )
+    if noise_mask is not None:
+        mask = F.interpolate(noise_mask.to(device).float(), size=tuple(latent.shape[-2:]), mode="bilinear")
+        denoise = inpaint_blend_denoiser(denoise, start, mask, noise)
+    x = noise_latent(start, noise, float(sigmas[0]))
+    sampler_noise = SeededNoise(generators)
+    return run_sampler(denoise, x, sigmas, options, noise=sampler_noise, callback=callback, progress=progress)
