@@ -34,6 +34,7 @@ from lienzo.cli.merge import (
     run_merge,
 )
 from lienzo.cli.models import add_convert_arguments, add_info_arguments, run_convert, run_info
+from lienzo.cli.run import RUN_EPILOG, add_run_arguments, run_workflow
 from lienzo.cli.train import TRAIN_EPILOG, add_train_arguments, run_train
 from lienzo.errors import LienzoError
 
@@ -100,6 +101,13 @@ COMMANDS = [
         add_extract_arguments,
         run_extract,
         EXTRACT_EPILOG,
+    ),
+    Command(
+        "run",
+        "run a ComfyUI workflow (API or UI JSON, or a PNG carrying one)",
+        add_run_arguments,
+        run_workflow,
+        RUN_EPILOG,
     ),
     Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
     Command(

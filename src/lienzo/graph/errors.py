@@ -37,7 +37,7 @@ def describe_payload(payload: dict) -> str:
     error = payload.get("error", {})
     lines = [error.get("message", "invalid prompt")]
     if error.get("details") and not payload.get("node_errors"):
-        lines[0] += f": {error['details']}"
+        lines[0] += f" ({error['details']})"
     for node_id, entry in payload.get("node_errors", {}).items():
         for item in entry["errors"]:
             details = f": {item['details']}" if item.get("details") else ""

@@ -208,7 +208,7 @@ def needed_nodes(prompt: dict, outputs: list[str]) -> list[str]:
 
 
 def topological_order(prompt: dict, nodes: list[str]) -> tuple[list[str], list[str]]:
-    """(the nodes in an order where every source runs before its users, the nodes left on cycles)."""
+    """(the nodes in an order where every source runs before its users, the nodes that lie on a cycle)."""
     chosen = set(nodes)
     waiting = {node: {s for s in upstream(prompt, node) if s in chosen} for node in nodes}
     order: list[str] = []
@@ -219,9 +219,10 @@ def topological_order(prompt: dict, nodes: list[str]) -> tuple[list[str], list[s
         for other in nodes:
             if node in waiting[other]:
                 waiting[other].discard(node)
-                if not waiting[other] and other not in order and other not in ready:
+                if not waiting[other]:
                     ready.append(other)
-    return order, [node for node in nodes if node not in order]
+    left = [node for node in nodes if node not in order]
+    return order, [node for node in left if node in needed_nodes(prompt, list(upstream(prompt, node)))]
 
 
 def validate_prompt(prompt: dict, environment: GraphEnvironment) -> list[str]:

@@ -62,6 +62,22 @@ def prompt_from_png(path: Path) -> dict:
     )
 
 
+def ui_workflow(source: str | Path) -> dict | None:
+    """The UI-format workflow a JSON file or a PNG's `workflow` chunk holds (to save with the images), or
+    None when the source holds only an API-format prompt."""
+    path = Path(source)
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as image:
+                image.load()
+                data = json.loads(image.info.get("workflow", "null"))
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnidentifiedImageError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("nodes"), list) else None
+
+
 def prompt_from_json(data: object, what: str) -> dict:
     """API format as is (a {"prompt": ...} request body unwrapped), UI format converted."""
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "nodes" not in data:
