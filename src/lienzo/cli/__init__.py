@@ -35,6 +35,8 @@ from lienzo.cli.merge import (
 )
 from lienzo.cli.models import add_convert_arguments, add_info_arguments, run_convert, run_info
 from lienzo.cli.run import RUN_EPILOG, add_run_arguments, run_workflow
+from lienzo.cli.preprocess import PREPROCESS_EPILOG, add_preprocess_arguments, run_preprocess
+from lienzo.cli.serve import SERVE_EPILOG, add_serve_arguments, run_serve
 from lienzo.cli.train import TRAIN_EPILOG, add_train_arguments, run_train
 from lienzo.errors import LienzoError
 
@@ -103,6 +105,13 @@ COMMANDS = [
         EXTRACT_EPILOG,
     ),
     Command(
+        "preprocess",
+        "turn an image into a ControlNet control image (canny, scribble, depth, invert)",
+        add_preprocess_arguments,
+        run_preprocess,
+        PREPROCESS_EPILOG,
+    ),
+    Command(
         "run",
         "run a ComfyUI workflow (API or UI JSON, or a PNG carrying one)",
         add_run_arguments,
@@ -112,10 +121,17 @@ COMMANDS = [
     Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
     Command(
         "train",
-        "train a model with a recipe (shapes: the built-in model)",
+        "train a model (recipe shapes) or fine-tune one (lora, textual-inversion, ...)",
         add_train_arguments,
         run_train,
         TRAIN_EPILOG,
+    ),
+    Command(
+        "serve",
+        "serve ComfyUI's and A1111's HTTP APIs (and ComfyUI's frontend) on one job queue",
+        add_serve_arguments,
+        run_serve,
+        SERVE_EPILOG,
     ),
 ]
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.depth_estimation import estimate_depth, load_depth_estimator
 from lienzo.pipelines.generation import generate_latents, img2img_size, prompt_stages
 from lienzo.pipelines.images import ImageInput, load_image, resize_image
 from lienzo.pipelines.options import resolve_options
@@ -58,7 +59,7 @@ def depth_conditioning(depth: torch.Tensor, latent_size: tuple[int, int]) -> tor
 def depth2img(
     pipe,
     image: ImageInput,
-    depth: DepthInput,
+    depth: DepthInput | None,
     prompt: str,
     *,
     strength: float = 0.8,
@@ -69,7 +70,8 @@ def depth2img(
     **settings,
 ) -> list[Image.Image]:
     """img2img guided by a depth map (SD 2 depth models): the map is the UNet's extra input channel at
-    every pass's size (hires fix included)."""
+    every pass's size (hires fix included). Without a map (`depth` None) the model folder's DPT estimator
+    (depth_estimator/ + feature_extractor/), else the models root's depth/ one, computes it from `image`."""
     if pipe.spec.variant != "depth":
         raise InvalidArgumentError(
             f"depth-to-image needs a depth model but {pipe.spec.name} is not one; "
@@ -82,7 +84,11 @@ def depth2img(
     )
     if options.refiner is not None:
         raise InvalidArgumentError("depth models have no refiner; leave the refiner out of depth2img")
-    depth_map = load_depth_map(depth)
+    if depth is None:
+        estimator = load_depth_estimator(pipe.path, pipe.model_library().root)
+        depth_map = estimate_depth(source, estimator)[None, None]
+    else:
+        depth_map = load_depth_map(depth)
     factor = pipe.spec.vae.downscale_factor
 
     def conditions(width: int, height: int) -> ImageConditions:
