@@ -405,6 +405,16 @@ _LOADED: OrderedDict[tuple, Pipeline] = OrderedDict()
 """The most recently loaded models by (path, files signature, device, dtype, family), oldest first."""
 
 
+def set_model_cache_size(size: int) -> None:
+    """Keep the last `size` models `load` read in memory (the server's --model-cache); older ones go now."""
+    global MODEL_CACHE_SIZE
+    if size < 1:
+        raise InvalidArgumentError(f"the model cache holds 1 or more models, got {size}")
+    MODEL_CACHE_SIZE = size
+    while len(_LOADED) > MODEL_CACHE_SIZE:
+        _LOADED.popitem(last=False)
+
+
 def files_signature(path: Path) -> tuple:
     """(name, size, mtime) of the file, or of every file under the folder: changes when weights change."""
     if not path.exists():
