@@ -1,16 +1,28 @@
-"""`lienzo train recipe shapes`: reproduce the built-in model from nothing with lienzo's training loop."""
+"""`lienzo train`: one subcommand per training method, each in its own module (`cli/train_<method>.py`)
+over the shared arguments of `cli/train_arguments.py`; `recipe shapes` reproduces the built-in model."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from lienzo.cli.train_lora import LORA_EPILOG, add_lora_arguments, run_train_lora
 from lienzo.pipelines.output import check_writable_folder
 from lienzo.recipes import ShapesRecipe, run_recipe
 
-TRAIN_EPILOG = """examples:
+TRAIN_EPILOG = """methods:
+  recipe shapes        the built-in model from nothing
+  lora                 a LoRA / LyCORIS network (kohya layout)
+  textual-inversion    new token vectors (A1111 embedding)
+
+Run `lienzo train METHOD --help` for a method's options.
+"""
+
+RECIPE_EPILOG = """examples:
   lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores
   lienzo train recipe shapes --out runs/shapes --resume   # continue a stopped run where it left off
   lienzo train recipe shapes --out /tmp/mini --miniature  # every stage at toy sizes, in seconds
@@ -21,9 +33,8 @@ The model lands in OUT/model (a diffusers folder); try it with
 """
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `lienzo train recipe shapes`."""
-    parser.add_argument("kind", choices=["recipe"], help="what to train: a whole recipe")
     parser.add_argument("recipe", choices=["shapes"], help="the recipe: shapes = the built-in model")
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoints, logs, samples, model"
@@ -49,7 +60,7 @@ def remove_if_empty(folder: Path) -> None:
         os.rmdir(parent)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train_recipe(args: argparse.Namespace) -> int:
     """Run the recipe and print where the model was written and how long it took."""
     check_writable_folder(args.out, "--out")
     created = first_missing_folder(args.out)
@@ -63,3 +74,42 @@ def run_train(args: argparse.Namespace) -> int:
         raise
     print(f"model written to {model} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+@dataclass(frozen=True)
+class TrainMethod:
+    """A `lienzo train` subcommand: its name, one-line help, arguments, runner and examples."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str = ""
+
+
+METHODS = [
+    TrainMethod(
+        "recipe", "train a whole model with a recipe", add_recipe_arguments, run_train_recipe, RECIPE_EPILOG
+    ),
+    TrainMethod("lora", "train a LoRA / LyCORIS network", add_lora_arguments, run_train_lora, LORA_EPILOG),
+]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One subcommand per training method."""
+    methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for method in METHODS:
+        sub = methods.add_parser(
+            method.name,
+            help=method.help,
+            description=method.help,
+            epilog=method.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        method.add_arguments(sub)
+        sub.set_defaults(run_method=method.run)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the chosen method."""
+    return args.run_method(args)

@@ -1,0 +1,63 @@
+"""`lienzo train lora`: a LoRA / LyCORIS network trained on a captioned folder, saved in kohya's layout."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lienzo.cli.train_arguments import (
+    MethodDefaults,
+    add_training_arguments,
+    check_new_output,
+    disk_errors,
+    options_and_model,
+)
+from lienzo.recipes.fine_tuning import sample_writer
+from lienzo.training.lora import train_lora
+from lienzo.training.lora_network import NETWORKS, NetworkConfig
+from lienzo.training.method_run import check_output_file
+
+LORA_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=1e-3)
+DEFAULT_RANK = 8
+
+LORA_EPILOG = """examples:
+  lienzo train lora --data stars/ --out models/loras/star.safetensors
+  lienzo train lora --data stars/ --out star.safetensors --resume        # continue a stopped run
+  lienzo train lora --data photos/ --model sd15.safetensors --network locon --rank 16 --alpha 8 \\
+      --unet-lr 1e-4 --text-encoder-lr 5e-5 --buckets --cache-latents --out style.safetensors
+
+The run's state, loss.csv, loss.png and samples/ go to OUT-training/ beside the file. Use the file as
+<lora:NAME:1> in a prompt (with the file in models/loras), or --lora FILE.
+"""
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `lienzo train lora`."""
+    parser.add_argument("--out", type=Path, required=True, help="the LoRA file to write (.safetensors)")
+    network = parser.add_argument_group("network")
+    network.add_argument("--network", choices=NETWORKS, default="lora", help="algorithm (lora)")
+    network.add_argument("--rank", type=int, default=DEFAULT_RANK, help=f"rank / dim ({DEFAULT_RANK})")
+    network.add_argument("--alpha", type=float, help="delta scaled by alpha/rank (default: rank)")
+    add_training_arguments(parser, LORA_DEFAULTS)
+
+
+def run_train_lora(args: argparse.Namespace) -> int:
+    """Train, write the file, say where it went and how long it took."""
+    check_output_file(args.out, (".safetensors",))
+    check_new_output(args.out, args.resume)
+    config = NetworkConfig(args.network, args.rank, args.alpha)
+    started = time.perf_counter()
+    with disk_errors(args.out):
+        options, pipe = options_and_model(args, "LoRA")
+        train_lora(
+            options,
+            config,
+            pipe,
+            args.out,
+            resume=args.resume,
+            sample_fn=sample_writer(pipe, options),
+            device=pipe.device,
+        )
+    print(f"LoRA written to {args.out} in {time.perf_counter() - started:.0f} s")
+    return 0

@@ -1,0 +1,24 @@
+"""Fine-tuning data for a new concept: one-object scenes of a reserved shape (`star`, `heart`), and the
+prompts that test the concept afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lienzo.errors import InvalidArgumentError
+from lienzo.worlds.shapes import RESERVED_SHAPES, Scene, caption, sample_scene
+
+
+def concept_scenes(shape: str, count: int, seed: int = 0) -> list[Scene]:
+    """`count` one-object scenes of `shape` over every colour, position and size of the world."""
+    if shape not in RESERVED_SHAPES:
+        raise InvalidArgumentError(
+            f"{shape!r} is not a reserved shape; use one of {', '.join(RESERVED_SHAPES)}"
+        )
+    rng = np.random.default_rng([seed, RESERVED_SHAPES.index(shape)])
+    return [sample_scene(rng, objects=1, shapes=(shape,)) for _ in range(count)]
+
+
+def concept_prompts(shape: str, count: int, seed: int = 1) -> list[str]:
+    """`count` full one-object prompts of `shape` (colour, size, position) for scoring, unseen in training."""
+    return [caption(scene) for scene in concept_scenes(shape, count, seed=1000 + seed)]
