@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from lienzo.cli.arguments import (
@@ -21,11 +22,12 @@ from lienzo.pipelines.images import load_image
 from lienzo.pipelines.inpaint import load_mask
 from lienzo.pipelines.masking import check_mask_size
 from lienzo.pipelines.metadata import parse_parameters, read_parameters, save_png
-from lienzo.pipelines.options import HIRES_UPSCALERS, HiresOptions, RefinerOptions
+from lienzo.pipelines.options import HIRES_UPSCALERS, SAFETY_MODES, HiresOptions, RefinerOptions
 from lienzo.pipelines.output import prepare_target, release_paths, reserve_paths, write_png_atomically
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.preview import FilmstripRecorder
 from lienzo.pipelines.requests import MODE_EXTRAS, SIDES, validate_request
+from lienzo.pipelines.safety import NSFWContentWarning, was_flagged
 from lienzo.text.network_tags import extract_hypernet_tags, extract_lora_tags
 
 VAE_TILING = {"auto": None, "on": True, "off": False}
@@ -119,6 +121,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(VAE_TILING),
         default="auto",
         help="run the VAE on overlapping tiles: auto (images over 1024x1024), on, off",
+    )
+    model.add_argument(
+        "--safety-checker",
+        choices=SAFETY_MODES,
+        help="NSFW filter: auto (on when the model folder has safety_checker/, as diffusers), on, off; "
+        "a flagged image is blacked out and noted (default auto)",
     )
     output = parser.add_argument_group("input and output")
     output.add_argument("-o", "--output", type=Path, help="a .png file or a folder (default outputs/)")
@@ -247,6 +255,8 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
     sampler_options |= {key: value for key, value in named.items() if value is not None}
     settings["sampler_options"] = sampler_options
     settings["vae_tiling"] = VAE_TILING[args.vae_tiling]
+    if args.safety_checker is not None:
+        settings["safety_checker"] = args.safety_checker
     if args.refiner is not None:
         switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}
         refiner = library_from_args(args).resolve("checkpoints", args.refiner)
@@ -335,8 +345,13 @@ def run_generation(args: argparse.Namespace) -> int:
     warn_on_other_model(record, pipe)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
-        results = run_pipeline(pipe, args, prompt, images, settings, recorder)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NSFWContentWarning)
+            results = run_pipeline(pipe, args, prompt, images, settings, recorder)
         paths = write_images(results, target)
+        for image, path in zip(results, paths, strict=True):
+            if was_flagged(image):
+                print(f"note: the safety checker flagged {path} as NSFW; it is blacked out", file=sys.stderr)
         if recorder is not None:
             paths.append(write_filmstrip(recorder, paths[0]))
         print("\n".join(str(path) for path in paths))

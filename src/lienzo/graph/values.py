@@ -32,8 +32,8 @@ def with_lora(pipe: Pipeline, path: Path, unet_strength: float, text_strength: f
     view = pipe.view()
     view.vae, view.vae_name = pipe.vae, pipe.vae_name
     for key, (loaded, unet, text) in pipe.loras.applied.items():
-        view.loras.add(loaded.path, unet, text_strength=text, key=key)
-    view.loras.add(
+        view.loras.add_file(loaded.path, unet, text_strength=text, key=key)
+    view.loras.add_file(
         path, unet_strength, text_strength=text_strength, key=f"graph:{len(pipe.loras.applied)}:{path.stem}"
     )
     return view

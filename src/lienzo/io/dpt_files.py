@@ -97,7 +97,13 @@ def read_depth_estimator(folder: Path) -> DPTDepthEstimator:
     }
     with torch.device("meta"):
         model = DPTDepthEstimator(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()[:160]
+        raise CorruptCheckpointError(
+            f"{path} does not fit its config.json ({first}); re-download the depth estimator"
+        ) from None
     if missing or unexpected:
         raise CorruptCheckpointError(
             f"{path} does not fit its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}); "

@@ -113,7 +113,13 @@ class LoraSet:
     ) -> str:
         """Apply a LoRA/LyCORIS file at `strength` on the UNet and `text_strength` (default: the same) on
         the text encoders, as ComfyUI's LoraLoader does; returns its key (default: the file's stem)."""
-        loaded = load_lora(self.pipe, self.resolve_path(lora))
+        return self.add_file(self.resolve_path(lora), strength, text_strength=text_strength, key=key)
+
+    def add_file(
+        self, path: Path, strength: float = 1.0, *, text_strength: float | None = None, key: str | None = None
+    ) -> str:
+        """`add` for a file already resolved (graph nodes resolve names in their own library first)."""
+        loaded = load_lora(self.pipe, path)
         key = key or loaded.name
         text = strength if text_strength is None else text_strength
         self.applied[key] = (loaded, float(strength), float(text))

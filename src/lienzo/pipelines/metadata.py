@@ -133,6 +133,7 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Hypernet hashes": name_hashes(record.get("hypernetworks") or {}),
         "VAE": record.get("vae"),
         "TI hashes": name_hashes(record.get("embeddings") or {}),
+        "Safety checker": record.get("safety_checker"),
         "Version": lienzo_version(),
     }
 
@@ -298,6 +299,7 @@ def parse_parameters(text: str) -> dict:
         "model": fields.pop("Model", None),
         "model_hash": fields.pop("Model hash", None),
         "family": None,
+        "safety_checker": fields.pop("Safety checker", None),
         "extra": fields,
     }
 

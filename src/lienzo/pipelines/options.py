@@ -26,6 +26,8 @@ MAX_SEED = 2**32 - 1
 HIRES_UPSCALERS = ("latent", "latent-nearest", "image")
 AESTHETIC_SCORES = (6.0, 2.5)
 """The SDXL refiner's aesthetic-score conditioning for the prompt and the negative prompt (sgm defaults)."""
+SAFETY_MODES = ("auto", "on", "off")
+"""The safety checker's settings: auto (on when the model folder ships one, as diffusers), on, off."""
 
 RECORD_KEYS = (
     "mode",
@@ -56,6 +58,7 @@ RECORD_KEYS = (
     "model",
     "model_hash",
     "family",
+    "safety_checker",
 )
 """Keys of `image.info["lienzo"]`. `seed` and `variation_seed` are the batch item's own (base + index);
 `hires` is None or {"scale", "steps", "strength", "upscaler", "width", "height"}; `refiner` is None or
@@ -66,7 +69,8 @@ given to the sampler (eta, s_noise, ...), empty for its defaults;
 name to its short hash (A1111's "Lora hashes"), `hypernetworks` each applied hypernetwork's name to its
 short hash (10 hex digits, A1111's; written as "Hypernet hashes"), `embeddings` each textual-inversion
 embedding the prompts used ("TI hashes"); `vae` the name of a VAE used instead of the model's own
-(A1111's "VAE"), else None."""
+(A1111's "VAE"), else None; `safety_checker` None when no checker ran, else its verdict
+(lienzo.pipelines.safety: "passed" or "flagged NSFW (blacked out)")."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class GenerationOptions:
     refiner: RefinerOptions | None = None
     mode: str = "txt2img"
     vae_tiling: bool | None = None
+    safety_checker: str = "auto"
 
     def item_seed(self, index: int) -> int:
         """Seed of batch item `index`: seed + index."""
@@ -182,6 +187,7 @@ class GenerationOptions:
             "model": model,
             "model_hash": model_hash,
             "family": family,
+            "safety_checker": None,
         }
         return record
 
@@ -283,6 +289,7 @@ _OPTIONAL_FIELDS = (
     "refiner",
     "mode",
     "vae_tiling",
+    "safety_checker",
 )
 
 
@@ -307,4 +314,9 @@ def check_options(options: GenerationOptions) -> None:
         _check_hires(options.hires)
     if options.refiner is not None:
         _check_refiner(options.refiner)
+    if options.safety_checker not in SAFETY_MODES:
+        raise InvalidArgumentError(
+            f"the safety checker setting must be one of {', '.join(SAFETY_MODES)}, "
+            f"got {options.safety_checker!r}"
+        )
     check_sampler_options(options.sampler, dict(options.sampler_options))

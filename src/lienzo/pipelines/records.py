@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from lienzo.pipelines.options import GenerationOptions
+from lienzo.pipelines.safety import apply_safety_checker
 from lienzo.pipelines.steps import PromptTexts
 
 
@@ -20,7 +21,8 @@ def attach_records(
     """Put each image's settings (GenerationOptions.to_record) into image.info["lienzo"]; inpainting adds
     its `mask` settings ({"blur", "only_masked", "padding"}), a refined image its refiner's hash, and
     every image the LoRAs and hypernetworks applied while it was made and the embeddings its prompts used
-    (name: short hash)."""
+    (name: short hash). Then the safety checker the options ask for checks the finished images: a flagged
+    one is blacked out in place and its record says so (lienzo.pipelines.safety)."""
     for index, image in enumerate(images):
         record = options.to_record(
             index,
@@ -34,3 +36,4 @@ def attach_records(
             embeddings=pipe.embedding_hashes(() if texts is None else texts.embeddings_used),
         )
         image.info["lienzo"] = {**record, "mask": mask}
+    apply_safety_checker(pipe, images, options.safety_checker)
