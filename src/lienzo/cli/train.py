@@ -10,7 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lienzo.cli.train_dreambooth import DREAMBOOTH_EPILOG, add_dreambooth_arguments, run_train_dreambooth
+from lienzo.cli.train_finetune import FINETUNE_EPILOG, add_finetune_arguments, run_train_finetune
+from lienzo.cli.train_hypernetwork import (
+    HYPERNETWORK_EPILOG,
+    add_hypernetwork_arguments,
+    run_train_hypernetwork,
+)
 from lienzo.cli.train_lora import LORA_EPILOG, add_lora_arguments, run_train_lora
+from lienzo.cli.train_textual_inversion import EMBEDDING_EPILOG, add_embedding_arguments, run_train_embedding
 from lienzo.pipelines.output import check_writable_folder
 from lienzo.recipes import ShapesRecipe, run_recipe
 
@@ -18,6 +26,9 @@ TRAIN_EPILOG = """methods:
   recipe shapes        the built-in model from nothing
   lora                 a LoRA / LyCORIS network (kohya layout)
   textual-inversion    new token vectors (A1111 embedding)
+  dreambooth           the whole UNet on a concept, with prior preservation (a model)
+  hypernetwork         A1111 hypernetwork (.pt)
+  finetune             the whole UNet, optionally the text encoder and EMA (a model)
 
 Run `lienzo train METHOD --help` for a method's options.
 """
@@ -92,6 +103,34 @@ METHODS = [
         "recipe", "train a whole model with a recipe", add_recipe_arguments, run_train_recipe, RECIPE_EPILOG
     ),
     TrainMethod("lora", "train a LoRA / LyCORIS network", add_lora_arguments, run_train_lora, LORA_EPILOG),
+    TrainMethod(
+        "textual-inversion",
+        "train a textual-inversion embedding",
+        add_embedding_arguments,
+        run_train_embedding,
+        EMBEDDING_EPILOG,
+    ),
+    TrainMethod(
+        "dreambooth",
+        "fine-tune the model on a concept with prior preservation",
+        add_dreambooth_arguments,
+        run_train_dreambooth,
+        DREAMBOOTH_EPILOG,
+    ),
+    TrainMethod(
+        "hypernetwork",
+        "train an A1111 hypernetwork",
+        add_hypernetwork_arguments,
+        run_train_hypernetwork,
+        HYPERNETWORK_EPILOG,
+    ),
+    TrainMethod(
+        "finetune",
+        "fine-tune the whole model (optionally with EMA)",
+        add_finetune_arguments,
+        run_train_finetune,
+        FINETUNE_EPILOG,
+    ),
 ]
 
 

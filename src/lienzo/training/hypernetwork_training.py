@@ -4,6 +4,9 @@ through the latent diffusion loss with the model frozen, exported in A1111's fil
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,9 +20,25 @@ from lienzo.adapters.hypernetwork import (
     attention_widths,
 )
 from lienzo.errors import InvalidArgumentError
-from lienzo.io.hypernetwork_writer import HypernetworkSettings
+from lienzo.io.hypernetwork_writer import (
+    HypernetworkSettings,
+    hypernetwork_file_contents,
+    write_hypernetwork_file,
+)
+from lienzo.io.model_hash import SHORT_HASH_DIGITS, model_identity
 from lienzo.models.unet import UNetModel
 from lienzo.training.batch import Batch
+from lienzo.training.loop import SampleFn, train
+from lienzo.training.method_run import (
+    RunOptions,
+    check_output_file,
+    check_trainable_family,
+    diffusion_objective,
+    is_main_process,
+    prepare_data,
+    run_folder,
+    train_config,
+)
 from lienzo.training.objective import LatentDiffusionObjective, Networks, ParamGroup, param_group
 
 HOOK_KEY = "hypernet:training"
@@ -106,14 +125,15 @@ def check_widths(unet: UNetModel, widths: Sequence[int] | None) -> tuple[int, ..
 
 
 class HookedUNet(nn.Module):
-    """The frozen UNet with the hypernetwork hooked into its attention layers; only the hypernetwork is a
-    registered submodule, so the optimizer, checkpoints and DDP see only its weights."""
+    """The frozen UNet with the hypernetwork hooked into its attention layers (through the UNet's own
+    patcher when it has one, e.g. a Pipeline's, so samples drawn while training see the hooks); only the
+    hypernetwork is a registered submodule, so the optimizer, checkpoints and DDP see only its weights."""
 
-    def __init__(self, unet: UNetModel, hypernetwork: Hypernetwork):
+    def __init__(self, unet: UNetModel, hypernetwork: Hypernetwork, patcher: ModelPatcher | None = None):
         super().__init__()
         self.hypernetwork = hypernetwork
         object.__setattr__(self, "frozen_unet", unet.requires_grad_(False))
-        self.patcher = ModelPatcher(unet)
+        self.patcher = patcher or ModelPatcher(unet)
         self.patcher.add_hooks(HOOK_KEY, attention_hooks(unet, hypernetwork))
 
     @property
@@ -134,14 +154,18 @@ class HypernetworkObjective:
     hypernetworks (as A1111 trains them: the model's weights never change, only the k/v networks)."""
 
     def __init__(
-        self, base: LatentDiffusionObjective, hypernetwork: Hypernetwork, settings: HypernetworkSettings
+        self,
+        base: LatentDiffusionObjective,
+        hypernetwork: Hypernetwork,
+        settings: HypernetworkSettings,
+        patcher: ModelPatcher | None = None,
     ):
         if "text_encoder" in base.trainable:
             raise InvalidArgumentError("a hypernetwork trains with the text encoder frozen")
         self.base = base
         self.settings = settings
         base.text_encoder.requires_grad_(False)
-        self.hooked = HookedUNet(base.unet, hypernetwork)
+        self.hooked = HookedUNet(base.unet, hypernetwork, patcher)
         self.trainable: dict[str, nn.Module] = {"hypernetwork": self.hooked}
 
     def describe(self) -> dict:
@@ -153,3 +177,60 @@ class HypernetworkObjective:
 
     def loss(self, batch: Batch, generator: torch.Generator, networks: Networks) -> torch.Tensor:
         return self.base.loss(batch, generator, {"unet": networks["hypernetwork"]})
+
+
+@dataclass(frozen=True)
+class HypernetworkConfig:
+    """A hypernetwork run: the networks' settings and the widths to train (None: every attention width)."""
+
+    settings: HypernetworkSettings = HypernetworkSettings()
+    widths: tuple[int, ...] | None = None
+
+
+def train_hypernetwork(
+    options: RunOptions,
+    config: HypernetworkConfig,
+    model: Any,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    sample_fn: SampleFn | None = None,
+    device: torch.device | str | None = None,
+) -> Path:
+    """Train new hypernetworks over `model` (loaded in float32, frozen) on `options.data` and write them to
+    `out` (.pt, A1111's layout, atomically); state, loss log and samples go to `run_folder(out)`."""
+    out = Path(out)
+    check_trainable_family(model.spec, "hypernetwork")
+    check_output_file(out, (".pt",))
+    widths = check_widths(model.unet, config.widths)
+    folder = run_folder(out)
+    dataset = prepare_data(options, model, folder)
+    base = diffusion_objective(options, model, dataset)
+    unet_device = next(model.unet.parameters()).device
+    network = new_hypernetwork(widths, config.settings, seed=options.seed).to(unet_device)
+    objective = HypernetworkObjective(base, network, config.settings, getattr(model, "unet_patcher", None))
+    try:
+        result = train(
+            train_config(options),
+            objective,
+            dataset,
+            folder,
+            resume=resume,
+            device=device,
+            sample_fn=sample_fn,
+        )
+    finally:
+        objective.hooked.remove_hooks()
+    if is_main_process():
+        path = getattr(model, "path", None)
+        contents = hypernetwork_file_contents(
+            layer_state_dicts(network),
+            config.settings,
+            name=out.stem,
+            step=result.step,
+            sd_checkpoint=model_identity(path)[:SHORT_HASH_DIGITS] if path else None,
+            sd_checkpoint_name=Path(path).stem if path else None,
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_hypernetwork_file(out, contents)
+    return out

@@ -1,0 +1,67 @@
+"""DreamBooth's class images: drawn by the base model itself from the class prompt(s) with fixed seeds, and
+kept in a cache folder keyed by the model's weights, the prompts, the count and the size, so a rerun (or
+another run on the same model and class) reuses them instead of drawing them again."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lienzo.errors import InvalidArgumentError
+from lienzo.io.checkpoints import staged_output
+from lienzo.pipelines.pipeline import Pipeline
+
+KEY_DIGITS = 16
+CLASS_IMAGE_SUFFIX = ".png"
+
+
+def default_class_cache() -> Path:
+    """`$XDG_CACHE_HOME/lienzo/class-images` (~/.cache/lienzo/class-images when unset)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "lienzo" / "class-images"
+
+
+def class_image_key(identity: str, prompts: Sequence[str], count: int, size: int) -> str:
+    """The cache folder's name: a hash of the model identity, the class prompts, the count and the size."""
+    text = "\n".join([identity, *prompts, f"count={count}", f"size={size}"])
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_DIGITS]
+
+
+def class_prompt_for(prompts: Sequence[str], index: int) -> str:
+    """Class image `index` takes the prompts in turn."""
+    return prompts[index % len(prompts)]
+
+
+def class_images(
+    pipe: Pipeline,
+    identity: str,
+    prompts: Sequence[str],
+    count: int,
+    size: int,
+    cache: Path,
+    *,
+    progress: bool = True,
+) -> Path:
+    """The folder of `count` class images (`00000.png` with its prompt in `00000.txt`), image i drawn from
+    prompt i mod len(prompts) with seed i at the model's default settings; an existing complete folder for
+    the same key is reused, a new one appears only complete (staged, then renamed)."""
+    if count < 1:
+        raise InvalidArgumentError(f"--class-images must be at least 1 with a class prompt, got {count}")
+    if not prompts or not all(prompt.strip() for prompt in prompts):
+        raise InvalidArgumentError("a class prompt is empty; give --class-prompt a description of the class")
+    folder = cache / class_image_key(identity, prompts, count, size)
+    if folder.is_dir() and len(list(folder.glob(f"*{CLASS_IMAGE_SUFFIX}"))) == count:
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    with staged_output(folder) as staged:
+        staged.mkdir()
+        for index in tqdm(range(count), desc="class images", disable=not progress, unit="img"):
+            prompt = class_prompt_for(prompts, index)
+            image = pipe.generate(prompt, width=size, height=size, seed=index, progress=False)[0]
+            image.save(staged / f"{index:05d}{CLASS_IMAGE_SUFFIX}")
+            (staged / f"{index:05d}.txt").write_text(prompt + "\n", encoding="utf-8")
+    return folder
