@@ -249,3 +249,57 @@ def test_interrupting_stops_the_sampler_between_steps(executor):
             txt2img(size=64, seed=99), prompt_id="stop", hooks=StopAtStep2(), interrupt=interrupt
         )
     assert caught.value.node_id == "3"
+
+
+def test_every_other_core_node_runs_in_one_workflow(environment, executor):
+    def node(kind: str, **inputs) -> dict:
+        return {"class_type": kind, "inputs": inputs}
+
+    prompt = txt2img(size=64, steps=2)
+    prompt.update({
+        "30": node("CLIPSetLastLayer", clip=["4", 1], stop_at_clip_layer=-2),
+        "31": node("CLIPTextEncode", text="on a white background", clip=["30", 0]),
+        "32": node("ConditioningConcat", conditioning_to=["6", 0], conditioning_from=["31", 0]),
+        "33": node("ConditioningSetArea", conditioning=["32", 0], width=64, height=64, x=0, y=0,
+                   strength=1.5),
+        "34": node("ConditioningCombine", conditioning_1=["32", 0], conditioning_2=["33", 0]),
+        "35": node("ConditioningSetTimestepRange", conditioning=["34", 0], start=0.0, end=0.5),
+        "36": node("ConditioningCombine", conditioning_1=["35", 0], conditioning_2=["6", 0]),
+        "40": node("LoadImage", image="circle.png"),
+        "41": node("ImageScale", image=["40", 0], upscale_method="bilinear", width=64, height=0,
+                   crop="disabled"),
+        "42": node("ImagePadForOutpaint", image=["41", 0], left=8, top=0, right=8, bottom=0, feathering=4),
+        "43": node("LoadImageMask", image="circle_masked.png", channel="alpha"),
+        "44": node("InpaintModelConditioning", positive=["36", 0], negative=["7", 0], vae=["4", 2],
+                   pixels=["42", 0], mask=["42", 1], noise_mask=True),
+        "45": node("LoraLoaderModelOnly", model=["4", 0], lora_name="wobble", strength_model=0.5),
+        "46": node("LatentUpscaleBy", samples=["3", 0], upscale_method="nearest-exact", scale_by=1.5),
+        "47": node("LatentUpscale", samples=["46", 0], upscale_method="bilinear", width=64, height=64,
+                   crop="center"),
+        "48": node("VAEDecodeTiled", samples=["47", 0], vae=["4", 2], tile_size=64, overlap=32,
+                   temporal_size=64, temporal_overlap=8),
+        "49": node("ImageScaleBy", image=["48", 0], upscale_method="lanczos", scale_by=0.5),
+        "50": node("VAEEncodeTiled", pixels=["49", 0], vae=["4", 2], tile_size=64, overlap=0,
+                   temporal_size=64, temporal_overlap=8),
+        "51": node("VAEEncodeForInpaint", pixels=["41", 0], vae=["4", 2], mask=["43", 0], grow_mask_by=6),
+        "52": node("VAEDecode", samples=["51", 0], vae=["4", 2]),
+        "53": node("Canny", image=["41", 0], low_threshold=0.2, high_threshold=0.5),
+        "54": node("VAEDecode", samples=["50", 0], vae=["4", 2]),
+    })  # fmt: skip
+    prompt["3"]["inputs"].update(
+        model=["45", 0], positive=["44", 0], negative=["44", 1], latent_image=["44", 2]
+    )
+    for index, source in enumerate(("48", "49", "52", "53", "54")):
+        prompt[f"6{index}"] = node("PreviewImage", images=[source, 0])
+    ui = executor.execute(prompt, prompt_id="all")
+    sizes = {key: saved_image(environment, ui[key]).size for key in ("9", "60", "61", "62", "63", "64")}
+    assert sizes == {
+        "9": (80, 64),
+        "60": (64, 64),
+        "61": (32, 32),
+        "62": (64, 64),
+        "63": (64, 64),
+        "64": (32, 32),
+    }
+    edges = pixels(saved_image(environment, ui["63"]))
+    assert set(np.unique(edges)) == {0, 255}
