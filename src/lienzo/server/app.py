@@ -26,6 +26,7 @@ from lienzo.server.files import ForbiddenPathError
 from lienzo.server.frontend_routes import add_frontend, frontend_api_routes, internal_routes
 from lienzo.server.jobs import JobStore
 from lienzo.server.jobs_routes import jobs_routes
+from lienzo.server.page_routes import add_page
 from lienzo.server.worker import Worker
 
 log = logging.getLogger("lienzo.server")
@@ -71,6 +72,7 @@ def build_app(config: ServerConfig) -> web.Application:
             app.router.add_route(method, prefix + path, handler)
     add_a1111_routes(app, context)
     add_frontend(app, FRONTEND_MOUNT)
+    add_page(app)
     app.on_startup.append(_start_worker)
     app.on_cleanup.append(_stop_worker)
     return app
