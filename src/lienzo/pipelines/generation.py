@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from lienzo.pipelines.controlnets import control_conditions
 from lienzo.pipelines.hires import hires_fix
 from lienzo.pipelines.images import ImageInput, load_image, resize_image
 from lienzo.pipelines.options import GenerationOptions
@@ -35,13 +36,15 @@ def generate_latents(
     progress: bool = True,
 ) -> torch.Tensor:
     """Every mode's latents: sample (base, then the refiner), then the hires pass when asked for;
-    `stages` default to `prompt_stages(pipe, options, refiner)`."""
+    `stages` default to `prompt_stages(pipe, options, refiner)`. The options' ControlNet units (loaded,
+    see `Pipeline.resolve_controlnets`) guide every pass, their control images fitted to its size."""
     if stages is None:
         if (options.refiner is None) != (refiner is None):
             raise ValueError(
                 "pass the loaded refiner exactly when the options ask for one (Pipeline.load_refiner)"
             )
         stages = prompt_stages(pipe, options, refiner)
+    conditions = control_conditions(conditions, options.controlnets)
     run = {"conditions": conditions, "callback": callback, "progress": progress}
     latents = sample_latents(stages, options, start=start, **run)
     if options.hires is not None:

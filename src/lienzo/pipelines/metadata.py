@@ -50,6 +50,7 @@ UPSCALER_IDS = {display.lower(): upscaler for upscaler, display in UPSCALER_DISP
 PARAMETER_PAIR = re.compile(r'\s*(\w[\w \-/()]*?):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)')
 """One `Key: value` pair of the last line; a quoted value is a JSON string."""
 IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+CONTROLNET_FIELD = re.compile(r"^ControlNet (\d+)$")
 MIN_PARAMETER_PAIRS = 3
 """A last line with fewer pairs is part of the prompt (A1111's own rule)."""
 
@@ -96,6 +97,7 @@ def parameter_fields(record: dict) -> dict[str, object]:
     """The `Key: value` fields of a record in A1111's order; None means "leave out"."""
     hires, refiner, mask = record.get("hires"), record.get("refiner"), record.get("mask")
     loras = record.get("loras") or {}
+    controlnets = record.get("controlnets") or []
     only_masked = bool(mask and mask["only_masked"])
     width, height = record.get("width"), record.get("height")
     mode = record.get("mode", "txt2img")
@@ -129,6 +131,7 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Hires upscaler": UPSCALER_DISPLAY_NAMES.get(hires["upscaler"], hires["upscaler"]) if hires else None,
         "Refiner": model_field(refiner.get("model"), refiner.get("model_hash")) if refiner else None,
         "Refiner switch at": refiner["switch_at"] if refiner else None,
+        **{f"ControlNet {index}": control_unit_text(unit) for index, unit in enumerate(controlnets)},
         "Lora hashes": name_hashes(loras),
         "Hypernet hashes": name_hashes(record.get("hypernetworks") or {}),
         "VAE": record.get("vae"),
@@ -136,6 +139,60 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "Safety checker": record.get("safety_checker"),
         "Version": lienzo_version(),
     }
+
+
+CONTROL_PROCESSOR_RESOLUTION = 512
+"""A1111's ControlNet "Processor Res" default, written for every unit."""
+
+
+def control_unit_text(unit: dict) -> str:
+    """A ControlNet unit as A1111's ControlNet extension writes it: `Module: canny, Model: name [hash],
+    Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 100.0, ...` (thresholds
+    only where the preprocessor has them)."""
+    values = {
+        "Module": unit["module"],
+        "Model": model_field(unit["model"], unit.get("model_hash")),
+        "Weight": float(unit["weight"]),
+        "Resize Mode": unit["resize_mode"],
+        "Processor Res": CONTROL_PROCESSOR_RESOLUTION,
+        "Threshold A": None if unit.get("threshold_a") is None else float(unit["threshold_a"]),
+        "Threshold B": None if unit.get("threshold_b") is None else float(unit["threshold_b"]),
+        "Guidance Start": float(unit["guidance_start"]),
+        "Guidance End": float(unit["guidance_end"]),
+        "Pixel Perfect": False,
+        "Control Mode": unit["control_mode"],
+    }
+    return ", ".join(f"{key}: {value}" for key, value in values.items() if value is not None)
+
+
+def parse_control_unit(text: str) -> dict:
+    """A ControlNet unit's record from A1111's `ControlNet N` value (inverse of control_unit_text)."""
+    pairs = dict(item.strip().partition(": ")[::2] for item in text.split(","))
+    try:
+        name, model_hash = _model_and_hash(pairs["Model"])
+        thresholds = [pairs.get(key) for key in ("Threshold A", "Threshold B")]
+        return {
+            "module": pairs.get("Module", "none"),
+            "model": name,
+            "model_hash": model_hash,
+            "weight": float(pairs.get("Weight", 1.0)),
+            "resize_mode": pairs.get("Resize Mode", "Crop and Resize"),
+            "guidance_start": float(pairs.get("Guidance Start", 0.0)),
+            "guidance_end": float(pairs.get("Guidance End", 1.0)),
+            "control_mode": pairs.get("Control Mode", "Balanced"),
+            "threshold_a": None if thresholds[0] is None else float(thresholds[0]),
+            "threshold_b": None if thresholds[1] is None else float(thresholds[1]),
+        }
+    except (KeyError, ValueError) as error:
+        raise InvalidArgumentError(
+            f"the parameters text has an unreadable ControlNet unit {text!r}; fix or remove that field"
+        ) from error
+
+
+def _controlnets(fields: dict[str, str]) -> list[dict]:
+    """The `ControlNet 0`, `ControlNet 1`, ... units in index order (removed from `fields`)."""
+    keys = sorted((int(m[1]), key) for key in fields if (m := CONTROLNET_FIELD.match(key)))
+    return [parse_control_unit(fields.pop(key)) for _, key in keys]
 
 
 def format_parameters(record: dict) -> str:
@@ -300,6 +357,7 @@ def parse_parameters(text: str) -> dict:
         "model_hash": fields.pop("Model hash", None),
         "family": None,
         "safety_checker": fields.pop("Safety checker", None),
+        "controlnets": _controlnets(fields),
         "extra": fields,
     }
 

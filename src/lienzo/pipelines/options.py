@@ -17,6 +17,7 @@ from pathlib import Path
 from lienzo.diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.specs import FamilySpec
+from lienzo.pipelines.control_units import CONTROL_MODES, RESIZE_MODES, ControlUnit, check_control_unit
 
 DEFAULT_STEPS = 20
 DEFAULT_CFG = 7.0
@@ -58,6 +59,7 @@ RECORD_KEYS = (
     "model",
     "model_hash",
     "family",
+    "controlnets",
     "safety_checker",
 )
 """Keys of `image.info["lienzo"]`. `seed` and `variation_seed` are the batch item's own (base + index);
@@ -69,7 +71,9 @@ given to the sampler (eta, s_noise, ...), empty for its defaults;
 name to its short hash (A1111's "Lora hashes"), `hypernetworks` each applied hypernetwork's name to its
 short hash (10 hex digits, A1111's; written as "Hypernet hashes"), `embeddings` each textual-inversion
 embedding the prompts used ("TI hashes"); `vae` the name of a VAE used instead of the model's own
-(A1111's "VAE"), else None; `safety_checker` None when no checker ran, else its verdict
+(A1111's "VAE"), else None; `controlnets` a list with one dict per ControlNet unit ({"module", "model",
+"model_hash", "weight", "resize_mode", "guidance_start", "guidance_end", "control_mode", "threshold_a",
+"threshold_b"}; modes by their A1111 names); `safety_checker` None when no checker ran, else its verdict
 (lienzo.pipelines.safety: "passed" or "flagged NSFW (blacked out)")."""
 
 
@@ -123,6 +127,7 @@ class GenerationOptions:
     refiner: RefinerOptions | None = None
     mode: str = "txt2img"
     vae_tiling: bool | None = None
+    controlnets: tuple[ControlUnit, ...] = ()
     safety_checker: str = "auto"
 
     def item_seed(self, index: int) -> int:
@@ -187,9 +192,29 @@ class GenerationOptions:
             "model": model,
             "model_hash": model_hash,
             "family": family,
+            "controlnets": [control_record(unit) for unit in self.controlnets],
             "safety_checker": None,
         }
         return record
+
+
+def control_record(unit: ControlUnit) -> dict:
+    """A ControlNet unit's record (A1111's unit fields); the model's name and hash once it is loaded."""
+    model = unit.model
+    name = Path(model).stem if isinstance(model, str | Path) else model.name
+    options = dict(unit.preprocess_options)
+    return {
+        "module": unit.preprocess,
+        "model": name,
+        "model_hash": None if isinstance(model, str | Path) else model.short_hash,
+        "weight": unit.strength,
+        "resize_mode": RESIZE_MODES[unit.resize_mode],
+        "guidance_start": unit.start,
+        "guidance_end": unit.end,
+        "control_mode": CONTROL_MODES[unit.mode],
+        "threshold_a": options.get("low"),
+        "threshold_b": options.get("high"),
+    }
 
 
 def hires_size(options: GenerationOptions) -> tuple[int, int]:
@@ -256,6 +281,8 @@ def resolve_options(spec: FamilySpec, **user_values) -> GenerationOptions:
     unknown = set(values) - set(GenerationOptions.__dataclass_fields__)
     if unknown:
         raise InvalidArgumentError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    if "controlnets" in values:
+        values["controlnets"] = tuple(values["controlnets"])
     sampler, implied_scheduler = resolve_sampler(values.get("sampler", DEFAULT_SAMPLER))
     scheduler = values.get("scheduler", implied_scheduler or DEFAULT_SCHEDULER)
     if scheduler not in SCHEDULERS:
@@ -289,6 +316,7 @@ _OPTIONAL_FIELDS = (
     "refiner",
     "mode",
     "vae_tiling",
+    "controlnets",
     "safety_checker",
 )
 
@@ -314,6 +342,8 @@ def check_options(options: GenerationOptions) -> None:
         _check_hires(options.hires)
     if options.refiner is not None:
         _check_refiner(options.refiner)
+    for index, unit in enumerate(options.controlnets):
+        check_control_unit(unit, index)
     if options.safety_checker not in SAFETY_MODES:
         raise InvalidArgumentError(
             f"the safety checker setting must be one of {', '.join(SAFETY_MODES)}, "

@@ -24,6 +24,7 @@ from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet, resolve_units
 from lienzo.pipelines.depth import depth2img
 from lienzo.pipelines.generation import img2img, img2img_size, txt2img
 from lienzo.pipelines.hypernetworks import HypernetworkSet
@@ -179,6 +180,17 @@ class Pipeline:
     def vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def load_controlnet(self, controlnet: str | Path) -> LoadedControlNet:
+        """A ControlNet for this model (file, diffusers folder or name in the library's controlnet/),
+        checked to fit it, on its device and dtype; a difference file gets this model's UNet added."""
+        return load_controlnet(controlnet, self)
+
+    def resolve_controlnets(self, settings: dict) -> dict:
+        """`settings` with their `controlnets` units' models loaded and control images read."""
+        if not settings.get("controlnets"):
+            return settings
+        return {**settings, "controlnets": resolve_units(self, settings["controlnets"])}
+
     def load_refiner(self, refiner: RefinerOptions | None) -> Pipeline | None:
         """The refiner model, loaded like `lienzo.load` on this Pipeline's device and dtype."""
         if refiner is None:
@@ -209,8 +221,10 @@ class Pipeline:
 
         None takes the family default (see lienzo.pipelines.options); `more` takes the other
         GenerationOptions fields (variation_seed, variation_strength, guidance_rescale,
-        sampler_options such as {"eta": 0.5, "s_noise": 1.0}, vae_tiling). `progress` shows a tqdm bar.
+        sampler_options such as {"eta": 0.5, "s_noise": 1.0}, vae_tiling, controlnets: a list of
+        ControlUnit). `progress` shows a tqdm bar.
         """
+        more = self.resolve_controlnets(more)
         options = resolve_options(
             self.spec,
             prompt=prompt,
@@ -251,6 +265,7 @@ class Pipeline:
         """
         source = load_image(image)
         width, height = img2img_size(source, width, height)
+        more = self.resolve_controlnets(more)
         options = resolve_options(
             self.spec, prompt=prompt, strength=strength, width=width, height=height, mode="img2img", **more
         )
@@ -278,6 +293,7 @@ class Pipeline:
         See lienzo.pipelines.inpaint.
         """
         refined = self.load_refiner(more.get("refiner"))
+        more = self.resolve_controlnets(more)
         with self._prompt_adapters(prompt):
             return inpaint(
                 self,
@@ -306,6 +322,7 @@ class Pipeline:
         """Extend the canvas by the margins (multiples of 8) and paint the new area; the original stays."""
         refined = self.load_refiner(more.get("refiner"))
         margins = {"left": left, "right": right, "top": top, "bottom": bottom}
+        more = self.resolve_controlnets(more)
         with self._prompt_adapters(prompt):
             return outpaint(self, image, prompt, refiner_model=refined, **margins, **more)
 

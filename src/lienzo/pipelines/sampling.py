@@ -16,13 +16,14 @@ stage: UNet + spec + Conditioning(context, y, concat, control) ─► guided den
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from lienzo.diffusion import Denoise, SeededNoise, img2img_sigmas, noise_latent
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
+from lienzo.pipelines.control_apply import ControlApplier, ControlHint
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.pipelines.steps import (
     BASE_PASS,
@@ -35,6 +36,7 @@ from lienzo.pipelines.steps import (
     item_generators,
     latent_shape,
     make_denoiser,
+    model_sampling,
     run_sampler,
     schedule_sigmas,
     scheduled_denoiser,
@@ -45,11 +47,18 @@ from lienzo.pipelines.steps import (
 @dataclass(frozen=True)
 class ImageConditions:
     """What an image-guided mode adds at one size: extra UNet input channels (`concat`: inpaint mask and
-    masked image, depth), or for latent blending the original latent and the mask (1 = repaint)."""
+    masked image, depth), or for latent blending the original latent and the mask (1 = repaint); and the
+    ControlNet units with their control images at this size (`control`)."""
 
     concat: torch.Tensor | None = None
     latent: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    control: tuple[ControlHint, ...] = ()
+
+    def to(self, device: torch.device) -> ImageConditions:
+        """The tensors moved to `device` (control images move with their ControlNets)."""
+        moved = {name: getattr(self, name) for name in ("concat", "latent", "mask")}
+        return replace(self, **{name: None if t is None else t.to(device) for name, t in moved.items()})
 
 
 ConditionsAt = Callable[[int, int], ImageConditions]
@@ -88,21 +97,34 @@ class Stage:
             entries = self.texts.schedule(pass_name, run_steps=run_steps)
         if len(entries) > 1 and sigmas is None:
             raise ValueError("a prompt with edits needs the run's sigmas to know each call's step")
-        guided = {id(texts): self._guided(texts, options, conditions) for _, texts in entries}
+        guided = {id(texts): self._guided(texts, options, conditions, sigmas) for _, texts in entries}
         denoisers = [guided[id(texts)] for _, texts in entries]
         denoise = scheduled_denoiser(denoisers, [until for until, _ in entries], sigmas)
         if conditions.mask is not None and self.spec.concat_channels == 0:
             denoise = inpaint_blend_denoiser(denoise, conditions.latent, conditions.mask, noise)
         return denoise
 
-    def _guided(self, texts: PromptTexts, options: GenerationOptions, conditions: ImageConditions) -> Denoise:
-        """The CFG denoiser of one fixed pair of texts (cond and uncond in one batched pass)."""
+    def _guided(
+        self,
+        texts: PromptTexts,
+        options: GenerationOptions,
+        conditions: ImageConditions,
+        sigmas: torch.Tensor | None,
+    ) -> Denoise:
+        """The CFG denoiser of one fixed pair of texts (cond and uncond in one batched pass); ControlNet
+        units add their residuals to each call."""
         cond, uncond = conditioning_pair(
             self.spec, texts, options.width, options.height, self.aesthetic_scores
         )
         if self.spec.concat_channels > 0:
             cond, uncond = replace(cond, concat=conditions.concat), replace(uncond, concat=conditions.concat)
-        return make_denoiser(self.unet, self.spec, cond, uncond, options)
+        control = None
+        if conditions.control:
+            if sigmas is None:
+                raise ValueError("ControlNet units need the run's sigmas to know each call's step")
+            sampling = model_sampling(self.spec.schedule)
+            control = ControlApplier(conditions.control, sigmas, sampling, options.batch_size)
+        return make_denoiser(self.unet, self.spec, cond, uncond, options, control=control)
 
 
 def sample_latents(
@@ -120,7 +142,8 @@ def sample_latents(
     Item i's initial noise and every noise its sampler draws come from seed + i, so any batch gives
     each item the image it gets alone. Sampling starts at options.strength of the schedule from
     `start` + noise (pure noise without `start`). With a second stage (the SDXL refiner), the first
-    runs until options.refiner.switch_at of the steps and the second the rest.
+    runs until options.refiner.switch_at of the steps and the second the rest; ControlNet units in
+    `conditions` guide the first stage only (a refiner is another family, as in A1111).
 
     Prompt edits count the steps of this run from 0, the refiner's continuing the base's, as A1111 counts
     its denoiser's calls: on the timeline of options.steps, or for the hires pass (stage_name "hires")
@@ -137,12 +160,13 @@ def sample_latents(
     handoff = steps if len(stages) == 1 else switch_index(steps, options.refiner.switch_at)
     parts = [(stages[0], sigmas[: handoff + 1]), *[(stage, sigmas[handoff:]) for stage in stages[1:]]]
     extra = conditions(options.width, options.height) if conditions else ImageConditions()
-    extra = ImageConditions(*(None if t is None else t.to(device) for t in astuple(extra)))
+    extra = extra.to(device)
     sampler_noise = SeededNoise(generators)
     pass_name = HIRES_PASS if stage_name == HIRES_PASS else BASE_PASS
-    for stage, part in parts:
+    for index, (stage, part) in enumerate(parts):
+        stage_extra = extra if index == 0 else replace(extra, control=())
         x = run_sampler(
-            stage.denoiser(options, extra, noise, sigmas, pass_name),
+            stage.denoiser(options, stage_extra, noise, sigmas, pass_name),
             x,
             part,
             options,

@@ -284,24 +284,40 @@ def schedule_sigmas(spec: FamilySpec, options: GenerationOptions) -> torch.Tenso
     return get_sigmas(options.scheduler, options.steps, model_sampling(spec.schedule))
 
 
-def network(unet: UNetModel) -> Callable[..., torch.Tensor]:
-    """The UNet as `unet(x, t, cond)` taking float32 inputs and returning float32 output."""
+ConditioningHook = Callable[[torch.Tensor, torch.Tensor, Conditioning], Conditioning]
+"""`hook(x, t, cond) -> cond` run before each UNet call on its inputs (ControlNet residuals)."""
+
+
+def network(unet: UNetModel, hook: ConditioningHook | None = None) -> Callable[..., torch.Tensor]:
+    """The UNet as `unet(x, t, cond)` taking float32 inputs and returning float32 output; `hook` may
+    add to each call's conditioning."""
     weight = next(unet.parameters())
 
     def run(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         x = x.to(weight.dtype).contiguous(memory_format=torch.channels_last)
-        return unet(x, t, cond.to(weight.dtype)).float()
+        cond = cond.to(weight.dtype)
+        if hook is not None:
+            cond = hook(x, t, cond)
+        return unet(x, t, cond).float()
 
     return run
 
 
 def make_denoiser(
-    unet: UNetModel, spec: FamilySpec, cond: Conditioning, uncond: Conditioning, options: GenerationOptions
+    unet: UNetModel,
+    spec: FamilySpec,
+    cond: Conditioning,
+    uncond: Conditioning,
+    options: GenerationOptions,
+    *,
+    control: ConditioningHook | None = None,
 ) -> Denoise:
     """`denoise(x, sigma) -> x0` of the UNet with classifier-free guidance (Ho & Salimans 2022) at
-    options.cfg; everything in the conditionings (context, y, concat, control) reaches the UNet."""
+    options.cfg; everything in the conditionings (context, y, concat, control) reaches the UNet, and
+    `control` adds ControlNet residuals to each call."""
     device = next(unet.parameters()).device
-    denoiser = Denoiser(network(unet), parameterization_for(spec.prediction), model_sampling(spec.schedule))
+    sampling = model_sampling(spec.schedule)
+    denoiser = Denoiser(network(unet, control), parameterization_for(spec.prediction), sampling)
     return guided_denoiser(
         denoiser,
         cond.to(device),

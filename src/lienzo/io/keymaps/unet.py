@@ -307,13 +307,14 @@ def unet_config_from_state_dict(
     vector_input: tuple[int, int] | None = None,
 ) -> UNetConfig:
     """UNetConfig read off an ldm UNet state dict's keys and shapes; heads and norm groups are not in it.
+    An encoder alone (a ControlNet's, without `out.`) reads as out_channels = in_channels.
 
     `vector_input` is (pooled text width, embedded values) of an SDXL-style vector conditioning, which
     fixes `addition_time_embed_dim` (without it the default applies).
     """
-    if "input_blocks.0.0.weight" not in sd_ldm or "out.2.weight" not in sd_ldm:
+    if "input_blocks.0.0.weight" not in sd_ldm:
         raise UnknownArchitectureError(
-            "not an ldm UNet state dict (no input_blocks.0.0.weight / out.2.weight); "
+            "not an ldm UNet state dict (no input_blocks.0.0.weight); "
             "strip the `model.diffusion_model.` prefix first"
         )
     model_channels, in_channels = sd_ldm["input_blocks.0.0.weight"].shape[:2]
@@ -337,7 +338,7 @@ def unet_config_from_state_dict(
         time_embed_dim = addition_time_embed_dim(int(adm.shape[1]), *vector_input)
     return UNetConfig(
         in_channels=int(in_channels),
-        out_channels=int(sd_ldm["out.2.weight"].shape[0]),
+        out_channels=int(sd_ldm["out.2.weight"].shape[0]) if "out.2.weight" in sd_ldm else int(in_channels),
         model_channels=int(model_channels),
         channel_mult=channel_mult,
         num_res_blocks=res_blocks,

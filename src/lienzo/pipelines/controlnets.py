@@ -1,0 +1,149 @@
+"""ControlNet in generation: loading, control images at each pass's size, and the residuals each model
+call adds (Zhang et al. 2023), all inside the one sampling path.
+
+```
+ControlUnit(model, image, strength, start, end, mode, resize_mode)
+  ─► resolve_units: model loaded (name/path → LoadedControlNet), image preprocessed
+  ─► control_conditions(conditions, units)(width, height): ImageConditions + ControlHint per unit
+       (image fitted to the pass's size, pixels in [0, 1])
+  ─► Stage.denoiser ─► ControlApplier(hints, sigmas): per model call, the step of the call's sigma,
+       Σ over acting units of scale_i · ControlNet(x, hint, t, cond)_i ─► Conditioning.control ─► UNet
+```
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lienzo.devices import default_device, default_dtype
+from lienzo.io.controlnet_files import check_controlnet_fits, legacy_model_hash, read_controlnet
+from lienzo.io.library import ModelLibrary, library_from_config
+from lienzo.models.controlnet import ControlNet
+from lienzo.pipelines.control_apply import ControlHint
+from lienzo.pipelines.control_units import ControlUnit, check_control_unit
+from lienzo.pipelines.images import load_image
+from lienzo.pipelines.sampling import ConditionsAt, ImageConditions
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedControlNet:
+    """A ControlNet ready to run: the network, its name and A1111's short hash, the family its shapes
+    name (None for unpublished sizes) and the layout its file was in."""
+
+    model: ControlNet
+    name: str
+    short_hash: str | None = None
+    family: str | None = None
+    layout: str = "ldm"
+
+
+def load_controlnet(
+    path_or_name: str | Path,
+    base=None,
+    *,
+    library: ModelLibrary | None = None,
+    device=None,
+    dtype=None,
+) -> LoadedControlNet:
+    """A ControlNet from a file, a diffusers folder or a name in the models folder's controlnet/.
+
+    With `base` (a Pipeline) it is checked to fit that model, built on its device and dtype, and a
+    difference file gets the model's UNet weights added; without one, its family comes from its shapes.
+    """
+    library = library or (base.model_library() if base is not None else library_from_config(allow_paths=True))
+    path = library.resolve("controlnet", path_or_name)
+    if base is not None:
+        device, dtype = device or base.device, dtype or base.dtype
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    found = read_controlnet(
+        path,
+        base=None if base is None else base.spec,
+        base_unet=None if base is None else base.unet_patcher.model.state_dict(),
+    )
+    with torch.device("meta"):
+        model = ControlNet(found.config)
+    model.load_state_dict(found.state_dict, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    short_hash = legacy_model_hash(path) if path.is_file() else None
+    name = path.stem if path.is_file() else path.name
+    return LoadedControlNet(model, name, short_hash, found.family, found.layout)
+
+
+def fit_control_image(image: Image.Image, width: int, height: int, resize_mode: str) -> Image.Image:
+    """The control image at width x height by A1111's resize modes (see control_units.RESIZE_MODES)."""
+    image = image.convert("RGB")
+    if image.size == (width, height) or resize_mode == "just_resize":
+        return (
+            image
+            if image.size == (width, height)
+            else image.resize((width, height), Image.Resampling.LANCZOS)
+        )
+    scale_x, scale_y = width / image.width, height / image.height
+    scale = max(scale_x, scale_y) if resize_mode == "crop_and_resize" else min(scale_x, scale_y)
+    new_width, new_height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((new_width, new_height), Image.Resampling.LANCZOS)
+    left, top = (new_width - width) // 2, (new_height - height) // 2
+    if resize_mode == "crop_and_resize":
+        return resized.crop((left, top, left + width, top + height))
+    pixels = np.asarray(image)
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    canvas = Image.new("RGB", (width, height), tuple(int(v) for v in np.median(edge, axis=0)))
+    canvas.paste(resized, (-left, -top))
+    return canvas
+
+
+def hint_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 control image in [0, 1] (diffusers' control image processing, no normalising)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous()
+
+
+def control_conditions(
+    conditions: ConditionsAt | None, units: tuple[ControlUnit, ...]
+) -> ConditionsAt | None:
+    """`conditions(width, height)` with each unit's ControlHint added (control images fitted to the size,
+    cached per size); the units' models must be loaded and their images preprocessed (`resolve_units`)."""
+    if not units:
+        return conditions
+    if any(not isinstance(unit.model, LoadedControlNet) for unit in units):
+        raise ValueError("load the units' ControlNets first (Pipeline.resolve_controlnets)")
+
+    @functools.cache
+    def at(width: int, height: int) -> ImageConditions:
+        extra = conditions(width, height) if conditions is not None else ImageConditions()
+        hints = tuple(
+            ControlHint(
+                unit,
+                unit.model.model,
+                hint_tensor(fit_control_image(unit.image, width, height, unit.resize_mode)),
+            )
+            for unit in units
+        )
+        return replace(extra, control=hints)
+
+    return at
+
+
+def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
+    """The units with their ControlNets loaded for `pipe` (names and paths resolved in its library, each
+    file read once; loaded ones checked to fit) and their control images read."""
+    loaded: dict[str, LoadedControlNet] = {}
+    resolved = []
+    for index, unit in enumerate(units):
+        check_control_unit(unit, index)
+        model = unit.model
+        if isinstance(model, str | Path):
+            if str(model) not in loaded:
+                loaded[str(model)] = load_controlnet(model, pipe)
+            model = loaded[str(model)]
+        else:
+            check_controlnet_fits(model.model.controlnet_config, pipe.spec, model.name)
+        resolved.append(replace(unit, model=model, image=load_image(unit.image)))
+    return tuple(resolved)
