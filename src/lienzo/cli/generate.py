@@ -16,8 +16,10 @@ from lienzo.cli.arguments import (
     parse_sampler_options,
     parse_size,
 )
+from lienzo.cli.control import CONTROL_EPILOG, add_control_arguments, control_units
 from lienzo.diffusion import SCHEDULERS
 from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.depth import load_depth_map
 from lienzo.pipelines.images import load_image
 from lienzo.pipelines.inpaint import load_mask
 from lienzo.pipelines.masking import check_mask_size
@@ -41,7 +43,8 @@ GENERATE_EPILOG = """examples:
 
 Files go to outputs/ as 00001-<seed>.png, 00002-<seed+1>.png, ... (the next free number; existing
 files are never replaced). Every PNG carries A1111's "parameters" text.
-"""
+
+""" + CONTROL_EPILOG
 IMG2IMG_EPILOG = """examples:
   lienzo img2img sketch.png "an oil painting of a harbour" --strength 0.6 --model models/sd15.safetensors
   lienzo img2img photo.jpg "the same street in winter" --size 768x512 --seed 7 --model models/sd15.safetensors
@@ -135,6 +138,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--preview-every", type=int, help="also write a filmstrip of every N-th step")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_hires_and_refiner_arguments(parser)
+    add_control_arguments(parser)
 
 
 def add_hires_and_refiner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -261,6 +265,8 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
         switch = {"switch_at": args.refiner_switch_at} if args.refiner_switch_at is not None else {}
         refiner = library_from_args(args).resolve("checkpoints", args.refiner)
         settings["refiner"] = RefinerOptions(refiner, **switch)
+    units = control_units(args, record, library_from_args(args))
+    settings |= {"controlnets": units} if units else {}
     return settings
 
 
@@ -270,13 +276,16 @@ def command_extras(args: argparse.Namespace) -> dict:
 
 
 def input_images(args: argparse.Namespace) -> dict:
-    """The command's input images, loaded and checked (the mask must match the image's size)."""
+    """The command's input images, loaded and checked (the mask must match the image's size; depth2img's
+    depth map is None when it is to be estimated)."""
     if args.command == "generate":
         return {}
     images = {"image": load_image(args.image)}
     if args.command == "inpaint":
         images["mask"] = load_mask(args.mask)
         check_mask_size(images["mask"], images["image"])
+    if args.command == "depth2img":
+        images["depth"] = None if args.depth is None else load_depth_map(args.depth)[0, 0]
     return images
 
 

@@ -38,7 +38,8 @@ class ControlUnit:
     """One ControlNet applied while sampling: `model` is a loaded ControlNet (`lienzo.load_controlnet`,
     `pipe.load_controlnet`) or a path or name in the models folder's controlnet/; `image` a PIL image or
     an image file; `preprocess` names the preprocessor that makes the control image from it ("none":
-    the image is the control image) with `preprocess_options` (e.g. {"low": 100, "high": 200} for canny)."""
+    the image is the control image) with `preprocess_options`, e.g. (("low_threshold", 50),) for canny
+    (see preprocessors.PREPROCESSOR_OPTIONS)."""
 
     model: object
     image: object

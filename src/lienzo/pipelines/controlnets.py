@@ -28,6 +28,7 @@ from lienzo.models.controlnet import ControlNet
 from lienzo.pipelines.control_apply import ControlHint
 from lienzo.pipelines.control_units import ControlUnit, check_control_unit
 from lienzo.pipelines.images import load_image
+from lienzo.pipelines.preprocessors import preprocess
 from lienzo.pipelines.sampling import ConditionsAt, ImageConditions
 
 
@@ -133,7 +134,7 @@ def control_conditions(
 
 def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
     """The units with their ControlNets loaded for `pipe` (names and paths resolved in its library, each
-    file read once; loaded ones checked to fit) and their control images read."""
+    file read once; loaded ones checked to fit) and their control images read and preprocessed."""
     loaded: dict[str, LoadedControlNet] = {}
     resolved = []
     for index, unit in enumerate(units):
@@ -145,5 +146,9 @@ def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
             model = loaded[str(model)]
         else:
             check_controlnet_fits(model.model.controlnet_config, pipe.spec, model.name)
-        resolved.append(replace(unit, model=model, image=load_image(unit.image)))
+        options = dict(unit.preprocess_options)
+        if unit.preprocess == "depth":
+            options.setdefault("models_dir", pipe.model_library().root)
+        image = preprocess(unit.preprocess, load_image(unit.image), **options)
+        resolved.append(replace(unit, model=model, image=image))
     return tuple(resolved)

@@ -212,8 +212,8 @@ def control_record(unit: ControlUnit) -> dict:
         "guidance_start": unit.start,
         "guidance_end": unit.end,
         "control_mode": CONTROL_MODES[unit.mode],
-        "threshold_a": options.get("low"),
-        "threshold_b": options.get("high"),
+        "threshold_a": options.get("low_threshold", options.get("threshold")),
+        "threshold_b": options.get("high_threshold"),
     }
 
 
