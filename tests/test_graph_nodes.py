@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -84,6 +85,12 @@ def environment(tmp_path_factory) -> GraphEnvironment:
     root = tmp_path_factory.mktemp("graph")
     write_lora(root / "models" / "loras", torch.Generator().manual_seed(0))
     (root / "in").mkdir()
+    for name, factor in (("same", None), ("rescaled", 0.5)):
+        folder = root / "models" / "vae" / name
+        shutil.copytree(BUILTIN_MODEL / "vae", folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["scaling_factor"] = factor or config["scaling_factor"]
+        (folder / "config.json").write_text(json.dumps(config))
     scene = Scene("white", (SceneObject("red", "circle", "large", "center"),))
     source = render(scene)
     source.save(root / "in" / "circle.png")
@@ -337,3 +344,21 @@ def test_lienzo_run_prints_validation_errors_without_a_traceback(tmp_path):
     assert "Prompt outputs failed validation" in done.stderr
     assert "node 3 (KSampler): Dependency cycle detected" in done.stderr
     assert "node 5 (EmptyLatentImage): Value 100000 bigger than max of 16384: width" in done.stderr
+
+
+def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, executor):
+    prompt = img2img(0.5)
+    for node, name in (("30", "same"), ("31", "rescaled")):
+        prompt[node] = {"class_type": "VAELoader", "inputs": {"vae_name": name}}
+    prompt["5"]["inputs"]["vae"] = ["31", 0]
+    prompt["8"]["inputs"]["vae"] = ["30", 0]
+    prompt["32"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["31", 0]}}
+    prompt["33"] = {"class_type": "PreviewImage", "inputs": {"images": ["32", 0]}}
+    ui = executor.execute(prompt, prompt_id="vae")
+    reference = executor.execute(img2img(0.5), prompt_id="vae-reference")
+    images = [
+        pixels(saved_image(environment, outputs[node]))
+        for outputs, node in ((ui, "9"), (ui, "33"), (reference, "9"))
+    ]
+    assert np.abs(images[0] - images[1]).max() <= 1
+    assert np.abs(images[0] - images[2]).max() <= 1

@@ -39,6 +39,16 @@ def with_lora(pipe: Pipeline, path: Path, unet_strength: float, text_strength: f
     return view
 
 
+SCALE_KEY = "scaling_factor"
+"""A LATENT's scaling factor: latents = factor * VAE posterior mean, tagged by the VAE or model that made
+them, so a VAE or model with another factor reads them rescaled (ComfyUI's latent formats)."""
+
+
+def latent_for(latent: dict, factor: float) -> torch.Tensor:
+    """A LATENT's samples at another scaling factor (as they are when untagged)."""
+    return latent["samples"] * (factor / latent.get(SCALE_KEY, factor))
+
+
 def images_to_pixels(images: torch.Tensor) -> torch.Tensor:
     """An IMAGE (B, H, W, 3) in [0, 1] as lienzo's (B, 3, H, W) pixels in [-1, 1]."""
     return images.permute(0, 3, 1, 2).float() * 2 - 1

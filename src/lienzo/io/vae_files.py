@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from lienzo.errors import ModelNotFoundError
 from lienzo.io.checkpoints import read_model
 from lienzo.io.diffusers_folder import DIFFUSERS_WEIGHTS, read_component_weights
 from lienzo.io.formats import read_state_dict
-from lienzo.io.keymaps.vae import vae_diffusers_to_ldm
+from lienzo.io.keymaps.vae import vae_config_from_diffusers, vae_config_from_state_dict, vae_diffusers_to_ldm
 from lienzo.io.layouts import VAE_PREFIX
+from lienzo.models.vae import VAEConfig
 
 VAE_IGNORED_PREFIXES = ("loss.", "model_ema.")
 """Training-only entries of ldm VAE files (the discriminator loss, an EMA copy)."""
@@ -36,3 +38,19 @@ def read_vae(path: str | os.PathLike) -> dict[str, Tensor]:
     if any(key.startswith(DIFFUSERS_VAE_MARKERS) for key in state):
         state = vae_diffusers_to_ldm(state)
     return state
+
+
+def read_vae_with_config(path: str | os.PathLike) -> tuple[VAEConfig, dict[str, Tensor]]:
+    """A VAE file's weights (as `read_vae`) and its config: a diffusers folder's config.json, a model's
+    spec, or for a bare file the shapes' config with SD's 32 norm groups and scaling factor (a graph
+    rescales latents between scaling factors, so a stand-alone VAE's own factor only labels its latents)."""
+    path = Path(path)
+    if path.is_dir() and (path / "model_index.json").is_file():
+        files = read_model(path)
+        return files.spec.vae, files.vae
+    state = read_vae(path)
+    if path.is_dir():
+        return vae_config_from_diffusers(
+            json.loads((path / "config.json").read_text(encoding="utf-8"))
+        ), state
+    return vae_config_from_state_dict(state), state

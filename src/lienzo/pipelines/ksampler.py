@@ -46,8 +46,8 @@ SEED_MODULUS = 2**64
 class PromptCondition:
     """One entry of a graph's CONDITIONING: a text encoding (1, L, C) and its pooled vector (SDXL), the
     weight and area (height, width, top, left in pixels) it applies with, and the fraction of the
-    schedule (start, end) during which it applies; for inpaint models, the masked image's latent and the
-    (B, 1, H, W) pixel mask they take as extra input channels."""
+    schedule (start, end) during which it applies; for inpaint models, the masked image's latent (the VAE
+    posterior mean, unscaled) and the (B, 1, H, W) pixel mask they take as extra input channels."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None = None
@@ -67,9 +67,8 @@ def extra_channels(spec: FamilySpec, entry: PromptCondition) -> torch.Tensor | N
             f"a {spec.name} model takes extra input channels; for an inpaint model, pass the conditionings "
             "through InpaintModelConditioning (other variants are not available in graphs)"
         )
-    return torch.cat(
-        [latent_mask(entry.concat_mask, tuple(entry.concat_latent.shape[-2:])), entry.concat_latent], dim=1
-    )
+    latent = entry.concat_latent * spec.vae.scaling_factor
+    return torch.cat([latent_mask(entry.concat_mask, tuple(latent.shape[-2:])), latent], dim=1)
 
 
 def regional_conditions(

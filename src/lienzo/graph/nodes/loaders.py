@@ -1,12 +1,16 @@
-"""Loader nodes: CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly (names from the model library)."""
+"""Loader nodes: CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly (names from the model
+library)."""
 
 from __future__ import annotations
 
+from lienzo.devices import default_device, default_dtype
 from lienzo.errors import LienzoError
 from lienzo.graph.environment import GraphEnvironment
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.values import ClipModel, with_lora
-from lienzo.pipelines.pipeline import files_signature, load
+from lienzo.io.vae_files import read_vae_with_config
+from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.pipeline import _build, files_signature, load
 
 STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
 
@@ -57,6 +61,13 @@ def checkpoint_loader(context, ckpt_name: str):
     return pipe, ClipModel(pipe), pipe.vae
 
 
+def vae_loader(context, vae_name: str):
+    """Load a stand-alone VAE by name (its latents are rescaled to each model's scaling factor)."""
+    config, state = read_vae_with_config(context.environment.library.resolve("vae", vae_name))
+    device = default_device()
+    return (_build(AutoencoderKL, config, state, device, default_dtype(device)),)
+
+
 def lora_loader(context, model, clip: ClipModel, lora_name: str, strength_model: float, strength_clip: float):
     """Apply a LoRA to the model (UNet strength) and to CLIP (text-encoder strength), on new views."""
     path = context.environment.library.resolve("loras", lora_name)
@@ -83,6 +94,18 @@ register(
         display_name="Load Checkpoint",
         description="Loads a diffusion model checkpoint (the built-in shapes model is listed too).",
         changed=file_changed("checkpoints", "ckpt_name"),
+    )
+)
+register(
+    NodeType(
+        "VAELoader",
+        vae_loader,
+        (model_input("vae_name", "vae"),),
+        ("VAE",),
+        category="loaders",
+        display_name="Load VAE",
+        description="Loads a VAE file or folder from the models folder's vae/.",
+        changed=file_changed("vae", "vae_name"),
     )
 )
 register(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from lienzo.diffusion import SAMPLERS, SCHEDULERS
 from lienzo.graph.registry import Input, NodeType, register
+from lienzo.graph.values import SCALE_KEY, latent_for
 from lienzo.pipelines.ksampler import ksample, ksampler_sigmas
 from lienzo.pipelines.preview import latent_preview
 
@@ -43,7 +44,7 @@ def run_ksampler(
         model.spec,
         positive,
         negative,
-        latent_image["samples"],
+        latent_for(latent_image, model.spec.vae.scaling_factor),
         sigmas,
         seed=seed,
         cfg=cfg,
@@ -53,7 +54,7 @@ def run_ksampler(
         callback=step_callback(context, model),
         progress=False,
     )
-    return ({**latent_image, "samples": samples.cpu()},)
+    return ({**latent_image, "samples": samples.cpu(), SCALE_KEY: model.spec.vae.scaling_factor},)
 
 
 def ksampler(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lienzo.graph.registry import Input, NodeType, register
-from lienzo.graph.values import images_to_pixels, mask_batch, pil_to_images
+from lienzo.graph.values import SCALE_KEY, images_to_pixels, latent_for, mask_batch, pil_to_images
 from lienzo.models.vae_tiling import decode_tiled, encode_tiled
 from lienzo.pipelines.masking import masked_image
 from lienzo.pipelines.steps import decode_latents, encode_images
@@ -31,12 +31,17 @@ def cropped_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 def vae_decode(context, samples: dict, vae):
     """Decode latents into images."""
-    return (pil_to_images(decode_latents(vae, samples["samples"])),)
+    return (pil_to_images(decode_latents(vae, latent_for(samples, vae.config.scaling_factor))),)
 
 
 def vae_encode(context, pixels, vae):
     """Encode images into latents."""
-    return ({"samples": encode_images(vae, cropped_pixels(vae, pixels))},)
+    return (tagged(vae, encode_images(vae, cropped_pixels(vae, pixels))),)
+
+
+def tagged(vae, latents: torch.Tensor, **more) -> dict:
+    """A LATENT of the VAE's latents, tagged with its scaling factor."""
+    return {"samples": latents, SCALE_KEY: vae.config.scaling_factor, **more}
 
 
 def tiled(vae, tile_size: int, overlap: int, decode: bool):
@@ -55,7 +60,7 @@ def vae_decode_tiled(
     weight = next(vae.parameters())
     images = []
     with torch.inference_mode():
-        for item in samples["samples"]:
+        for item in latent_for(samples, vae.config.scaling_factor):
             scaled = (item[None] / vae.config.scaling_factor).to(device=weight.device, dtype=weight.dtype)
             images.append(decode(scaled).float().cpu())
     return ((torch.cat(images).permute(0, 2, 3, 1) / 2 + 0.5).clamp(0, 1),)
@@ -71,7 +76,7 @@ def vae_encode_tiled(
     with torch.inference_mode():
         for item in cropped_pixels(vae, pixels):
             latents.append(encode(item[None].to(device=weight.device, dtype=weight.dtype)).mean.float().cpu())
-    return ({"samples": torch.cat(latents) * vae.config.scaling_factor},)
+    return (tagged(vae, torch.cat(latents) * vae.config.scaling_factor),)
 
 
 def pixel_mask(mask, pixels: torch.Tensor) -> torch.Tensor:
@@ -84,16 +89,16 @@ def vae_encode_for_inpaint(context, pixels, vae, mask, grow_mask_by: int):
     lienzo_pixels = cropped_pixels(vae, pixels)
     full = pixel_mask(mask, lienzo_pixels)
     latent = encode_images(vae, masked_image(lienzo_pixels, full.round()))
-    return ({"samples": latent, "noise_mask": grow_mask(full, grow_mask_by)},)
+    return (tagged(vae, latent, noise_mask=grow_mask(full, grow_mask_by)),)
 
 
 def inpaint_model_conditioning(context, positive, negative, vae, pixels, mask, noise_mask: bool = True):
     """The latent of the image (with the mask as noise mask) and conditionings that carry the mask and the
-    masked image's latent, which 9-channel inpaint models take as extra input."""
+    masked image's latent (unscaled), which 9-channel inpaint models take as extra input."""
     lienzo_pixels = cropped_pixels(vae, pixels)
     full = pixel_mask(mask, lienzo_pixels).round()
-    masked = encode_images(vae, masked_image(lienzo_pixels, full))
-    latent = {"samples": encode_images(vae, lienzo_pixels)}
+    masked = encode_images(vae, masked_image(lienzo_pixels, full)) / vae.config.scaling_factor
+    latent = tagged(vae, encode_images(vae, lienzo_pixels))
     if noise_mask:
         latent["noise_mask"] = full
     extra = {"concat_latent": masked, "concat_mask": full}
