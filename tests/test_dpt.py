@@ -3,7 +3,11 @@ weights; depth2img estimating its own map; the missing-weights message."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +167,52 @@ def test_missing_depth_weights_name_the_files_and_where_they_go(tmp_path):
     pipe.library = lienzo.io.library.ModelLibrary(root=tmp_path / "models")
     with pytest.raises(ModelNotFoundError, match="depth_estimator"):
         pipe.depth2img(photo, None, "a room", steps=2)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    command = [sys.executable, "-m", "lienzo.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_depth2img_command_estimates_or_names_the_missing_weights(depth_model_folder, tmp_path):
+    source = tmp_path / "room.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(source)
+    common = [
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "-q",
+        "--models-dir",
+        str(tmp_path / "models"),
+    ]
+    done = run_cli(
+        "depth2img",
+        str(source),
+        "a room",
+        "--model",
+        str(depth_model_folder),
+        *common,
+        "-o",
+        str(tmp_path / "a"),
+    )
+    assert done.returncode == 0, done.stderr
+    (written,) = (tmp_path / "a").glob("*.png")
+    with Image.open(written) as image:
+        assert image.size == (32, 32)
+    bare = run_cli(
+        "depth2img",
+        str(source),
+        "a room",
+        "--model",
+        str(tiny_pipeline_folder("sd2-depth")),
+        *common,
+        "-o",
+        str(tmp_path / "b"),
+    )
+    assert bare.returncode == 1 and bare.stderr.startswith("error: ") and "Traceback" not in bare.stderr
+    assert f"{tmp_path / 'models' / 'depth'}/" in bare.stderr and "depth_estimator" in bare.stderr
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from lienzo import __version__
+from lienzo.cli.depth2img import DEPTH2IMG_EPILOG, add_depth2img_arguments
 from lienzo.cli.eval import add_eval_arguments, run_eval
 from lienzo.cli.generate import (
     GENERATE_EPILOG,
@@ -80,6 +81,13 @@ COMMANDS = [
         add_outpaint_arguments,
         run_generation,
         OUTPAINT_EPILOG,
+    ),
+    Command(
+        "depth2img",
+        "redraw an image keeping its depth (SD 2 depth models; the map is estimated when not given)",
+        add_depth2img_arguments,
+        run_generation,
+        DEPTH2IMG_EPILOG,
     ),
     Command("info", "show a model's family, format, components and settings", add_info_arguments, run_info),
     Command("convert", "convert diffusers folders and single files", add_convert_arguments, run_convert),

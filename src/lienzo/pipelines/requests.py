@@ -20,6 +20,7 @@ MODE_EXTRAS = {
     "img2img": ("preview_every", *REFINER_EXTRAS),
     "inpaint": ("preview_every", "mask_blur", "only_masked", "padding", *REFINER_EXTRAS),
     "outpaint": ("preview_every", "mask_blur", *SIDES, *REFINER_EXTRAS),
+    "depth2img": ("preview_every",),
 }
 """The extras each mode takes besides the generation settings (None or absent = the default)."""
 CHECK_FAMILY = "sd1"
