@@ -100,7 +100,7 @@ def _read_single_file(
             f"{path} is not a ControlNet (no hint block: control_model.input_hint_block or "
             "controlnet_cond_embedding keys); Control-LoRA, T2I-Adapter and IP-Adapter files are not read"
         )
-    family = _family_of_weights(state)
+    family = family_of_weights(state)
     spec = base or (family_spec(family) if family else None)
     if spec is None:
         raise UnknownArchitectureError(
@@ -147,7 +147,7 @@ def _add_base(
     return whole
 
 
-def _family_of_weights(state: Mapping[str, Tensor]) -> str | None:
+def family_of_weights(state: Mapping[str, Tensor]) -> str | None:
     """The published family a ControlNet's cross-attention width (and vector input) names, or None."""
     context = next(
         (value.shape[1] for key, value in state.items() if key.endswith("attn2.to_k.weight")), None
