@@ -31,6 +31,12 @@ def residual_scales(mode: str, strength: float, count: int) -> list[float]:
     return [strength] * count
 
 
+def _on_model(tensor: torch.Tensor, model: ControlNet) -> torch.Tensor:
+    """`tensor` on the model's device, in its dtype."""
+    weight = next(model.parameters())
+    return tensor.to(device=weight.device, dtype=weight.dtype)
+
+
 class ControlApplier:
     """`apply(x, t, cond) -> cond` with the acting units' summed residuals in cond.control, for a run over
     `sigmas` whose model calls carry `batch` conditional rows (then as many unconditional ones under CFG)."""
@@ -38,7 +44,7 @@ class ControlApplier:
     def __init__(
         self, hints: tuple[ControlHint, ...], sigmas: torch.Tensor, sampling: ModelSampling, batch: int
     ):
-        self.hints = hints
+        self.hints = tuple(replace(hint, hint=_on_model(hint.hint, hint.model)) for hint in hints)
         self.levels = [float(level) for level in sigmas]
         self.steps = len(self.levels) - 1
         self.sampling = sampling
@@ -72,9 +78,8 @@ class ControlApplier:
         used = self.batch if conditional_only else rows
         inputs = Conditioning(cond.context[:used], None if cond.y is None else cond.y[:used])
         inputs = inputs.to(device=weight.device, dtype=weight.dtype)
-        image = hint.hint.to(device=weight.device, dtype=weight.dtype)
         timesteps = t.reshape(-1).expand(rows)[:used].to(weight.device)
-        output = model(x[:used].to(device=weight.device, dtype=weight.dtype), image, timesteps, inputs)
+        output = model(x[:used].to(device=weight.device, dtype=weight.dtype), hint.hint, timesteps, inputs)
         output = output.map(lambda tensor: tensor.to(x.device))
         scales = residual_scales(unit.mode, unit.strength, len(output.skips) + 1)
         scaled = ControlResiduals(
