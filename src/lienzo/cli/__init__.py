@@ -35,10 +35,18 @@ from lienzo.cli.merge import (
     run_merge,
 )
 from lienzo.cli.models import add_convert_arguments, add_info_arguments, run_convert, run_info
-from lienzo.cli.run import RUN_EPILOG, add_run_arguments, run_workflow
 from lienzo.cli.preprocess import PREPROCESS_EPILOG, add_preprocess_arguments, run_preprocess
+from lienzo.cli.run import RUN_EPILOG, add_run_arguments, run_workflow
 from lienzo.cli.serve import SERVE_EPILOG, add_serve_arguments, run_serve
 from lienzo.cli.train import TRAIN_EPILOG, add_train_arguments, run_train
+from lienzo.cli.xray import (
+    GRID_EPILOG,
+    XRAY_EPILOG,
+    add_grid_arguments,
+    add_xray_arguments,
+    run_grid_command,
+    run_xray_command,
+)
 from lienzo.errors import LienzoError
 
 DEBUG_VARIABLE = "LIENZO_DEBUG"
@@ -127,6 +135,20 @@ COMMANDS = [
         RUN_EPILOG,
     ),
     Command("eval", "score a model on a synthetic world (shapes)", add_eval_arguments, run_eval),
+    Command(
+        "xray",
+        "look inside one generation: tokens, schedule, trajectory, per-word attention maps",
+        add_xray_arguments,
+        run_xray_command,
+        XRAY_EPILOG,
+    ),
+    Command(
+        "grid",
+        "compare settings side by side (A1111's X/Y/Z plot)",
+        add_grid_arguments,
+        run_grid_command,
+        GRID_EPILOG,
+    ),
     Command(
         "train",
         "train a model (recipe shapes) or fine-tune one (lora, textual-inversion, ...)",

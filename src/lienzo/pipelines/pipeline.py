@@ -34,6 +34,7 @@ from lienzo.pipelines.loras import LoraSet
 from lienzo.pipelines.options import HiresOptions, RefinerOptions, resolve_options
 from lienzo.pipelines.outpaint import outpaint
 from lienzo.pipelines.steps import StepCallback
+from lienzo.pipelines.xray.run import XRay, run_xray
 from lienzo.text.conditioning import PromptEncoding, TextEncoders
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.tokenizer import CLIPTokenizer
@@ -331,6 +332,13 @@ class Pipeline:
         estimates the map with the folder's DPT depth_estimator/ or the models root's depth/ one."""
         with self._prompt_adapters(prompt):
             return depth2img(self, image, depth, prompt, strength=strength, **more)
+
+    def xray(self, prompt: str, *, every: int = 5, **settings) -> XRay:
+        """Generate one image while watching: the token breakdown, the schedule, the decoded trajectory
+        every `every` steps and per-word cross-attention maps; `settings` are generate's (one image, no
+        hires pass or refiner). `XRay.save(folder)` writes it all with an index.html. See
+        lienzo.pipelines.xray."""
+        return run_xray(self, prompt, every=every, **settings)
 
 
 def _build(module_class: type[nn.Module], config, state_dict: dict, device, dtype) -> nn.Module:

@@ -70,17 +70,17 @@ class AttentionCapture:
         self.sums[size] = averaged if total is None else total + averaged
         self.calls[size] = self.calls.get(size, 0) + 1
 
-    def kept_sizes(self) -> list[tuple[int, int]]:
-        """The feature-map sizes the maps average: shorter side at least MIN_MAP_SIDE, or the finest."""
-        floor = min(MIN_MAP_SIDE, max(min(size) for size in self.sums))
+    def kept_sizes(self, min_side: int = MIN_MAP_SIDE) -> list[tuple[int, int]]:
+        """The feature-map sizes the maps average: shorter side at least `min_side`, or the finest."""
+        floor = min(min_side, max(min(size) for size in self.sums))
         return [size for size in self.sums if min(size) >= floor]
 
-    def token_maps(self, height: int, width: int) -> Tensor:
+    def token_maps(self, height: int, width: int, min_side: int = MIN_MAP_SIDE) -> Tensor:
         """(tokens, height, width) float32 maps: the kept layers' probabilities bilinearly upsampled to the
         image size and averaged over heads, layers and sampler calls."""
         if not self.sums:
             raise ValueError("no cross-attention was captured: run the model inside capture_cross_attention")
-        sizes = self.kept_sizes()
+        sizes = self.kept_sizes(min_side)
         maps = None
         for rows, columns in sizes:
             grid = self.sums[rows, columns].transpose(0, 1).reshape(1, -1, rows, columns)

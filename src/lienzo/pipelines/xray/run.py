@@ -21,7 +21,7 @@ from lienzo.diffusion import img2img_sigmas
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.options import GenerationOptions, random_seed, resolve_options
 from lienzo.pipelines.steps import decode_latents, latent_shape, model_sampling, schedule_sigmas
-from lienzo.pipelines.xray.capture import capture_cross_attention
+from lienzo.pipelines.xray.capture import MIN_MAP_SIDE, capture_cross_attention
 from lienzo.pipelines.xray.files import save_xray
 from lienzo.pipelines.xray.pictures import map_image
 from lienzo.pipelines.xray.tokens import TokenBreakdown, Word, token_breakdown
@@ -136,9 +136,20 @@ def xray_options(pipe, prompt: str, settings: dict) -> GenerationOptions:
     return options
 
 
-def run_xray(pipe, prompt: str, *, every: int = DEFAULT_EVERY, progress: bool = False, **settings) -> XRay:
+def run_xray(
+    pipe,
+    prompt: str,
+    *,
+    every: int = DEFAULT_EVERY,
+    min_map_side: int = MIN_MAP_SIDE,
+    progress: bool = False,
+    **settings,
+) -> XRay:
     """X-ray a txt2img run of `prompt`; `settings` are `Pipeline.generate`'s (negative_prompt, steps, cfg,
-    sampler, scheduler, seed, width, height, clip_skip, ...), one image, no hires pass or refiner."""
+    sampler, scheduler, seed, width, height, clip_skip, ...), one image, no hires pass or refiner.
+
+    The trajectory records every `every` steps; the maps average the cross-attention layers whose maps
+    are at least `min_map_side` cells on their shorter side (see lienzo.pipelines.xray.capture)."""
     if not prompt or not prompt.strip():
         raise InvalidArgumentError('the prompt is empty: give the prompt to x-ray, e.g. "a red circle"')
     options = xray_options(pipe, prompt, settings)
@@ -160,7 +171,7 @@ def run_xray(pipe, prompt: str, *, every: int = DEFAULT_EVERY, progress: bool = 
     kept = {key: getattr(options, key) for key in _GENERATE_FIELDS}
     with capture_cross_attention(pipe.unet, (latent_height, latent_width)) as capture:
         (image,) = pipe.generate(callback=recorder, progress=progress, **kept)
-    token_maps = capture.token_maps(options.height, options.width)
+    token_maps = capture.token_maps(options.height, options.width, min_map_side)
     maps = tuple(
         WordMap(word, token_maps[list(word.positions)].sum(dim=0).cpu().numpy()) for word in tokens.words
     )
