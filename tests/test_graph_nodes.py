@@ -19,8 +19,10 @@ from safetensors.torch import save_file
 import lienzo
 from lienzo.cli import main
 from lienzo.graph import ExecutionHooks, ExecutionInterrupted, Executor, GraphEnvironment, load_workflow
-from lienzo.io import read_model
+from lienzo.io import read_model, write_safetensors
 from lienzo.io.library import ModelLibrary
+from lienzo.models.controlnet import ControlNet, controlnet_config_for
+from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.pipeline import BUILTIN_MODEL
 from lienzo.training.extract_lora import lora_modules
 from lienzo.worlds.shapes import Scene, SceneObject, render
@@ -362,3 +364,54 @@ def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, execu
     ]
     assert np.abs(images[0] - images[1]).max() <= 1
     assert np.abs(images[0] - images[2]).max() <= 1
+
+
+def write_controlnet(path, seed: int) -> None:
+    """A ControlNet for the built-in model with every weight random (zero convolutions included)."""
+    spec = lienzo.load().spec
+    model = ControlNet(controlnet_config_for(spec.unet, spec.vae.downscale_factor))
+    generator = torch.Generator().manual_seed(seed)
+    state = {
+        key: torch.randn(value.shape, generator=generator) * 0.05 for key, value in model.state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, {f"control_model.{key}": value for key, value in state.items()})
+
+
+def test_controlnet_workflows_match_the_python_api_with_the_same_unit(environment, executor):
+    path = environment.library.root / "controlnet" / "edges.safetensors"
+    write_controlnet(path, 0)
+    control = render(Scene("white", (SceneObject("blue", "square", "large", "center"),))).resize((64, 64))
+    control.save(environment.input_dir / "control.png")
+    prompt = txt2img(size=64, steps=2)
+    prompt["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "edges"}}
+    prompt["41"] = {"class_type": "LoadImage", "inputs": {"image": "control.png"}}
+    unit = {
+        "control_net": ["40", 0],
+        "image": ["41", 0],
+        "strength": 0.8,
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+    }
+    prompt["42"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {"positive": ["6", 0], "negative": ["7", 0], **unit},
+    }
+    prompt["3"]["inputs"].update(positive=["42", 0], negative=["42", 1])
+    image = pixels(saved_image(environment, executor.execute(prompt, prompt_id="control")["9"]))
+    pipe = lienzo.load()
+    units = [ControlUnit(pipe.load_controlnet(path), control, 0.8)]
+    settings = {
+        "steps": 2,
+        "cfg": 5.0,
+        "sampler": "euler",
+        "scheduler": "karras",
+        "seed": 5,
+        "progress": False,
+    }
+    reference = pipe.generate(PROMPT, width=64, height=64, controlnets=units, **settings)[0]
+    assert np.abs(image - pixels(reference)).max() <= 1
+    plain = pixels(
+        saved_image(environment, executor.execute(txt2img(size=64, steps=2), prompt_id="plain")["9"])
+    )
+    assert np.abs(image - plain).mean() > 1

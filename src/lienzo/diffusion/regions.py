@@ -26,13 +26,15 @@ FEATHER = 8
 @dataclass(frozen=True)
 class RegionalConditioning:
     """One entry of a conditioning list: the UNet conditioning, its weight in the average, the area it
-    covers as (height, width, top, left) in latent cells (None: everything), and the sigmas at which it
-    applies, (low, high) inclusive."""
+    covers as (height, width, top, left) in latent cells (None: everything), the sigmas at which it
+    applies, (low, high) inclusive, and the denoiser that replaces the shared one for this entry (one whose
+    network adds ControlNet residuals, say)."""
 
     cond: Conditioning
     strength: float = 1.0
     area: tuple[int, int, int, int] | None = None
     sigma_range: tuple[float, float] = (0.0, math.inf)
+    denoiser: Denoiser | None = None
 
     @property
     def plain(self) -> bool:
@@ -98,7 +100,7 @@ def averaged_prediction(
         if cond.concat is not None:
             cond = replace(cond, concat=cond.concat[..., rows, columns])
         weight = weight.to(x)
-        total[..., rows, columns] += denoiser(crop, sigma, cond) * weight
+        total[..., rows, columns] += (entry.denoiser or denoiser)(crop, sigma, cond) * weight
         count[..., rows, columns] += weight
     return total / count
 
@@ -110,15 +112,19 @@ def regional_denoiser(
     cfg_scale: float,
     guidance_rescale: float = 0.0,
 ) -> Denoise:
-    """`denoise(x, sigma) -> x0` of conditioning lists with CFG; plain single entries take the batched
-    `guided_denoiser` path."""
+    """`denoise(x, sigma) -> x0` of conditioning lists with CFG; plain single entries with the same
+    denoiser take the batched `guided_denoiser` path."""
+    first = positive[0] if len(positive) == 1 else None
     if (
-        len(positive) == 1
-        and positive[0].plain
-        and (cfg_scale == 1 or (len(negative) == 1 and negative[0].plain))
+        first is not None
+        and first.plain
+        and (
+            cfg_scale == 1
+            or (len(negative) == 1 and negative[0].plain and negative[0].denoiser is first.denoiser)
+        )
     ):
         uncond = negative[0].cond if negative else None
-        return guided_denoiser(denoiser, positive[0].cond, uncond, cfg_scale, guidance_rescale)
+        return guided_denoiser(first.denoiser or denoiser, first.cond, uncond, cfg_scale, guidance_rescale)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         cond_x0 = averaged_prediction(denoiser, x, sigma, positive)

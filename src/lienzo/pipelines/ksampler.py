@@ -9,6 +9,7 @@ noise mask blends in the original latent outside the mask at every step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,9 @@ from lienzo.diffusion.regions import RegionalConditioning, percent_to_sigma, reg
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel, sdxl_vector_conditioning
+from lienzo.pipelines.control_apply import ControlApplier, ControlHint
+from lienzo.pipelines.control_units import ControlUnit
+from lienzo.pipelines.controlnets import fit_control_image, hint_tensor
 from lienzo.pipelines.masking import latent_mask
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.pipelines.steps import (
@@ -47,7 +51,8 @@ class PromptCondition:
     """One entry of a graph's CONDITIONING: a text encoding (1, L, C) and its pooled vector (SDXL), the
     weight and area (height, width, top, left in pixels) it applies with, and the fraction of the
     schedule (start, end) during which it applies; for inpaint models, the masked image's latent (the VAE
-    posterior mean, unscaled) and the (B, 1, H, W) pixel mask they take as extra input channels."""
+    posterior mean, unscaled) and the (B, 1, H, W) pixel mask they take as extra input channels; the
+    ControlNet units (loaded) whose residuals its model calls add."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None = None
@@ -56,6 +61,39 @@ class PromptCondition:
     percent_range: tuple[float, float] = (0.0, 1.0)
     concat_latent: torch.Tensor | None = None
     concat_mask: torch.Tensor | None = None
+    control: tuple[ControlUnit, ...] = ()
+
+
+DenoiserFor = Callable[[tuple[ControlUnit, ...]], Denoiser | None]
+"""`denoiser_for(units)`: the Denoiser whose network adds these ControlNet units' residuals (None: none)."""
+
+
+def control_denoisers(
+    unet: UNetModel, spec: FamilySpec, width: int, height: int, sigmas: torch.Tensor, batch: int
+) -> DenoiserFor:
+    """One Denoiser per distinct set of units, each unit's control image fitted to width x height (so a
+    positive and negative that share their units share one Denoiser and one batched call)."""
+    sampling = model_sampling(spec.schedule)
+    made: dict[tuple[int, ...], Denoiser] = {}
+
+    def denoiser_for(units: tuple[ControlUnit, ...]) -> Denoiser | None:
+        if not units:
+            return None
+        key = tuple(id(unit) for unit in units)
+        if key not in made:
+            hints = tuple(
+                ControlHint(
+                    unit,
+                    unit.model.model,
+                    hint_tensor(fit_control_image(unit.image, width, height, unit.resize_mode)),
+                )
+                for unit in units
+            )
+            applier = ControlApplier(hints, sigmas, sampling, batch)
+            made[key] = Denoiser(network(unet, applier), parameterization_for(spec.prediction), sampling)
+        return made[key]
+
+    return denoiser_for
 
 
 def extra_channels(spec: FamilySpec, entry: PromptCondition) -> torch.Tensor | None:
@@ -72,7 +110,13 @@ def extra_channels(spec: FamilySpec, entry: PromptCondition) -> torch.Tensor | N
 
 
 def regional_conditions(
-    spec: FamilySpec, entries: list[PromptCondition], width: int, height: int, device, negative: bool = False
+    spec: FamilySpec,
+    entries: list[PromptCondition],
+    width: int,
+    height: int,
+    device,
+    denoiser_for: DenoiserFor,
+    negative: bool = False,
 ) -> list[RegionalConditioning]:
     """The denoiser-level entries of a conditioning list for a latent of width x height pixels."""
     sampling = model_sampling(spec.schedule)
@@ -87,8 +131,13 @@ def regional_conditions(
         area = None if entry.area is None else tuple(value // factor for value in entry.area)
         start, end = entry.percent_range
         sigma_range = (percent_to_sigma(sampling, end), percent_to_sigma(sampling, start))
+        if entry.control and area is not None:
+            raise InvalidArgumentError(
+                "ControlNet units cannot guide a conditioning with an area; drop one of them"
+            )
         cond = Conditioning(entry.context, y, extra_channels(spec, entry)).to(device)
-        regional.append(RegionalConditioning(cond, entry.strength, area, sigma_range))
+        denoiser = denoiser_for(entry.control)
+        regional.append(RegionalConditioning(cond, entry.strength, area, sigma_range, denoiser))
     return regional
 
 
@@ -149,10 +198,11 @@ def ksample(
         noise = torch.zeros_like(noise)
     start = latent.to(device).float()
     denoiser = Denoiser(network(unet), parameterization_for(spec.prediction), model_sampling(spec.schedule))
+    denoiser_for = control_denoisers(unet, spec, width, height, sigmas, batch)
     denoise = regional_denoiser(
         denoiser,
-        regional_conditions(spec, positive, width, height, device),
-        regional_conditions(spec, negative, width, height, device, negative=True),
+        regional_conditions(spec, positive, width, height, device, denoiser_for),
+        regional_conditions(spec, negative, width, height, device, denoiser_for, negative=True),
         cfg,
     )
     if noise_mask is not None:

@@ -4,6 +4,7 @@ interruption between steps."""
 from __future__ import annotations
 
 from lienzo.diffusion import SAMPLERS, SCHEDULERS
+from lienzo.graph.nodes.control import with_loaded_controlnets
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.values import SCALE_KEY, latent_for
 from lienzo.pipelines.ksampler import ksample, ksampler_sigmas
@@ -42,8 +43,8 @@ def run_ksampler(
     samples = ksample(
         model.unet,
         model.spec,
-        positive,
-        negative,
+        with_loaded_controlnets(positive, model),
+        with_loaded_controlnets(negative, model),
         latent_for(latent_image, model.spec.vae.scaling_factor),
         sigmas,
         seed=seed,
