@@ -85,7 +85,7 @@ def depth2img(
     if options.refiner is not None:
         raise InvalidArgumentError("depth models have no refiner; leave the refiner out of depth2img")
     if depth is None:
-        estimator = load_depth_estimator(pipe.path, pipe.model_library().root)
+        estimator = load_depth_estimator(pipe.path, pipe.model_library().root, pipe.device)
         depth_map = estimate_depth(source, estimator)[None, None]
     else:
         depth_map = load_depth_map(depth)

@@ -25,20 +25,24 @@ class DepthEstimator:
     processor: DPTProcessorSettings
 
 
-_LOADED: dict[tuple[str, str], DepthEstimator] = {}
-"""Depth estimators read so far, by (weights folder, processor folder)."""
+_LOADED: dict[tuple[str, str, str], DepthEstimator] = {}
+"""Depth estimators read so far, by (weights folder, processor folder, device)."""
 
 
-def load_depth_estimator(model_folder: Path | None = None, models_root: Path | None = None) -> DepthEstimator:
+def load_depth_estimator(
+    model_folder: Path | None = None, models_root: Path | None = None, device: torch.device | str = "cpu"
+) -> DepthEstimator:
     """The estimator of a diffusers depth model folder (`depth_estimator/` + `feature_extractor/`), else the
-    one in `models_root/depth/` (default: the configured models root); read once, then kept."""
+    one in `models_root/depth/` (default: the configured models root), in float32 on `device` (DPT-Hybrid's
+    normalisations want float32, as diffusers runs it under autocast); read once, then kept."""
     if models_root is None:
         models_root = library_from_config(allow_paths=True).root
     folder = Path(model_folder) if model_folder is not None and Path(model_folder).is_dir() else None
     weights, processor = locate_depth_estimator(folder, Path(models_root))
-    key = (str(weights.resolve()), str(processor.resolve()))
+    key = (str(weights.resolve()), str(processor.resolve()), str(torch.device(device)))
     if key not in _LOADED:
-        _LOADED[key] = DepthEstimator(read_depth_estimator(weights), read_depth_processor(processor))
+        model = read_depth_estimator(weights).to(device)
+        _LOADED[key] = DepthEstimator(model, read_depth_processor(processor))
     return _LOADED[key]
 
 
