@@ -8,6 +8,8 @@ import numpy as np
 from lienzo.errors import InvalidArgumentError
 from lienzo.worlds.shapes import RESERVED_SHAPES, Scene, caption, sample_scene
 
+TEST_SEED = 1001
+
 
 def concept_scenes(shape: str, count: int, seed: int = 0) -> list[Scene]:
     """`count` one-object scenes of `shape` over every colour, position and size of the world."""
@@ -19,6 +21,11 @@ def concept_scenes(shape: str, count: int, seed: int = 0) -> list[Scene]:
     return [sample_scene(rng, objects=1, shapes=(shape,)) for _ in range(count)]
 
 
-def concept_prompts(shape: str, count: int, seed: int = 1) -> list[str]:
-    """`count` full one-object prompts of `shape` (colour, size, position) for scoring, unseen in training."""
-    return [caption(scene) for scene in concept_scenes(shape, count, seed=1000 + seed)]
+def concept_test_scenes(shape: str, count: int) -> list[Scene]:
+    """`count` one-object scenes of `shape` for scoring, drawn apart from any training folder's."""
+    return concept_scenes(shape, count, seed=TEST_SEED)
+
+
+def concept_prompts(shape: str, count: int) -> list[str]:
+    """The full captions (colour, size, position) of `concept_test_scenes`."""
+    return [caption(scene) for scene in concept_test_scenes(shape, count)]

@@ -1,0 +1,112 @@
+"""Teach the built-in model the reserved `star` shape with one fine-tuning method at its default settings,
+then score star prompts and base-world prompts with the result loaded.
+
+Usage: PYTHONPATH=src python bench/finetune_proof.py --method lora [--images 300] [--prompts 40] [--out DIR]
+       PYTHONPATH=src python bench/finetune_proof.py --method textual-inversion [--threads 1]
+
+Renders `--images` one-object star scenes with the world's renderer and captions into OUT/data, runs
+`lienzo train <method>` on them with its defaults (only --data/--out, --cache-latents, which encodes each
+image once instead of every step, and --token/--init-word for textual inversion) and times it. Then it
+generates `--prompts` one-object star prompts (every colour, position and size, none from the training
+set) and as many one-object base-world prompts with the adapter loaded, scores them with
+lienzo.worlds.scorer and prints one row of the table in docs/fine-tuning.md; a contact sheet of the star
+prompts lands in OUT/<method>/star_sheet.png. The last column scores the star test scenes themselves after
+a round trip through the model's VAE: neither method changes the VAE, so that is their ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from lienzo.cli import main
+from lienzo.io.embedding_files import load_embeddings
+from lienzo.pipelines.images import images_to_tensor, tensor_to_images
+from lienzo.pipelines.output import write_png_atomically
+from lienzo.pipelines.pipeline import load
+from lienzo.recipes.fine_tuning import write_concept_folder
+from lienzo.worlds.concept_data import concept_prompts, concept_test_scenes
+from lienzo.worlds.evaluate import contact_sheet, evaluate, evaluation_prompts
+from lienzo.worlds.scorer import score as score_image
+from lienzo.worlds.shapes import caption, render
+
+METHOD_FILES = {"lora": "star.safetensors", "textual-inversion": "star.pt"}
+METHOD_ARGUMENTS = {"lora": [], "textual-inversion": ["--token", "star", "--init-word", "square"]}
+
+
+def train(method: str, data: Path, out: Path) -> float:
+    """Run `lienzo train <method>` with its defaults; the wall-clock seconds it took."""
+    started = time.perf_counter()
+    arguments = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache-latents",
+        "--quiet",
+        *METHOD_ARGUMENTS[method],
+    ]
+    status = main(["train", method, *arguments])
+    if status:
+        raise SystemExit(f"lienzo train {method} failed with status {status}")
+    return time.perf_counter() - started
+
+
+def score(method: str, adapter: Path, prompts: list[str], sheet: Path | None) -> float:
+    """Share of prompts the scorer matches, generated with the adapter loaded (seed i for prompt i)."""
+    pipe = load()
+    if method == "lora":
+        pipe.loras.add(str(adapter), 1.0)
+    else:
+        pipe.embeddings = load_embeddings(adapter)
+    generate = lambda prompt, seed: pipe.generate(prompt, seed=seed, progress=False)[0]  # noqa: E731
+    report = evaluate(generate, prompts, list(range(len(prompts))))
+    matched = [item.result.matched for item in report.items]
+    if sheet is not None:
+        write_png_atomically(contact_sheet(list(report.images), prompts, matched), sheet)
+        attributes = report.attribute_accuracy()
+        print("star prompts by attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in attributes.items()))
+    return sum(matched) / len(matched)
+
+
+def vae_ceiling(count: int) -> float:
+    """Share of the star test scenes the scorer still matches after a round trip through the model's VAE
+    (encode, decode): the most a method that leaves the VAE alone can reach."""
+    pipe = load(dtype=torch.float32)
+    scenes = concept_test_scenes("star", count)
+    matched = []
+    for scene in scenes:
+        with torch.no_grad():
+            latents = pipe.vae.encode(images_to_tensor([render(scene)])).mean
+            image = tensor_to_images(pipe.vae.decode(latents))[0]
+        matched.append(score_image(caption(scene), image).matched)
+    return sum(matched) / len(matched)
+
+
+def main_proof() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=sorted(METHOD_FILES), required=True)
+    parser.add_argument("--images", type=int, default=300, help="star scenes to train on")
+    parser.add_argument("--prompts", type=int, default=40, help="star prompts and base prompts to score")
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune_proof"))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy shared machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = args.out / args.method
+    data = write_concept_folder(args.out / "data", "star", args.images)
+    adapter = folder / METHOD_FILES[args.method]
+    seconds = train(args.method, data, adapter) if not adapter.is_file() else float("nan")
+    star = score(args.method, adapter, concept_prompts("star", args.prompts), folder / "star_sheet.png")
+    base = score(args.method, adapter, evaluation_prompts(args.prompts, seed=3, kind="single"), None)
+    ceiling = vae_ceiling(args.prompts)
+    print("| method | training time | star accuracy | base kept | VAE round trip of the star scenes |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| {args.method} | {seconds / 60:.1f} min | {star:.0%} | {base:.0%} | {ceiling:.0%} |")
+
+
+if __name__ == "__main__":
+    main_proof()
