@@ -1,5 +1,9 @@
 // The inpainting mask, painted with the mouse (or pen, or touch) over the source image: a canvas at the
-// image's own size, white where the model repaints, exported as a white-on-black PNG.
+// image's own size, painted in one colour whose red channel is full (shown half transparent), exported as a
+// PNG whose red channel is the mask: 255 where the model repaints, 0 elsewhere.
+
+const PAINT = [255, 0, 160];
+const PAINT_STYLE = `rgb(${PAINT.join(", ")})`;
 
 export class MaskEditor {
   constructor(canvas, brushInput) {
@@ -55,8 +59,7 @@ export class MaskEditor {
 
   stroke(from, to) {
     const context = this.context;
-    context.strokeStyle = "rgba(255, 255, 255, 1)";
-    context.fillStyle = "rgba(255, 255, 255, 1)";
+    context.strokeStyle = PAINT_STYLE;
     context.lineCap = "round";
     context.lineWidth = this.radius() * 2;
     context.beginPath();
@@ -69,7 +72,7 @@ export class MaskEditor {
     const { width, height } = this.canvas;
     const data = this.context.getImageData(0, 0, width, height);
     for (let index = 0; index < data.data.length; index += 4) {
-      data.data[index] = data.data[index + 1] = data.data[index + 2] = 255;
+      data.data.set(PAINT, index);
       data.data[index + 3] = 255 - data.data[index + 3];
     }
     this.context.putImageData(data, 0, 0);
@@ -100,7 +103,7 @@ export class MaskEditor {
     const pixels = context.getImageData(0, 0, width, height);
     for (let index = 0; index < pixels.data.length; index += 4) {
       const bright = pixels.data[index] * (pixels.data[index + 3] / 255);
-      pixels.data[index] = pixels.data[index + 1] = pixels.data[index + 2] = 255;
+      pixels.data.set(PAINT, index);
       pixels.data[index + 3] = bright;
     }
     this.context.putImageData(pixels, 0, 0);
