@@ -82,6 +82,15 @@ def write_lora(folder, generator: torch.Generator) -> None:
     save_file(tensors, str(folder / "wobble.safetensors"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory) -> GraphEnvironment:
     root = tmp_path_factory.mktemp("graph")
