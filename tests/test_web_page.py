@@ -235,6 +235,24 @@ def test_inpainting_repaints_only_the_mask_painted_with_the_mouse(page, tmp_path
     assert centre[..., 2].mean() > centre[..., 0].mean()
 
 
+def test_outpainting_adds_the_padding_and_keeps_the_original(page, tmp_path):
+    source_path = scene_png(tmp_path, Scene("white", (SceneObject("red", "circle", "large", "center"),)))
+    source = pixels(Image.open(source_path).convert("RGB"))
+    page.get_by_label("Outpaint").check()
+    page.get_by_label("Source image", exact=True).set_input_files(str(source_path))
+    page.wait_for_function("document.getElementById('source-preview').naturalWidth === 128")
+    fill_settings(page, "a large red circle in the center on a white background")
+    page.get_by_label("Denoising strength").fill("1")
+    page.get_by_label("Right").fill("64")
+    page.get_by_label("Top").fill("0")
+    page.get_by_role("button", name="Generate").click()
+    _, image = result_image(page)
+    assert image.size == (192, 128)
+    result = pixels(image)
+    assert np.abs(result[:, :96] - source[:, :96]).mean() < 12
+    assert np.abs(result[:, 150:] - 255).mean() < 40
+
+
 def test_cancel_stops_a_long_run(page):
     fill_settings(page, PROMPT, steps=150)
     page.get_by_role("button", name="Generate").click()
