@@ -31,6 +31,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     mask[8:24, 8:24] = 255
     Image.fromarray(mask).save(folder / "mask.png")
     (folder / "broken.png").write_bytes(b"not an image")
+    soft = np.full((32, 32, 3), 100, dtype=np.uint8)
+    soft[8:24, 8:24] = 120
+    Image.fromarray(soft).save(folder / "soft.png")
     return {"root": folder, "model": tiny_pipeline_folder("sd1"), "models": folder / "models"}
 
 
@@ -158,3 +161,28 @@ def test_bad_control_flags_are_clear_errors(files, capsys, flags, message):
     error = capsys.readouterr().err
     assert status == 1
     assert error.startswith("error:") and message in error and "Traceback" not in error
+
+
+def test_preprocessor_thresholds_are_recorded_and_read_back(files, capsys):
+    root = files["root"]
+    flags = [
+        "--controlnet",
+        "tiny_canny",
+        "--control-image",
+        root / "soft.png",
+        "--control-preprocess",
+        "canny",
+    ]
+    status, _, first = run(files, "generate", "a house", *flags, "--canny-low", "50", out="canny")
+    assert status == 0, capsys.readouterr().err
+    text = read_parameters(first[0])
+    assert "Module: canny, " in text and "Threshold A: 50.0, Threshold B: 200.0, " in text
+    again = ["--from-png", first[0], "--control-image", root / "soft.png"]
+    status, _, second = run(files, "generate", *again, out="canny-again")
+    assert status == 0, capsys.readouterr().err
+    assert read_parameters(second[0]) == text
+    assert np.array_equal(np.asarray(Image.open(second[0])), np.asarray(Image.open(first[0])))
+    low = ["--canny-low", "10", "--canny-high", "50"]
+    status, _, other = run(files, "generate", "a house", *flags, *low, out="canny-other")
+    assert status == 0
+    assert not np.array_equal(np.asarray(Image.open(other[0])), np.asarray(Image.open(first[0])))

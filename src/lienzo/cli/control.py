@@ -92,13 +92,17 @@ def _per_unit(args: argparse.Namespace, dest: str, count: int, stored: list) -> 
     return values
 
 
-def _preprocess_options(kind: str, args: argparse.Namespace) -> tuple[tuple[str, float], ...]:
-    """The preprocessor flags that apply to `kind`."""
+def _preprocess_options(kind: str, args: argparse.Namespace, stored: dict) -> tuple[tuple[str, float], ...]:
+    """The preprocessor flags that apply to `kind`, over the stored unit's thresholds (A and B)."""
     flags = {
-        "canny": {"low_threshold": args.canny_low, "high_threshold": args.canny_high},
-        "scribble": {"threshold": args.scribble_threshold},
+        "canny": {
+            "low_threshold": (args.canny_low, stored.get("threshold_a")),
+            "high_threshold": (args.canny_high, stored.get("threshold_b")),
+        },
+        "scribble": {"threshold": (args.scribble_threshold, stored.get("threshold_a"))},
     }.get(kind, {})
-    return tuple((name, value) for name, value in flags.items() if value is not None)
+    values = {name: flag if flag is not None else saved for name, (flag, saved) in flags.items()}
+    return tuple((name, value) for name, value in values.items() if value is not None)
 
 
 def control_units(args: argparse.Namespace, record: dict, library: ModelLibrary) -> list[ControlUnit]:
@@ -150,7 +154,7 @@ def control_units(args: argparse.Namespace, record: dict, library: ModelLibrary)
                 library.resolve("controlnet", model),
                 load_image(image),
                 preprocess=kind,
-                preprocess_options=_preprocess_options(kind, args),
+                preprocess_options=_preprocess_options(kind, args, stored[index] if stored else {}),
                 **{key: value for key, value in settings.items() if value is not None},
             )
         )

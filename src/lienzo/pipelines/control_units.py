@@ -50,6 +50,8 @@ class ControlUnit:
     resize_mode: str = "crop_and_resize"
     preprocess: str = "none"
     preprocess_options: tuple[tuple[str, float], ...] = ()
+    prepared: bool = False
+    """True once the model is loaded and `image` is the preprocessed control image (resolve_units)."""
 
 
 def check_control_unit(unit: ControlUnit, index: int = 0) -> None:

@@ -28,8 +28,15 @@ from lienzo.models.controlnet import ControlNet
 from lienzo.pipelines.control_apply import ControlHint
 from lienzo.pipelines.control_units import ControlUnit, check_control_unit
 from lienzo.pipelines.images import load_image
-from lienzo.pipelines.preprocessors import preprocess
+from lienzo.pipelines.preprocessors import CANNY_HIGH, CANNY_LOW, SCRIBBLE_THRESHOLD, preprocess
 from lienzo.pipelines.sampling import ConditionsAt, ImageConditions
+
+PREPROCESS_DEFAULTS = {
+    "canny": (("low_threshold", CANNY_LOW), ("high_threshold", CANNY_HIGH)),
+    "scribble": (("threshold", SCRIBBLE_THRESHOLD),),
+}
+"""The thresholds a preprocessor uses when none is given, which the PNG records (A1111's Threshold A/B)."""
+THRESHOLD_OPTIONS = ("low_threshold", "high_threshold", "threshold")
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +146,10 @@ def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
     resolved = []
     for index, unit in enumerate(units):
         check_control_unit(unit, index)
+        if unit.prepared:
+            check_controlnet_fits(unit.model.model.controlnet_config, pipe.spec, unit.model.name)
+            resolved.append(unit)
+            continue
         model = unit.model
         if isinstance(model, str | Path):
             if str(model) not in loaded:
@@ -146,9 +157,10 @@ def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
             model = loaded[str(model)]
         else:
             check_controlnet_fits(model.model.controlnet_config, pipe.spec, model.name)
-        options = dict(unit.preprocess_options)
+        options = {**dict(PREPROCESS_DEFAULTS.get(unit.preprocess, ())), **dict(unit.preprocess_options)}
         if unit.preprocess == "depth":
             options.setdefault("models_dir", pipe.model_library().root)
         image = preprocess(unit.preprocess, load_image(unit.image), **options)
-        resolved.append(replace(unit, model=model, image=image))
+        settings = tuple((key, value) for key, value in options.items() if key in THRESHOLD_OPTIONS)
+        resolved.append(replace(unit, model=model, image=image, preprocess_options=settings, prepared=True))
     return tuple(resolved)
