@@ -28,15 +28,17 @@ def test_overlapping_areas_average_by_weight_with_feathered_inner_edges():
     denoise = regional_denoiser(constant_denoiser, [entry(1.0), entry(3.0, area=(16, 16, 0, 16))], [], 1.0)
     out = denoise(X, SIGMA)
     assert torch.allclose(out[..., :16], torch.tensor(1.0))
-    assert torch.allclose(out[..., 16 + FEATHER :], torch.tensor(2.0))
-    edge = 1 / FEATHER
+    cells = min(FEATHER, 16 // 4)
+    assert torch.allclose(out[..., 16 + cells :], torch.tensor(2.0))
+    edge = 1 / cells
     assert torch.allclose(out[..., 16], torch.tensor((1 + 3 * edge) / (1 + edge)))
+    assert torch.allclose(out[..., 17], torch.tensor((1 + 3 * 2 * edge) / (1 + 2 * edge)))
 
 
 def test_strength_weights_the_average_and_uncovered_cells_predict_zero():
     left, right = entry(1.0, area=(16, 16, 0, 0), strength=3.0), entry(5.0, area=(16, 32, 0, 0))
     out = regional_denoiser(constant_denoiser, [left, right], [], 1.0)(X, SIGMA)
-    assert torch.allclose(out[..., : 16 - FEATHER], torch.tensor((3 * 1 + 5) / 4))
+    assert torch.allclose(out[..., : 16 - 4], torch.tensor((3 * 1 + 5) / 4))
     alone = regional_denoiser(constant_denoiser, [entry(1.0, area=(8, 8, 0, 0))], [], 1.0)(X, SIGMA)
     assert torch.allclose(alone[..., 8:, :], torch.tensor(0.0)) and torch.allclose(
         alone[..., :4, :4], torch.tensor(1.0)

@@ -2,7 +2,7 @@
 
 ComfyUI's semantics: every entry that applies at the current sigma predicts x0 on its area of the
 latent (the model sees only that crop); the predictions are averaged, weighted by the entry's strength
-and a linear feather of FEATHER cells on area edges inside the latent; where no entry applies the
+and a linear feather of up to FEATHER cells on area edges inside the latent; where no entry applies the
 prediction is 0. Classifier-free guidance (Ho & Salimans 2022, eq. 6) then combines the positive and
 negative averages. One full-size entry per side reduces to `guided_denoiser` exactly.
 """
@@ -20,7 +20,8 @@ from lienzo.diffusion.samplers.common import Denoise
 from lienzo.diffusion.schedules import ModelSampling
 
 FEATHER = 8
-"""Latent cells over which an area's weight ramps up from its inner edges (ComfyUI's `rr`)."""
+"""Most latent cells over which an area's weight ramps up from an inner edge (ComfyUI's `fuzz`; at most a
+quarter of the area's side)."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,17 @@ def percent_to_sigma(model_sampling: ModelSampling, percent: float) -> float:
     return float(model_sampling.t_to_sigma(torch.tensor(t, dtype=torch.float64)))
 
 
+def edge_ramp(length: int) -> torch.Tensor:
+    """Weights (t + 1) / r of the first r = min(FEATHER, length // 4) cells from an inner edge."""
+    cells = min(FEATHER, length // 4)
+    return torch.arange(1, cells + 1, dtype=torch.float32) / max(cells, 1)
+
+
 def area_weight(
     entry: RegionalConditioning, shape: tuple[int, ...]
 ) -> tuple[tuple[slice, slice], torch.Tensor]:
     """The (rows, columns) slices of an entry's area clipped to the latent, and its (h, w) weight: strength,
-    feathered over FEATHER cells along edges that lie inside the latent."""
+    feathered along edges that lie inside the latent (`edge_ramp`)."""
     height, width = shape[-2:]
     if entry.area is None:
         return (slice(0, height), slice(0, width)), torch.full((height, width), float(entry.strength))
@@ -68,19 +75,15 @@ def area_weight(
     top, left = min(max(top, 0), height - 1), min(max(left, 0), width - 1)
     area_h, area_w = max(1, min(area_h, height - top)), max(1, min(area_w, width - left))
     weight = torch.full((area_h, area_w), float(entry.strength))
-    ramp = lambda n: torch.arange(1, min(FEATHER, n) + 1, dtype=torch.float32) / FEATHER  # noqa: E731
+    rows, columns = edge_ramp(area_h), edge_ramp(area_w)
     if top > 0:
-        rows = ramp(area_h)
         weight[: len(rows)] *= rows[:, None]
     if top + area_h < height:
-        rows = ramp(area_h).flip(0)
-        weight[area_h - len(rows) :] *= rows[:, None]
+        weight[area_h - len(rows) :] *= rows.flip(0)[:, None]
     if left > 0:
-        columns = ramp(area_w)
         weight[:, : len(columns)] *= columns
     if left + area_w < width:
-        columns = ramp(area_w).flip(0)
-        weight[:, area_w - len(columns) :] *= columns
+        weight[:, area_w - len(columns) :] *= columns.flip(0)
     return (slice(top, top + area_h), slice(left, left + area_w)), weight
 
 

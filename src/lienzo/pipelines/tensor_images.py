@@ -75,9 +75,9 @@ def pad_for_outpaint(
         distance = torch.full((height, width), math.inf)
         for padding, side in (
             (top, rows),
-            (bottom, height - 1 - rows),
+            (bottom, height - rows),
             (left, columns),
-            (right, width - 1 - columns),
+            (right, width - columns),
         ):
             if padding:
                 distance = torch.minimum(distance, side)
