@@ -252,6 +252,7 @@ UI_WORKFLOW = {
         {"id": 6, "type": "StubShow", "mode": 2, "widgets_values": [0, "x"],
          "inputs": [{"name": "value", "link": 5}]},
         {"id": 7, "type": "Note", "mode": 0, "widgets_values": ["a note"]},
+        {"id": 8, "type": "StubConst", "mode": 0, "widgets_values": []},
     ],
     "links": [[1, 1, 0, 3, 0, "INT"], [2, 2, 0, 3, 1, "INT"], [3, 3, 0, 4, 0, "INT"], [4, 4, 0, 5, 0, "INT"],
               [5, 3, 0, 6, 0, "INT"]],
@@ -262,7 +263,8 @@ def test_ui_format_becomes_the_api_prompt_through_primitives_and_reroutes(tmp_pa
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(UI_WORKFLOW))
     prompt = load_workflow(path)
-    assert sorted(prompt) == ["1", "3", "5"]
+    assert sorted(prompt) == ["1", "3", "5", "8"]
+    assert prompt["8"]["inputs"] == {"value": 0}
     assert prompt["1"]["inputs"] == {"value": 2} and prompt["1"]["_meta"]["title"] == "two"
     assert prompt["3"]["inputs"] == {"a": ["1", 0], "b": 5}
     assert prompt["5"]["inputs"] == {"value": ["3", 0], "label": "y"}

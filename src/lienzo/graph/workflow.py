@@ -2,7 +2,8 @@
 
 The UI format keeps each node's widget values as a list in the order of its widget inputs; an INT
 input named seed or noise_seed (or marked control_after_generate) is followed by its "control after
-generate" value (fixed, increment, randomize), which is not an input. Links are
+generate" value (fixed, increment, randomize), which is not an input; a widget a workflow saved by an
+older version lacks takes its default, as the frontend gives it. Links are
 [id, from_node, from_slot, to_node, to_slot, type]. Reroute, primitive and bypassed nodes are resolved
 to the value or output they pass on; muted nodes and notes are left out.
 """
@@ -162,6 +163,10 @@ def ui_to_prompt(workflow: dict) -> dict:
             for name, value in zip(widget_names(node_type), values, strict=False):
                 if name is not None:
                     inputs[name] = value
+        if node_type is not None:
+            for item in node_type.inputs:
+                if item.type in WIDGET_TYPES and item.name not in inputs and "default" in item.options:
+                    inputs[item.name] = item.options["default"]
         for item in node.get("inputs", []):
             if item.get("link") is None:
                 continue

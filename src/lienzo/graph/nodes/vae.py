@@ -134,8 +134,8 @@ register(
 TILED_INPUTS = (
     Input("tile_size", "INT", TILE),
     Input("overlap", "INT", OVERLAP),
-    Input("temporal_size", "INT", TEMPORAL_SIZE),
-    Input("temporal_overlap", "INT", TEMPORAL_OVERLAP),
+    Input("temporal_size", "INT", TEMPORAL_SIZE, optional=True),
+    Input("temporal_overlap", "INT", TEMPORAL_OVERLAP, optional=True),
 )
 register(
     NodeType(
