@@ -3,11 +3,14 @@ with it, and `lienzo train lora` trains, resumes, samples and refuses bad input.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import torch
 from safetensors import safe_open
 
 import lienzo
+import lienzo.training.lora
 from lienzo.cli import main
 from lienzo.io.formats import write_safetensors
 from lienzo.pipelines.generation import generate_latents
@@ -123,3 +126,19 @@ def test_bad_input_stops_before_any_file_is_written(tmp_path, capsys):
     assert "supports SD 1.x and SD 2.x" in capsys.readouterr().err
     assert main(["train", "lora", "--data", str(empty), "--out", str(tmp_path / "x.ckpt")]) == 1
     assert "must end in .safetensors" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_a_clear_error_and_the_saved_state_resumes(stars, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "star.safetensors"
+    arguments = ["train", "lora", "--data", str(stars), "--out", str(out), "--batch-size", "2", "--quiet"]
+
+    def full_disk(path, *_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(lienzo.training.lora, "write_safetensors", full_disk)
+    assert main([*arguments, "--steps", "1"]) == 1
+    assert "disk is full" in capsys.readouterr().err and not out.exists()
+    state = tmp_path / "star-training" / "training_state.pt"
+    assert torch.load(state, weights_only=True)["step"] == 1
+    monkeypatch.undo()
+    assert main([*arguments, "--steps", "2", "--resume"]) == 0 and out.is_file()

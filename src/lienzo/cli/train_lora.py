@@ -16,7 +16,7 @@ from lienzo.cli.train_arguments import (
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.lora import train_lora
 from lienzo.training.lora_network import NETWORKS, NetworkConfig
-from lienzo.training.method_run import check_output_file
+from lienzo.training.method_run import check_output_file, is_main_process
 
 LORA_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=1e-3)
 DEFAULT_RANK = 8
@@ -59,5 +59,6 @@ def run_train_lora(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    print(f"LoRA written to {args.out} in {time.perf_counter() - started:.0f} s")
+    if is_main_process():
+        print(f"LoRA written to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -14,7 +14,7 @@ from lienzo.cli.train_arguments import (
     options_and_model,
 )
 from lienzo.recipes.fine_tuning import sample_writer
-from lienzo.training.method_run import check_output_file
+from lienzo.training.method_run import check_output_file, is_main_process
 from lienzo.training.textual_inversion import EMBEDDING_SUFFIXES, EmbeddingConfig, train_textual_inversion
 
 EMBEDDING_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=5e-3)
@@ -59,8 +59,9 @@ def run_train_embedding(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    print(
-        f"embedding written to {args.out} in {time.perf_counter() - started:.0f} s; "
-        f"write {args.out.stem} in a prompt to use it"
-    )
+    if is_main_process():
+        print(
+            f"embedding written to {args.out} in {time.perf_counter() - started:.0f} s; "
+            f"write {args.out.stem} in a prompt to use it"
+        )
     return 0
