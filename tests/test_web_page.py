@@ -272,7 +272,7 @@ def test_cancel_stops_a_long_run(page):
         (lambda page: page.get_by_label("Height").fill("4096"), "Height 4096 is not allowed"),
         (
             lambda page: page.get_by_label("Prompt", exact=True).fill("a red circle <lora:no_such_lora:1>"),
-            "lora_name",
+            "LoraLoader (lora_name): Value not in list",
         ),
     ],
 )

@@ -113,8 +113,10 @@ export function paramsFromWorkflow(prompt) {
 export function describeError(body) {
   if (!body || typeof body !== "object") return [String(body)];
   const lines = [];
+  const perNode = Object.keys(body.node_errors || {}).length > 0;
   if (body.error && typeof body.error === "object" && body.error.message) {
-    const details = body.error.details ? `: ${body.error.details}` : "";
+    // With node errors, the top-level details repeat them; they are listed one per line below.
+    const details = body.error.details && !perNode ? `: ${body.error.details}` : "";
     lines.push(`${body.error.message}${details}`);
   }
   for (const [id, entry] of Object.entries(body.node_errors || {})) {
