@@ -30,7 +30,7 @@ def test_items_are_images_in_range_with_their_captions(tmp_path):
     write_image(tmp_path, "a", caption="first caption")
     write_image(tmp_path, "b", size=(48, 32), caption="second caption", colour="blue")
     dataset = CaptionedDataset(DataConfig(tmp_path, resolution=16), batch_size=1)
-    items = [dataset[index] for index in range(len(dataset))]
+    items = [dataset[index] for index in range(dataset.epoch_samples)]
     assert sorted(item["caption"] for item in items) == ["first caption", "second caption"]
     for item in items:
         assert item["image"].shape == (3, 16, 16)
@@ -41,7 +41,7 @@ def test_repeats_and_kohya_folders_weight_the_epoch(tmp_path):
     write_image(tmp_path, "plain", caption="plain")
     write_image(tmp_path / "3_star", "starry", caption="starry")
     dataset = CaptionedDataset(DataConfig(tmp_path, resolution=16, repeats=2), batch_size=1)
-    counts = Counter(dataset[index]["caption"] for index in range(len(dataset)))
+    counts = Counter(dataset[index]["caption"] for index in range(dataset.epoch_samples))
     assert counts == {"plain": 2, "starry": 3}
     assert dataset.tag_frequency() == {tmp_path.name: {"plain": 1}, "3_star": {"starry": 1}}
 

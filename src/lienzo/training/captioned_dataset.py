@@ -143,8 +143,12 @@ class CaptionedDataset:
         self._epoch: tuple[int, list[list[int]]] | None = None
         self.batches_per_epoch = len(self.epoch_batches(0))
 
-    def __len__(self) -> int:
-        """Samples in one epoch (every image times its repeats, rounded up to whole batches per bucket)."""
+    @property
+    def epoch_samples(self) -> int:
+        """Samples in one epoch (every image times its repeats, rounded up to whole batches per bucket).
+
+        The dataset has no `len`: the loop then hands it ever-growing indices, and every epoch is shuffled
+        anew instead of repeating the first."""
         return self.batches_per_epoch * self.batch_size
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
