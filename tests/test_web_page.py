@@ -17,8 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from lienzo.io import read_model
+from lienzo.pipelines.pipeline import BUILTIN_MODEL
+from lienzo.training.extract_lora import lora_modules
 from lienzo.worlds.scorer import score
 from lienzo.worlds.shapes import Scene, SceneObject, render
 
@@ -44,10 +49,28 @@ def status_of(url: str) -> int:
         return error.code
 
 
+def write_models(root: Path) -> None:
+    """A random rank-2 kohya LoRA `wobble` over the built-in model, and an embedding file `shiny`."""
+    generator = torch.Generator().manual_seed(0)
+    files = read_model(BUILTIN_MODEL)
+    tensors = {}
+    for module in lora_modules(files, conv=False):
+        network = files.unet if module.component == "unet" else files.text_encoders[module.component[1]]
+        out_features, in_features = network[module.weight].shape[:2]
+        tensors[f"{module.key}.lora_down.weight"] = torch.randn(2, in_features, generator=generator) * 0.3
+        tensors[f"{module.key}.lora_up.weight"] = torch.randn(out_features, 2, generator=generator) * 0.3
+        tensors[f"{module.key}.alpha"] = torch.tensor(2.0)
+    (root / "loras").mkdir(parents=True)
+    save_file(tensors, str(root / "loras" / "wobble.safetensors"))
+    (root / "embeddings").mkdir()
+    save_file({"emb_params": torch.zeros(1, 8)}, str(root / "embeddings" / "shiny.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`lienzo serve` in a subprocess on a free loopback port, with a token and an empty models root."""
+    """`lienzo serve` in a subprocess on a free loopback port, with a token, a LoRA and an embedding."""
     folder = tmp_path_factory.mktemp("page")
+    write_models(folder / "models")
     port = free_port()
     command = [
         sys.executable,
@@ -180,6 +203,41 @@ def test_gallery_reuse_fills_the_form_and_a_dropped_png_gives_its_parameters(pag
     page.wait_for_function(f"document.getElementById('prompt').value === {PROMPT!r}")
     assert page.get_by_label("Width").input_value() == "128"
     assert page.get_by_label("Sampler").input_value() == "euler"
+
+
+def test_the_pickers_insert_tags_and_a_picked_lora_changes_the_image(page):
+    fill_settings(page, PROMPT)
+    page.get_by_role("button", name="Generate").click()
+    _, plain = result_image(page)
+    prompt_box = page.get_by_label("Prompt", exact=True)
+    prompt_box.press("End")
+    page.get_by_label("Add embedding").select_option("shiny")
+    assert prompt_box.input_value() == f"{PROMPT} shiny"
+    prompt_box.fill(PROMPT)
+    prompt_box.press("End")
+    page.get_by_label("Add LoRA").select_option("wobble")
+    tagged = f"{PROMPT} <lora:wobble:1>"
+    assert prompt_box.input_value() == tagged
+    assert page.get_by_label("Add LoRA").input_value() == ""
+    page.get_by_role("button", name="Generate").click()
+    page.locator(f"#results img[alt='{tagged}']").wait_for(timeout=180_000)
+    _, with_lora = result_image(page)
+    assert np.abs(pixels(with_lora) - pixels(plain)).mean() > 5
+
+
+def test_every_control_is_labelled_and_tab_reaches_generate(page):
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll("input, select, textarea")]
+            .filter((control) => !control.labels || control.labels.length === 0)
+            .map((control) => control.id || control.name)"""
+    )
+    assert unlabelled == []
+    page.get_by_label("Prompt", exact=True).focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "generate":
+            break
+    assert page.evaluate("document.activeElement.textContent") == "Generate"
 
 
 def scene_png(tmp_path: Path, scene: Scene) -> Path:
