@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -17,7 +15,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import lienzo
-from lienzo.cli import main
 from lienzo.graph import ExecutionHooks, ExecutionInterrupted, Executor, GraphEnvironment, load_workflow
 from lienzo.io import read_model, write_safetensors
 from lienzo.io.library import ModelLibrary
@@ -326,55 +323,6 @@ def test_every_other_core_node_runs_in_one_workflow(environment, executor):
     assert set(np.unique(edges)) == {0, 255}
 
 
-def test_lienzo_run_applies_settings_and_prints_the_files(environment, tmp_path, capsys):
-    path = tmp_path / "workflow.json"
-    path.write_text(json.dumps(UI_TXT2IMG))
-    arguments = ["--output-dir", str(tmp_path / "out"), "--models-dir", str(environment.library.root), "-q"]
-    assert (
-        main(["run", str(path), "--set", "3.seed=7", "--set", "3.steps=2", "--set", "5.width=64", *arguments])
-        == 0
-    )
-    written = tmp_path / "out" / "ComfyUI_00001_.png"
-    assert capsys.readouterr().out.split() == [str(written)]
-    image = Image.open(written)
-    assert json.loads(image.info["prompt"])["3"]["inputs"]["seed"] == 7
-    assert json.loads(image.info["workflow"]) == UI_TXT2IMG
-    assert image.size == (64, 128)
-
-
-def test_lienzo_run_prints_validation_errors_without_a_traceback(tmp_path):
-    prompt = txt2img()
-    prompt["3"]["inputs"]["model"] = ["3", 0]
-    prompt["5"]["inputs"]["width"] = 100000
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(prompt))
-    done = subprocess.run(
-        [sys.executable, "-m", "lienzo.cli", "run", str(path)], capture_output=True, text=True
-    )
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "Prompt outputs failed validation" in done.stderr
-    assert "node 3 (KSampler): Dependency cycle detected" in done.stderr
-    assert "node 5 (EmptyLatentImage): Value 100000 bigger than max of 16384: width" in done.stderr
-
-
-def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, executor):
-    prompt = img2img(0.5)
-    for node, name in (("30", "same"), ("31", "rescaled")):
-        prompt[node] = {"class_type": "VAELoader", "inputs": {"vae_name": name}}
-    prompt["5"]["inputs"]["vae"] = ["31", 0]
-    prompt["8"]["inputs"]["vae"] = ["30", 0]
-    prompt["32"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["31", 0]}}
-    prompt["33"] = {"class_type": "PreviewImage", "inputs": {"images": ["32", 0]}}
-    ui = executor.execute(prompt, prompt_id="vae")
-    reference = executor.execute(img2img(0.5), prompt_id="vae-reference")
-    images = [
-        pixels(saved_image(environment, outputs[node]))
-        for outputs, node in ((ui, "9"), (ui, "33"), (reference, "9"))
-    ]
-    assert np.abs(images[0] - images[1]).max() <= 1
-    assert np.abs(images[0] - images[2]).max() <= 1
-
-
 def write_controlnet(path, seed: int) -> None:
     """A ControlNet for the built-in model with every weight random (zero convolutions included)."""
     spec = lienzo.load().spec
@@ -424,3 +372,21 @@ def test_controlnet_workflows_match_the_python_api_with_the_same_unit(environmen
         saved_image(environment, executor.execute(txt2img(size=64, steps=2), prompt_id="plain")["9"])
     )
     assert np.abs(image - plain).mean() > 1
+
+
+def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, executor):
+    prompt = img2img(0.5)
+    for node, name in (("30", "same"), ("31", "rescaled")):
+        prompt[node] = {"class_type": "VAELoader", "inputs": {"vae_name": name}}
+    prompt["5"]["inputs"]["vae"] = ["31", 0]
+    prompt["8"]["inputs"]["vae"] = ["30", 0]
+    prompt["32"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["31", 0]}}
+    prompt["33"] = {"class_type": "PreviewImage", "inputs": {"images": ["32", 0]}}
+    ui = executor.execute(prompt, prompt_id="vae")
+    reference = executor.execute(img2img(0.5), prompt_id="vae-reference")
+    images = [
+        pixels(saved_image(environment, outputs[node]))
+        for outputs, node in ((ui, "9"), (ui, "33"), (reference, "9"))
+    ]
+    assert np.abs(images[0] - images[1]).max() <= 1
+    assert np.abs(images[0] - images[2]).max() <= 1
