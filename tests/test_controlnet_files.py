@@ -4,6 +4,8 @@ weights, control image fitting, residual scales and the step window."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import diffusers
 import pytest
 import torch
@@ -25,7 +27,8 @@ from lienzo.models.conditioning import Conditioning
 from lienzo.models.controlnet import ControlNet, controlnet_config_for
 from lienzo.pipelines.control_apply import residual_scales
 from lienzo.pipelines.control_units import ControlUnit, acts_at
-from lienzo.pipelines.controlnets import fit_control_image
+from lienzo.pipelines.controlnets import crop_control_images, fit_control_image
+from lienzo.pipelines.options import resolve_options
 from tiny_models import TINY_UNET, randomize_parameters, tiny_pipeline_folder, tiny_spec
 
 __all__ = ["one_thread"]
@@ -184,3 +187,14 @@ def test_python_api_units_with_a_loaded_controlnet_record_name_and_hash():
     (record,) = image.info["lienzo"]["controlnets"]
     assert record["model"] == controlnet_file("sd1", 1).stem and record["model_hash"] == loaded.short_hash
     assert record["control_mode"] == "ControlNet is more important" and record["weight"] == 0.5
+
+
+def test_only_masked_inpainting_crops_control_images_of_the_source_size():
+    source_sized = Image.new("RGB", (64, 48))
+    source_sized.paste((255, 255, 255), (16, 8, 48, 40))
+    other = Image.new("RGB", (32, 32))
+    units = [ControlUnit("a", source_sized), ControlUnit("b", other)]
+    options = replace(resolve_options(tiny_spec("sd1"), prompt="x"), controlnets=tuple(units))
+    cropped = crop_control_images(options, (16, 8, 48, 40), (64, 48)).controlnets
+    assert cropped[0].image.size == (32, 32) and cropped[0].image.getextrema() == ((255, 255),) * 3
+    assert cropped[1].image is other

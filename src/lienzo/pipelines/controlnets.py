@@ -28,6 +28,7 @@ from lienzo.models.controlnet import ControlNet
 from lienzo.pipelines.control_apply import ControlHint
 from lienzo.pipelines.control_units import ControlUnit, check_control_unit
 from lienzo.pipelines.images import load_image
+from lienzo.pipelines.options import GenerationOptions
 from lienzo.pipelines.preprocessors import CANNY_HIGH, CANNY_LOW, SCRIBBLE_THRESHOLD, preprocess
 from lienzo.pipelines.sampling import ConditionsAt, ImageConditions
 
@@ -105,6 +106,16 @@ def fit_control_image(image: Image.Image, width: int, height: int, resize_mode: 
     canvas = Image.new("RGB", (width, height), tuple(int(v) for v in np.median(edge, axis=0)))
     canvas.paste(resized, (-left, -top))
     return canvas
+
+
+def crop_control_images(options: GenerationOptions, box: tuple[int, int, int, int], size: tuple[int, int]):
+    """The options with each control image of the source's `size` cropped to `box` (inpainting's "only
+    masked" region, as A1111 crops its control images); control images of other sizes stay whole."""
+    units = tuple(
+        replace(unit, image=unit.image.crop(box)) if unit.image.size == size else unit
+        for unit in options.controlnets
+    )
+    return replace(options, controlnets=units)
 
 
 def hint_tensor(image: Image.Image) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.controlnets import crop_control_images
 from lienzo.pipelines.generation import generate_latents, img2img_size, prompt_stages
 from lienzo.pipelines.images import ImageInput, images_to_tensor, load_image, resize_image
 from lienzo.pipelines.masking import (
@@ -118,11 +119,12 @@ def inpaint(
     size = (options.width, options.height)
     box = crop_box(blurred, padding, size, source.size) if only_masked else Box(0, 0, *source.size)
     region = InpaintRegion(source.crop(box.as_tuple()), blurred.crop(box.as_tuple()), box)
+    sampled = crop_control_images(options, box.as_tuple(), source.size) if only_masked else options
     conditions = inpaint_conditions(pipe, region, options.vae_tiling)
     start = None if options.strength == 1 else conditions(*size).latent
     stages = prompt_stages(pipe, options, refiner_model)
     run = {"start": start, "conditions": conditions, "callback": callback, "progress": progress}
-    latents = generate_latents(pipe, options, stages=stages, **run)
+    latents = generate_latents(pipe, sampled, stages=stages, **run)
     alpha = composite_alpha(mask_image, blurred)
     generated = decode_latents(pipe.vae, latents, options.vae_tiling)
     images = [paste_back(source, image, alpha, box) for image in generated]
