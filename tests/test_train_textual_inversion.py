@@ -11,11 +11,13 @@ import torch
 import lienzo
 from lienzo.cli import main
 from lienzo.io.embedding_files import load_embeddings, read_embedding_file
+from lienzo.io.library import TRAINING_STATE, ModelLibrary
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.options import resolve_options
 from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from lienzo.recipes.fine_tuning import load_for_training, write_concept_folder
 from lienzo.training.captioned_dataset import DataConfig
+from lienzo.training.checkpoint import CHECKPOINT_NAME
 from lienzo.training.method_run import RunOptions
 from lienzo.training.textual_inversion import EmbeddingConfig, train_textual_inversion, write_a1111_embedding
 from test_generate_parity import STEPS, TOLERANCE, reference_pipeline
@@ -57,12 +59,15 @@ def test_captions_without_the_token_are_refused(stars, tmp_path, capsys):
     assert "no caption" in capsys.readouterr().err and not out.exists()
 
 
-def test_the_command_writes_a_safetensors_embedding_that_prompts_trigger(stars, tmp_path):
+def test_the_command_writes_an_embedding_that_prompts_trigger_and_its_run_is_no_embedding(stars, tmp_path):
     out = tmp_path / "star.safetensors"
     arguments = ["--data", str(stars), "--token", "star", "--init-word", "square", "--out", str(out)]
     assert (
         main(["train", "textual-inversion", *arguments, "--steps", "2", "--batch-size", "2", "--quiet"]) == 0
     )
+    assert (tmp_path / "star-training" / CHECKPOINT_NAME).is_file() and CHECKPOINT_NAME == TRAINING_STATE
+    assert list(load_embeddings(tmp_path).entries) == ["star"]
+    assert [entry.name for entry in ModelLibrary(embeddings=tmp_path).list("embeddings")] == ["star"]
     pipe = lienzo.load()
     plain = pipe.encode_prompt(["a red star on a blue background"]).context
     pipe.embeddings = load_embeddings(out)

@@ -28,7 +28,7 @@ LORA_EPILOG = """examples:
       --unet-lr 1e-4 --text-encoder-lr 5e-5 --buckets --cache-latents --out style.safetensors
 
 The run's state, loss.csv, loss.png and samples/ go to OUT-training/ beside the file. Use the file as
-<lora:NAME:1> in a prompt (with the file in models/loras), or --lora FILE.
+<lora:NAME:1> in a prompt, with the file in models/loras/ (or in the folder --lora-dir names).
 """
 
 

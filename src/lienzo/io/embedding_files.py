@@ -35,6 +35,7 @@ from lienzo.errors import (
     UnsafeCheckpointError,
 )
 from lienzo.io.formats import file_sha256, write_safetensors
+from lienzo.io.library import is_training_run
 from lienzo.text.embeddings import Embeddings, EmbeddingVectors
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth", ".ckpt")
@@ -75,7 +76,8 @@ def embedding_vectors(data: object, source: str, *, short_hash: str | None = Non
 
 
 def load_embeddings(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Embeddings:
-    """Embeddings from files and folders (searched recursively for embedding files), named by file stem.
+    """Embeddings from files and folders (searched recursively for embedding files, training run folders
+    left out), named by file stem.
 
     Two files with the same stem are an error (rename one: the stem is the word that triggers it).
     """
@@ -90,6 +92,7 @@ def load_embeddings(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> E
                 if found.is_file()
                 and found.suffix.lower() in EMBEDDING_SUFFIXES
                 and not found.name.startswith(".")
+                and not any(is_training_run(parent) for parent in found.parents if path in parent.parents)
             )
         else:
             files.append(path)

@@ -43,6 +43,9 @@ KIND_FOLDERS: dict[str, tuple[str, ...]] = {
 
 KINDS = tuple(KIND_FOLDERS)
 
+TRAINING_STATE = "training_state.pt"
+"""The file a training run keeps in its run folder (lienzo.training.checkpoint.CHECKPOINT_NAME)."""
+
 KIND_SUFFIXES: dict[str, tuple[str, ...]] = {
     "checkpoints": (".safetensors", ".ckpt", ".pt", ".bin"),
     "loras": (".safetensors", ".pt", ".bin", ".ckpt"),
@@ -316,9 +319,16 @@ def select(
     ]
 
 
+def is_training_run(folder: Path) -> bool:
+    """True for a fine-tuning run's folder (it holds the training loop's TRAINING_STATE file): its
+    checkpoints and latent caches are not models, so the library neither lists nor loads them."""
+    return (folder / TRAINING_STATE).is_file()
+
+
 def walk_models(folder: Path, kind: str) -> Iterator[tuple[tuple[str, ...], str, Path]]:
     """(relative name parts, suffix, path) of every model file or model folder under a folder,
-    following symlinked folders once, skipping hidden entries and the insides of model folders."""
+    following symlinked folders once, skipping hidden entries, training run folders and the insides of
+    model folders."""
     if not folder.is_dir():
         return
     suffixes = KIND_SUFFIXES[kind]
@@ -330,7 +340,7 @@ def walk_models(folder: Path, kind: str) -> Iterator[tuple[tuple[str, ...], str,
         for sub in sorted(subdirectories):
             path = base / sub
             real = os.path.realpath(path)
-            if sub.startswith(".") or real in seen:
+            if sub.startswith(".") or real in seen or is_training_run(path):
                 continue
             seen.add(real)
             if is_folder_model(path, kind):
