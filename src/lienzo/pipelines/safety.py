@@ -1,5 +1,5 @@
 """The safety checker on generated images: `auto` (on when the model folder ships a checker, as diffusers
-decides), `on` or `off`. A flagged image is replaced by a black one of its size, its record says so
+decides), `on` or `off`. A flagged image is painted black (same size and object), its record says so
 (`image.info["lienzo"]["safety_checker"]`, written to the PNG parameters) and an NSFWContentWarning is
 issued; nothing is filtered silently."""
 
@@ -21,7 +21,7 @@ from lienzo.pipelines.vision_inputs import clip_pixels
 
 FLAGGED = "flagged NSFW (blacked out)"
 PASSED = "passed"
-"""The record's `safety_checker` values: the verdict of a checked image (absent when not checked)."""
+"""The record's `safety_checker` values: the verdict of a checked image (None when no checker ran)."""
 
 
 class NSFWContentWarning(UserWarning):
