@@ -179,6 +179,16 @@ class LoraSet:
 
     def _patch(self, key: str) -> None:
         loaded, unet, text = self.applied[key]
-        self.pipe.unet_patcher.add(key, list(loaded.unet), unet)
+        patch_at(self.pipe.unet_patcher, key, loaded.unet, unet)
         for patcher, patches in zip(self.pipe.text_patchers, loaded.texts, strict=True):
-            patcher.add(key, list(patches), text)
+            patch_at(patcher, key, patches, text)
+
+
+def patch_at(patcher, key: str, patches, strength: float) -> None:
+    """Apply a LoRA's patches to one network at `strength`; at 0 the network keeps its original weights,
+    with no patched copies made (a graph's LoraLoader applies a file to only the UNet or the text encoders
+    of each of its views)."""
+    if strength:
+        patcher.add(key, list(patches), strength)
+    else:
+        patcher.remove(key)
