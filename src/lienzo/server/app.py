@@ -35,6 +35,7 @@ API_PREFIXES = ("", "/api", "/comfyui/api")
 """ComfyUI routes are served bare (scripts), under /api (the frontend at /) and under /comfyui/api (the
 frontend served at /comfyui/, whose API base is its page's folder)."""
 FRONTEND_MOUNT = "/comfyui"
+CONTEXT = web.AppKey("context", ServerContext)
 TOKEN_COOKIE = "lienzo_token"
 BODY_OVERHEAD = 2**20
 """Room for multipart headers and JSON around an upload of the largest allowed size."""
@@ -61,7 +62,7 @@ def build_app(config: ServerConfig) -> web.Application:
         client_max_size=config.max_upload_bytes * 4 // 3 + BODY_OVERHEAD,
         middlewares=[access_middleware(config.token), error_middleware],
     )
-    app["context"] = context
+    app[CONTEXT] = context
     api = comfy_routes(context) + file_routes(context) + jobs_routes(context) + frontend_api_routes(context)
     for prefix in API_PREFIXES:
         for method, path, handler in api:
@@ -79,13 +80,13 @@ def build_app(config: ServerConfig) -> web.Application:
 
 
 async def _start_worker(app: web.Application) -> None:
-    context: ServerContext = app["context"]
+    context: ServerContext = app[CONTEXT]
     context.hub.bind(asyncio.get_running_loop())
     context.worker.start()
 
 
 async def _stop_worker(app: web.Application) -> None:
-    context: ServerContext = app["context"]
+    context: ServerContext = app[CONTEXT]
     context.worker.stop()
     await asyncio.to_thread(context.worker.join, 30)
     for socket in list(context.hub.sockets.values()):
@@ -232,7 +233,7 @@ def start_server(config: ServerConfig) -> ServerHandle:
     started.wait()
     if failure:
         raise failure[0]
-    return ServerHandle(f"http://{config.host}:{port[0]}", app["context"], loop, runner, thread)
+    return ServerHandle(f"http://{config.host}:{port[0]}", app[CONTEXT], loop, runner, thread)
 
 
 def run_server(config: ServerConfig) -> None:

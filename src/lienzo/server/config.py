@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.atomic import atomic_path
 from lienzo.io.library import ModelLibrary
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8188
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MODEL_CACHE = 2
+USER_FOLDERS = ("workflows", "subgraphs")
+USER_FILES = {"user.css": "", "comfy.templates.json": "[]"}
 STATE_FOLDER = ".lienzo-server"
 """The state folder's name beside the output folder when --state-dir is not given."""
 
@@ -78,9 +81,17 @@ class ServerConfig:
         return int(self.max_upload_mb * 2**20)
 
     def make_folders(self) -> None:
-        """Create the output, state, input, temp and user folders."""
+        """Create the output, state, input and temp folders, and the frontend user's folders and files
+        (saved workflows and subgraphs, an empty user.css and node-template list), as ComfyUI's first
+        start would leave them."""
         for folder in (self.output_dir, self.state_dir, self.input_dir, self.temp_dir, self.user_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        for folder in USER_FOLDERS:
+            (self.user_dir / folder).mkdir(exist_ok=True)
+        for name, content in USER_FILES.items():
+            if not (self.user_dir / name).exists():
+                with atomic_path(self.user_dir / name) as temporary:
+                    temporary.write_text(content)
 
 
 def is_loopback(host: str) -> bool:

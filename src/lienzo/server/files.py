@@ -91,9 +91,9 @@ def check_image(data: bytes) -> Image.Image:
 def store_upload(folder: Path, subfolder: str, filename: str, data: bytes, overwrite: bool) -> str:
     """Write verified image bytes as `folder/subfolder/filename` and return the name used: an existing
     file with other contents keeps its name and the upload becomes "name (i).ext" (ComfyUI's rule)."""
-    name = PurePosixPath(filename).name
-    if not name or name in (".", "..") or name != filename.replace("\\", "/").split("/")[-1]:
-        raise ForbiddenPathError(f"the file name {filename!r} is not allowed")
+    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename:
+        raise ForbiddenPathError(f"the file name {filename!r} is not allowed; send a plain file name")
+    name = filename
     target = safe_join(folder, subfolder, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     stem, suffix = os.path.splitext(name)

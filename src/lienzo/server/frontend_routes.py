@@ -18,6 +18,8 @@ from lienzo.server.files import ForbiddenPathError, safe_join
 
 SETTINGS_FILE = "comfy.settings.json"
 FRONTEND_PACKAGE = "comfyui_frontend_package"
+FAVICON_FRAMES = "assets/images/favicon_progress_16x16"
+"""The frontend asks for its progress favicon at this absolute path, outside its own folder."""
 MISSING_FRONTEND = """<!doctype html><html><head><title>lienzo</title></head><body>
 <h1>ComfyUI's frontend is not installed</h1>
 <p>Install it with <code>pip install 'lienzo[ui]'</code> and restart <code>lienzo serve</code>.</p>
@@ -255,6 +257,8 @@ def add_frontend(app: web.Application, mount: str) -> None:
             path = safe_join(folder, *name.rsplit("/", 1)) if "/" in name else safe_join(folder, "", name)
         except ForbiddenPathError:
             raise web.HTTPForbidden() from None
+        if not path.is_file() and name == "user.css":
+            return web.Response(text="", content_type="text/css")
         if not path.is_file():
             raise web.HTTPNotFound()
         response = web.FileResponse(path)
@@ -264,6 +268,12 @@ def add_frontend(app: web.Application, mount: str) -> None:
             response.headers["Cache-Control"] = "no-cache"
         return response
 
+    async def favicon(request: web.Request) -> web.StreamResponse:
+        if folder is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(safe_join(folder, FAVICON_FRAMES, request.match_info["name"]))
+
     app.router.add_get(mount, redirect)
     app.router.add_get(mount + "/", page)
     app.router.add_get(mount + "/{path:.+}", page)
+    app.router.add_get(f"/{FAVICON_FRAMES}/{{name}}", favicon)
