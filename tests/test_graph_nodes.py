@@ -390,3 +390,21 @@ def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, execu
     ]
     assert np.abs(images[0] - images[1]).max() <= 1
     assert np.abs(images[0] - images[2]).max() <= 1
+
+
+def test_the_attention_map_node_masks_where_the_word_attended(environment, executor):
+    text = "a large red circle on the left on a white background"
+    settings = {"seed": 3, "steps": 5, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "20": {"class_type": "LienzoAttentionMap", "inputs": {"model": ["4", 0], "text": text, "negative": "",
+               "word": "circle", "width": 128, "height": 128, **settings}},
+        "21": {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}},
+        "22": {"class_type": "PreviewImage", "inputs": {"images": ["20", 2]}},
+    }  # fmt: skip
+    ui = executor.execute(prompt, prompt_id="xray")
+    image = pixels(saved_image(environment, ui["21"]))
+    attention = pixels(saved_image(environment, ui["22"]))[..., 0]
+    red = (image[..., 0] > 150) & (image[..., 1] < 100) & (image[..., 2] < 100)
+    assert red.sum() > 200 and attention.max() == 255
+    assert attention[red].mean() > 2 * attention[~red].mean()
