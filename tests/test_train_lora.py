@@ -63,6 +63,11 @@ def test_the_saved_file_reads_back_as_the_trained_deltas(network, tmp_path):
     with safe_open(path, "pt") as handle:
         convs = [key for key in handle.keys() if key.endswith("resnets_0_conv1.alpha")]
     assert bool(convs) == config.covers_convs
+    originals = {name: fresh.unet.get_parameter(name) for name, _ in fresh.unet.named_parameters()}
+    networks["unet"].remove()
+    assert {name: param for name, param in trained.unet.named_parameters()}.keys() == originals.keys()
+    for name, param in trained.unet.named_parameters():
+        assert param is originals[name], name
 
 
 def test_diffusers_draws_the_same_latents_with_the_trained_file(tmp_path):
