@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lienzo.graph import (
     NODE_TYPES,
@@ -281,3 +283,44 @@ def test_settings_override_inputs_and_bad_sources_are_clear(tmp_path):
         load_workflow({"nodes": "x"})
     with pytest.raises(Exception, match="does not exist"):
         load_workflow(Path(tmp_path / "missing.json"))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+NODE = st.fixed_dictionaries(
+    {
+        "class_type": st.sampled_from(["StubConst", "StubAdd", "StubShow", "KSampler", "SaveImage", "Nope"])
+        | JSON_VALUES
+    },
+    optional={
+        "inputs": st.dictionaries(
+            st.sampled_from(["value", "a", "b", "label", "image", "seed", "model"]),
+            JSON_VALUES | st.tuples(st.sampled_from(["1", "2", "3", "9"]), st.integers(-2, 3)).map(list),
+            max_size=4,
+        )
+        | JSON_VALUES,
+        "_meta": JSON_VALUES,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=st.dictionaries(st.sampled_from(["1", "2", "3", "4"]), NODE | JSON_VALUES, max_size=4)
+    | JSON_VALUES
+)
+def test_any_json_prompt_is_either_valid_or_a_prompt_error(tmp_path_factory, prompt):
+    root = tmp_path_factory.getbasetemp()
+    environment = GraphEnvironment(ModelLibrary(root / "models"), root / "in", root / "out", root / "tmp")
+    try:
+        outputs = validate_prompt(prompt, environment)
+    except PromptError as error:
+        json.dumps(error.payload)
+        assert error.payload["error"]["type"]
+    else:
+        assert outputs and all(prompt[node]["class_type"] in ("StubShow", "SaveImage") for node in outputs)

@@ -51,8 +51,9 @@ def check_structure(prompt: object, types: dict[str, NodeType]) -> None:
     if not isinstance(prompt, dict) or not prompt:
         raise prompt_error("no_prompt", "No prompt provided", "the prompt must be a non-empty JSON object")
     for node_id, node in prompt.items():
-        title = node.get("_meta", {}).get("title") if isinstance(node, dict) else None
-        if not isinstance(node, dict) or "class_type" not in node:
+        meta = node.get("_meta") if isinstance(node, dict) else None
+        title = meta.get("title") if isinstance(meta, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
             raise prompt_error(
                 "missing_node_type",
                 f"Node '{title or f'ID #{node_id}'}' has no class_type. The workflow may be corrupted.",
