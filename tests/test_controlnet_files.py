@@ -114,10 +114,10 @@ def test_published_families_come_from_the_shapes_and_other_files_are_refused(tmp
     sdxl = {"x.attn2.to_k.weight": torch.empty(4, 2048), "label_emb.0.0.weight": torch.empty(4, 2816)}
     assert family_of_weights(sdxl) == "sdxl"
     assert family_of_weights({"x.attn2.to_k.weight": torch.empty(4, 32)}) is None
-    lora = tmp_path / "control_lora.safetensors"
-    write_safetensors(lora, {"lora_controlnet": torch.zeros(1), "input_blocks.0.0.weight": torch.zeros(1)})
+    adapter = tmp_path / "t2i_adapter.safetensors"
+    write_safetensors(adapter, {"adapter.body.0.resnets.0.block1.weight": torch.zeros(1)})
     with pytest.raises(UnknownArchitectureError, match="not a ControlNet"):
-        read_controlnet(lora)
+        read_controlnet(adapter)
     with pytest.raises(UnknownArchitectureError, match="match no published family"):
         lienzo.load_controlnet(controlnet_file("sd1", 1), device="cpu")
 
@@ -198,3 +198,34 @@ def test_only_masked_inpainting_crops_control_images_of_the_source_size():
     cropped = crop_control_images(options, (16, 8, 48, 40), (64, 48)).controlnets
     assert cropped[0].image.size == (32, 32) and cropped[0].image.getextrema() == ((255, 255),) * 3
     assert cropped[1].image is other
+
+
+def test_control_lora_adds_up_down_to_the_base_encoder(tmp_path):
+    pipe = tiny_pipe()
+    base = pipe.unet.state_dict()
+    own = ldm_weights("sd1", 1)
+    generator = torch.Generator().manual_seed(4)
+    lowrank = [key for key in own if key in base and own[key].ndim >= 2][::3]
+    stored, expected = {"lora_controlnet": torch.zeros(1)}, {}
+    for key in own:
+        if key in lowrank:
+            weight = base[key]
+            up = torch.randn(weight.shape[0], 2, generator=generator)
+            down = torch.randn(2, weight[0].numel(), generator=generator)
+            stored[key.removesuffix(".weight") + ".up"] = up
+            stored[key.removesuffix(".weight") + ".down"] = down.reshape(2, *weight.shape[1:])
+            expected[key] = weight + (up @ down).reshape(weight.shape)
+        elif key not in base or key.endswith(".bias"):
+            stored[key] = own[key]
+            expected[key] = own[key]
+        else:
+            expected[key] = base[key]
+    path = tmp_path / "control-lora.safetensors"
+    write_safetensors(path, stored)
+    loaded = pipe.load_controlnet(path)
+    assert loaded.layout == "control-lora" and len(lowrank) >= 20
+    state = loaded.model.state_dict()
+    assert set(state) == set(expected)
+    assert max((state[key] - expected[key]).abs().max().item() for key in expected) < 1e-5
+    with pytest.raises(InvalidArgumentError, match="Control-LoRA"):
+        read_controlnet(path, base=pipe.spec)

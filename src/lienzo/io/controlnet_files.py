@@ -1,5 +1,6 @@
 """ControlNet files: diffusers folders, ldm single files (with or without `control_model.`), diffusers-named
-single files, and "difference" files (weights stored as the change from the base UNet), read into lienzo's
+single files, "difference" files (weights stored as the change from the base UNet) and Control-LoRAs
+(low-rank changes to the base UNet's encoder), read into lienzo's
 (ldm) naming with their config; the base model's family is checked against the ControlNet's shapes."""
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-from lienzo.errors import InvalidArgumentError, ModelNotFoundError, UnknownArchitectureError
+from lienzo.errors import (
+    CorruptCheckpointError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    UnknownArchitectureError,
+)
 from lienzo.io.detect import read_json
 from lienzo.io.diffusers_folder import DIFFUSERS_WEIGHTS, read_component_weights
 from lienzo.io.formats import read_state_dict
@@ -27,6 +33,9 @@ from lienzo.models.specs import VECTOR_VALUES, FamilySpec, family_spec
 CONTROL_PREFIX = "control_model."
 DIFFERENCE_KEY = "difference"
 """The marker tensor of A1111's difference ControlNets (weights = ControlNet - base UNet)."""
+CONTROL_LORA_KEY = "lora_controlnet"
+"""The marker tensor of Stability AI's Control-LoRA files (low-rank changes to the base UNet's encoder)."""
+ENCODER_PREFIXES = ("time_embed.", "label_emb.", "input_blocks.", "middle_block.")
 DIFFUSERS_MARKER = "controlnet_cond_embedding.conv_in.weight"
 LDM_MARKER = "input_hint_block.0.weight"
 FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -38,7 +47,8 @@ LEGACY_HASH_OFFSET, LEGACY_HASH_BYTES = 0x100000, 0x10000
 @dataclass(frozen=True)
 class ControlNetFile:
     """A ControlNet read from disk: config, weights in lienzo's naming, the layout it was stored in
-    ("diffusers-folder", "ldm", "diffusers-file", "difference") and the family its shapes name (or None)."""
+    ("diffusers-folder", "ldm", "diffusers-file", "difference",
+    "control-lora") and the family its shapes name (or None)."""
 
     config: ControlNetConfig
     state_dict: dict[str, Tensor]
@@ -86,6 +96,7 @@ def _read_single_file(
 ) -> ControlNetFile:
     """An ldm or diffusers-named ControlNet file's weights and config (heads from the family)."""
     difference = state.pop(DIFFERENCE_KEY, None) is not None
+    control_lora = state.pop(CONTROL_LORA_KEY, None) is not None
     if any(key.startswith(CONTROL_PREFIX) for key in state):
         state = {
             key[len(CONTROL_PREFIX) :]: value
@@ -93,12 +104,14 @@ def _read_single_file(
             if key.startswith(CONTROL_PREFIX)
         }
     layout = "ldm"
+    if control_lora:
+        state, layout = _merge_control_lora(state, base_unet, path), "control-lora"
     if DIFFUSERS_MARKER in state:
         state, layout = controlnet_diffusers_to_ldm(state), "diffusers-file"
     if LDM_MARKER not in state:
         raise UnknownArchitectureError(
             f"{path} is not a ControlNet (no hint block: control_model.input_hint_block or "
-            "controlnet_cond_embedding keys); Control-LoRA, T2I-Adapter and IP-Adapter files are not read"
+            "controlnet_cond_embedding keys); T2I-Adapter and IP-Adapter files are not read"
         )
     family = family_of_weights(state)
     spec = base or (family_spec(family) if family else None)
@@ -111,6 +124,36 @@ def _read_single_file(
     if difference:
         state, layout = _add_base(state, base_unet, path), "difference"
     return ControlNetFile(config, state, layout, family)
+
+
+def _merge_control_lora(
+    state: dict[str, Tensor], base_unet: Mapping[str, Tensor] | None, path: Path
+) -> dict[str, Tensor]:
+    """A Control-LoRA's whole weights (Stability AI's format, as ComfyUI reads it): the base UNet's
+    encoder, the file's full tensors over it, and W + up·down for each `<module>.up` / `.down` pair."""
+    if base_unet is None:
+        raise InvalidArgumentError(
+            f"{path} is a Control-LoRA (low-rank changes to its model's UNet encoder): load it with the "
+            "model it is for (pipe.load_controlnet, or lienzo.load_controlnet(path, base=pipe))"
+        )
+    merged = {key: value for key, value in base_unet.items() if key.startswith(ENCODER_PREFIXES)}
+    pairs: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        module, _, part = key.rpartition(".")
+        if part in ("up", "down"):
+            pairs.setdefault(module, {})[part] = value
+        else:
+            merged[key] = value
+    for module, parts in pairs.items():
+        weight = merged.get(f"{module}.weight")
+        if weight is None or set(parts) != {"up", "down"}:
+            raise CorruptCheckpointError(
+                f"{path}: the Control-LoRA entry {module} lacks its up or down half, or the model has no "
+                f"{module}.weight; load it with the model it is for, or re-download it"
+            )
+        delta = parts["up"].flatten(1).float() @ parts["down"].flatten(1).float()
+        merged[f"{module}.weight"] = (weight.float().cpu() + delta.reshape(weight.shape)).to(weight.dtype)
+    return merged
 
 
 def _heads(spec: FamilySpec) -> dict:
