@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lienzo.errors import InvalidArgumentError
 from lienzo.graph import (
     NODE_TYPES,
     ExecutionHooks,
@@ -281,6 +282,8 @@ def test_settings_override_inputs_and_bad_sources_are_clear(tmp_path):
         apply_settings(chain(), ["99.value=1"])
     with pytest.raises(Exception, match="neither"):
         load_workflow({"nodes": "x"})
+    with pytest.raises(InvalidArgumentError, match="malformed UI-format workflow"):
+        load_workflow({"nodes": [{"type": "StubConst"}]})
     with pytest.raises(Exception, match="does not exist"):
         load_workflow(Path(tmp_path / "missing.json"))
 

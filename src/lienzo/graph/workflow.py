@@ -84,7 +84,13 @@ def prompt_from_json(data: object, what: str) -> dict:
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "nodes" not in data:
         data = data["prompt"]
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
-        return ui_to_prompt(data)
+        try:
+            return ui_to_prompt(data)
+        except (KeyError, TypeError, IndexError, AttributeError) as error:
+            raise InvalidArgumentError(
+                f"{what} is a malformed UI-format workflow ({type(error).__name__}: {error}); "
+                "save it again from ComfyUI, or export it in API format"
+            ) from None
     if (
         isinstance(data, dict)
         and data
