@@ -35,12 +35,13 @@ class ControlNetConfig:
 
 
 def controlnet_config_for(unet: UNetConfig, vae_factor: int = 8, hint_channels: int = 3) -> ControlNetConfig:
-    """The config of a ControlNet for a base UNet and a VAE downscaling by `vae_factor` (a power of 2)."""
+    """The config of a new ControlNet for a base UNet and a VAE shrinking images `vae_factor`x (a power of
+    2): the published hint widths cut to that many downsamplings (doubling on past 256 for larger ones)."""
     downsamplings = vae_factor.bit_length() - 1
-    widths = HINT_CHANNELS[: downsamplings + 1] if downsamplings < len(HINT_CHANNELS) else None
-    if widths is None or 2**downsamplings != vae_factor:
-        widths = tuple(16 * 2**level for level in range(downsamplings + 1))
-    return ControlNetConfig(unet, hint_channels, widths)
+    if vae_factor < 1 or 2**downsamplings != vae_factor:
+        raise ValueError(f"a VAE factor is a power of 2, got {vae_factor}")
+    widths = HINT_CHANNELS + tuple(HINT_CHANNELS[-1] * 2**k for k in range(1, downsamplings - 2))
+    return ControlNetConfig(unet, hint_channels, widths[: downsamplings + 1])
 
 
 def hint_block(config: ControlNetConfig) -> nn.Sequential:
