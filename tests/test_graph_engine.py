@@ -7,8 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.graph import (
@@ -327,3 +329,46 @@ def test_any_json_prompt_is_either_valid_or_a_prompt_error(tmp_path_factory, pro
         assert error.payload["error"]["type"]
     else:
         assert outputs and all(prompt[node]["class_type"] in ("StubShow", "SaveImage") for node in outputs)
+
+
+def pixels_node(context, value: int):
+    return (torch.full((1, 8, 8, 3), value / 100),)
+
+
+def test_saved_images_stay_in_their_folder_with_comfyui_names(environment, monkeypatch, tmp_path):
+    monkeypatch.setitem(
+        NODE_TYPES, "StubPixels", NodeType("StubPixels", pixels_node, STUBS[0].inputs, ("IMAGE",))
+    )
+    executor = Executor(environment)
+
+    def save(prefix: str, value: int = 50) -> dict:
+        prompt = {
+            "1": {"class_type": "StubPixels", "inputs": {"value": value}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+        }
+        return executor.execute(prompt, prompt_id=prefix)["2"]["images"][0]
+
+    assert save("run/shot") == {"filename": "shot_00001_.png", "subfolder": "run", "type": "output"}
+    assert save("run/shot", 60)["filename"] == "shot_00002_.png"
+    saved = environment.output_dir / "run" / "shot_00002_.png"
+    assert saved.stat().st_mode & 0o777 == 0o644 and "prompt" in Image.open(saved).info
+    for bad in ("../escape", "/tmp/escape"):
+        with pytest.raises(NodeExecutionError, match="filename_prefix"):
+            save(bad)
+    assert not (environment.output_dir.parent / "escape_00001_.png").exists()
+
+
+def test_images_are_read_only_from_inside_the_input_folder(environment, tmp_path):
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    environment.input_dir.mkdir(parents=True)
+    (environment.input_dir / "link.png").symlink_to(outside)
+    for name in ("../secret.png", str(outside), "link.png"):
+        prompt = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        }
+        with pytest.raises(PromptError) as caught:
+            validate_prompt(prompt, environment)
+        assert errors_of(caught.value, "1") == ["value_not_in_list"]
+    assert object_info(environment)["LoadImage"]["input"]["required"]["image"][0] == []
