@@ -16,7 +16,7 @@ from lienzo.graph.environment import resolve_inside, safe_relative
 from lienzo.graph.validation import is_link
 from lienzo.io.atomic import atomic_path
 from lienzo.pipelines.metadata import PARAMETERS_KEY, format_parameters
-from lienzo.pipelines.output import create_exclusively
+from lienzo.pipelines.output import create_exclusively, release_paths
 
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 MODEL_INPUTS = ("model", "clip")
@@ -133,8 +133,12 @@ def save_images(
         while not create_exclusively(target / f"{stem}_{counter:05}_.png"):
             counter += 1
         path = target / f"{stem}_{counter:05}_.png"
-        with atomic_path(path) as temporary:
-            image.save(temporary, format="PNG", pnginfo=info, compress_level=level)
+        try:
+            with atomic_path(path) as temporary:
+                image.save(temporary, format="PNG", pnginfo=info, compress_level=level)
+        except BaseException:
+            release_paths([path])
+            raise
         results.append({"filename": path.name, "subfolder": subfolder, "type": kind})
         counter += 1
     return results
