@@ -104,15 +104,16 @@ def check_literal(item: Input, name: str, value, environment: GraphEnvironment) 
 
 
 def check_combo(item: Input, name: str, value, environment: GraphEnvironment) -> dict | None:
-    """The error of a combo value: not a string, or not a choice (nor accepted by the input's `accept`)."""
-    choices = item.choice_list(environment)
-    if isinstance(value, str) and value in choices:
-        return None
+    """The error of a combo value: not a string, or not accepted by the input's `accept` (asked first, so
+    a folder is listed only for the message) nor one of its choices."""
     reason = None
     if isinstance(value, str) and item.accept is not None:
         reason = item.accept(environment, value)
         if reason is None:
             return None
+    choices = item.choice_list(environment)
+    if isinstance(value, str) and value in choices and item.accept is None:
+        return None
     shown = choices if len(choices) <= 20 else [*choices[:20], "..."]
     details = f"{name}: '{value}' not in {shown}" + (f" ({reason})" if reason else "")
     return input_error("value_not_in_list", "Value not in list", details, item, name, value)
