@@ -330,6 +330,7 @@ class Pipeline:
     def depth2img(self, image: ImageInput, depth, prompt: str, *, strength: float = 0.8, **more) -> list:
         """img2img guided by a depth map image, for SD 2 depth models (family sd2-depth); `depth` None
         estimates the map with the folder's DPT depth_estimator/ or the models root's depth/ one."""
+        more = self.resolve_controlnets(more)
         with self._prompt_adapters(prompt):
             return depth2img(self, image, depth, prompt, strength=strength, **more)
 
