@@ -28,6 +28,7 @@ from lienzo.models.controlnet import ControlNet, controlnet_config_for
 from lienzo.pipelines.control_apply import residual_scales
 from lienzo.pipelines.control_units import ControlUnit, acts_at
 from lienzo.pipelines.controlnets import crop_control_images, fit_control_image
+from lienzo.pipelines.metadata import format_parameters, parse_parameters
 from lienzo.pipelines.options import resolve_options
 from tiny_models import TINY_UNET, randomize_parameters, tiny_pipeline_folder, tiny_spec
 
@@ -229,3 +230,35 @@ def test_control_lora_adds_up_down_to_the_base_encoder(tmp_path):
     assert max((state[key] - expected[key]).abs().max().item() for key in expected) < 1e-5
     with pytest.raises(InvalidArgumentError, match="Control-LoRA"):
         read_controlnet(path, base=pipe.spec)
+
+
+def test_a1111_controlnet_fields_parse_with_their_extra_keys():
+    text = (
+        "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15, "
+        'ControlNet 1: "Module: depth_midas, Model: control_v11f1p_sd15_depth [cfd03158], Weight: 0.5, '
+        "Resize Mode: Just Resize, Low Vram: False, Processor Res: 384, Guidance Start: 0.1, "
+        "Guidance End: 0.9, "
+        'Pixel Perfect: True, Control Mode: ControlNet is more important", '
+        'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1, '
+        "Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 100, Threshold B: 200, "
+        "Guidance Start: 0, "
+        'Guidance End: 1, Pixel Perfect: False, Control Mode: Balanced, Hr Option: Both", Version: v1.10.1'
+    )
+    first, second = parse_parameters(text)["controlnets"]
+    assert first == {
+        "module": "canny",
+        "model": "control_v11p_sd15_canny",
+        "model_hash": "d14c016b",
+        "weight": 1.0,
+        "resize_mode": "Crop and Resize",
+        "guidance_start": 0.0,
+        "guidance_end": 1.0,
+        "control_mode": "Balanced",
+        "threshold_a": 100.0,
+        "threshold_b": 200.0,
+    }
+    assert second["model_hash"] == "cfd03158" and second["weight"] == 0.5 and second["threshold_a"] is None
+    assert (second["guidance_start"], second["guidance_end"]) == (0.1, 0.9)
+    assert second["control_mode"] == "ControlNet is more important" and second["resize_mode"] == "Just Resize"
+    written = format_parameters({**parse_parameters(text), "controlnets": [first]})
+    assert parse_parameters(written)["controlnets"] == [first]
