@@ -149,6 +149,7 @@ def test_txt2img_matches_the_python_api_and_saves_comfyui_and_a1111_metadata(env
                                        scheduler="karras", seed=5, progress=False)[0]  # fmt: skip
     assert np.abs(pixels(image) - pixels(reference)).max() <= 1
     assert json.loads(image.info["prompt"]) == txt2img()
+    assert load_workflow(path) == txt2img()
     assert json.loads(image.info["workflow"]) == UI_TXT2IMG
     assert image.info["parameters"].startswith(PROMPT + "\nSteps: 5, Sampler: Euler, Schedule type: Karras")
     assert "Seed: 5, Size: 128x128, Model: shapes-v1" in image.info["parameters"]
