@@ -13,6 +13,7 @@ from PIL import Image
 
 import lienzo
 from controlnet_models import controlnet_file, controlnet_folder, ldm_weights, one_thread, tiny_controlnet
+from lienzo.adapters.patcher import WeightPatch
 from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
 from lienzo.io.controlnet_files import DIFFERENCE_KEY, family_of_weights, read_controlnet
 from lienzo.io.formats import write_safetensors
@@ -81,6 +82,9 @@ def test_difference_file_adds_the_base_unet(tmp_path):
     write_safetensors(
         path, {**{f"control_model.{k}": v for k, v in stored.items()}, DIFFERENCE_KEY: torch.zeros(1)}
     )
+    name = "input_blocks.1.0.in_layers.2.weight"
+    pipe.unet_patcher.add("lora", [WeightPatch((name,), lambda weight: torch.full_like(weight, 0.5))])
+    assert not torch.equal(pipe.unet.state_dict()[name], base[name])
     loaded = pipe.load_controlnet(path)
     assert loaded.layout == "difference"
     state = loaded.model.state_dict()

@@ -74,7 +74,7 @@ def load_controlnet(
     found = read_controlnet(
         path,
         base=None if base is None else base.spec,
-        base_unet=None if base is None else base.unet_patcher.model.state_dict(),
+        base_unet=None if base is None else unpatched_unet_weights(base),
     )
     with torch.device("meta"):
         model = ControlNet(found.config)
@@ -85,15 +85,20 @@ def load_controlnet(
     return LoadedControlNet(model, name, short_hash, found.family, found.layout)
 
 
+def unpatched_unet_weights(pipe) -> dict[str, torch.Tensor]:
+    """The Pipeline's UNet weights without its applied LoRAs (the base difference files and Control-LoRAs
+    were made from)."""
+    patcher = pipe.unet_patcher
+    return {**patcher.model.state_dict(), **{name: weight.data for name, weight in patcher.originals.items()}}
+
+
 def fit_control_image(image: Image.Image, width: int, height: int, resize_mode: str) -> Image.Image:
     """The control image at width x height by A1111's resize modes (see control_units.RESIZE_MODES)."""
     image = image.convert("RGB")
-    if image.size == (width, height) or resize_mode == "just_resize":
-        return (
-            image
-            if image.size == (width, height)
-            else image.resize((width, height), Image.Resampling.LANCZOS)
-        )
+    if image.size == (width, height):
+        return image
+    if resize_mode == "just_resize":
+        return image.resize((width, height), Image.Resampling.LANCZOS)
     scale_x, scale_y = width / image.width, height / image.height
     scale = max(scale_x, scale_y) if resize_mode == "crop_and_resize" else min(scale_x, scale_y)
     new_width, new_height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
