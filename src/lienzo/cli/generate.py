@@ -352,6 +352,7 @@ def run_generation(args: argparse.Namespace) -> int:
     if vae is not None:
         pipe.use_vae(vae)
     warn_on_other_model(record, pipe)
+    settings = pipe.resolve_controlnets(settings)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
         with warnings.catch_warnings():
