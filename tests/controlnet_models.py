@@ -3,6 +3,7 @@ every parameter randomized (zero convolutions included), saved as a diffusers fo
 
 from __future__ import annotations
 
+import atexit
 import functools
 import shutil
 import tempfile
@@ -53,15 +54,11 @@ _ROOT: list[Path] = []
 
 
 def _root() -> Path:
+    """The session's folder for ControlNet files, removed at exit."""
     if not _ROOT:
         _ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-controlnet-")))
+        atexit.register(shutil.rmtree, _ROOT[0], True)
     return _ROOT[0]
-
-
-def cleanup() -> None:
-    """Remove the files this module wrote."""
-    if _ROOT:
-        shutil.rmtree(_ROOT.pop(), ignore_errors=True)
 
 
 @functools.cache
