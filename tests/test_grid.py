@@ -8,6 +8,7 @@ from PIL import Image
 
 from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError, LienzoError
+from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.grid import plan_grid
 from lienzo.pipelines.grid_axes import parse_axis
 from lienzo.pipelines.metadata import parse_parameters, read_parameters
@@ -80,6 +81,12 @@ def test_plan_applies_every_axis_and_checks_before_images():
         plan_grid("a cat", [parse_axis("denoising=0.3")], {})
     with pytest.raises(InvalidArgumentError, match="steps must be 1 or more"):
         plan_grid("a cat", [parse_axis("seed=1")], {"steps": 0})
+
+    unit = ControlUnit("canny", Image.new("RGB", (64, 64)), strength=1.0)
+    controlled = plan_grid("a cat", [parse_axis("controlnet_strength=0,0.5")], {"controlnets": [unit]})
+    assert [cell.settings["controlnets"][0].strength for cell in controlled] == [0.0, 0.5]
+    with pytest.raises(InvalidArgumentError, match="--x controlnet_strength: give a ControlNet unit"):
+        plan_grid("a cat", [parse_axis("controlnet_strength=0,0.5")], {})
 
     def missing(kind, name):
         raise LienzoError(f"no {kind} named {name}")

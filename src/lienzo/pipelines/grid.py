@@ -93,6 +93,10 @@ def _apply(axis: Axis, value: Any, cell: dict, flag: str) -> None:
                 f"{flag} denoising: the strength needs a starting image (--image) or a hires pass "
                 "(--hires-scale)"
             )
+    elif axis.kind == "controlnet_strength":
+        if not settings.get("controlnets"):
+            raise InvalidArgumentError(f"{flag} controlnet_strength: give a ControlNet unit (--controlnet)")
+        settings["controlnets"] = [replace(unit, strength=value) for unit in settings["controlnets"]]
     elif axis.kind == "model":
         cell["model"] = value
     elif axis.kind == "lora":
@@ -169,6 +173,7 @@ def plot_grid(
     if len(parsed) > 3:
         raise InvalidArgumentError(f"a grid has at most three axes (x, y, z), got {len(parsed)}")
     library = pipe.model_library()
+    settings = pipe.resolve_controlnets(settings)
     cells = plan_grid(prompt, parsed, settings, image=image is not None, check_name=library.resolve)
     source = None if image is None else load_image(image)
     loader = load_model or _library_loader(pipe)

@@ -13,6 +13,7 @@
 | `model` (`checkpoint`) | checkpoint names or paths | the model |
 | `lora:NAME` | numbers, ranges | the weight of `<lora:NAME:w>` added to the prompt |
 | `prompt_sr` | texts | the first text, found in the prompt, replaced by each (A1111's Prompt S/R) |
+| `controlnet_strength` | numbers from 0, ranges | the strength of every ControlNet unit given |
 
 Numeric axes take A1111's ranges: `1-5` (every integer), `10-30 (+10)` (a step) and `0-1 [5]` (a count).
 Values split on commas; `prompt_sr` values may be quoted ("a, b",c) as in a CSV line.
@@ -152,6 +153,7 @@ AXIS_PARSERS: dict[str, Callable[[list[str], str, str], list]] = {
     "model": _texts,
     "lora": _numbers(False, None, None, "a LoRA weight (a number)"),
     "prompt_sr": _texts,
+    "controlnet_strength": _numbers(False, 0, None, "a ControlNet strength (a number from 0)"),
 }
 AXIS_TITLES = {
     "seed": "Seed",
@@ -164,6 +166,7 @@ AXIS_TITLES = {
     "clip_skip": "Clip skip",
     "model": "Checkpoint",
     "prompt_sr": "Prompt S/R",
+    "controlnet_strength": "ControlNet strength",
 }
 ALIASES = {"strength": "denoising", "checkpoint": "model", "cfg_scale": "cfg", "clip-skip": "clip_skip"}
 

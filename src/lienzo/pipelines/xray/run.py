@@ -152,7 +152,7 @@ def run_xray(
     are at least `min_map_side` cells on their shorter side (see lienzo.pipelines.xray.capture)."""
     if not prompt or not prompt.strip():
         raise InvalidArgumentError('the prompt is empty: give the prompt to x-ray, e.g. "a red circle"')
-    options = xray_options(pipe, prompt, settings)
+    options = xray_options(pipe, prompt, pipe.resolve_controlnets(settings))
     tokens = token_breakdown(prompt, pipe.clip)
     if not tokens.words:
         raise InvalidArgumentError(
@@ -194,5 +194,6 @@ _GENERATE_FIELDS = (
     "guidance_rescale",
     "sampler_options",
     "vae_tiling",
+    "controlnets",
 )
 """The resolved options handed back to Pipeline.generate."""
