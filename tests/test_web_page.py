@@ -35,6 +35,11 @@ SEED = 3
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
+def save_screenshot(png: bytes, name: str) -> None:
+    """A screenshot for docs/ui.md, in a 128-colour palette to keep the file small."""
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128).save(SCREENSHOTS / name, optimize=True)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -172,7 +177,7 @@ def test_the_page_generates_an_image_the_scorer_accepts_with_previews_and_progre
     assert page.locator("#live-preview").get_attribute("src").startswith("blob:")
     assert page.locator("#progress").evaluate("(bar) => bar.value === bar.max && bar.max === 10")
     assert page.locator("#status").inner_text() == "Done."
-    page.screenshot(path=str(SCREENSHOTS / "ui-txt2img.png"))
+    save_screenshot(page.screenshot(), "ui-txt2img.png")
 
 
 def test_gallery_reuse_fills_the_form_and_a_dropped_png_gives_its_parameters(page):
@@ -279,7 +284,7 @@ def test_inpainting_repaints_only_the_mask_painted_with_the_mouse(page, tmp_path
         page.mouse.up()
     fill_settings(page, "a blue circle on a white background")
     page.get_by_label("Denoising strength").fill("1")
-    page.locator("#image-inputs").screenshot(path=str(SCREENSHOTS / "ui-inpaint-mask.png"))
+    save_screenshot(page.locator("#image-inputs").screenshot(), "ui-inpaint-mask.png")
     page.get_by_role("button", name="Generate").click()
     _, image = result_image(page)
     result = pixels(image)
@@ -309,6 +314,24 @@ def test_outpainting_adds_the_padding_and_keeps_the_original(page, tmp_path):
     result = pixels(image)
     assert np.abs(result[:, :96] - source[:, :96]).mean() < 12
     assert np.abs(result[:, 150:] - 255).mean() < 40
+
+
+def test_the_xray_mode_shows_a_map_per_word_where_the_words_act(page):
+    page.get_by_label("X-ray", exact=True).check()
+    fill_settings(page, PROMPT)
+    page.get_by_role("button", name="Generate").click()
+    circle = page.locator("#xray img[alt='Attention map of \"circle\"']")
+    circle.wait_for(timeout=240_000)
+    page.wait_for_function("[...document.querySelectorAll('#xray img')].every((i) => i.naturalWidth > 0)")
+    words = PROMPT.split()
+    alts = page.locator("#xray .maps img").evaluate_all("(images) => images.map((image) => image.alt)")
+    assert alts == [f'Attention map of "{word}"' for word in words]
+    assert page.locator(f"#xray img[alt='{PROMPT}']").evaluate("(image) => image.naturalWidth") == 128
+    assert page.locator("#xray table.tokens td", has_text="circle</w>").count() == 1
+    values = pixels(Image.open(io.BytesIO(page.request.get(circle.get_attribute("src")).body())).convert("L"))
+    assert values.shape == (128, 128)
+    assert values[:, :64].mean() > values[:, 64:].mean()
+    save_screenshot(page.locator("#xray").screenshot(), "ui-xray.png")
 
 
 def test_cancel_stops_a_long_run(page):

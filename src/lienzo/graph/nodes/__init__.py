@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
-from lienzo.graph.nodes import conditioning, control, images, latents, lienzo_nodes, loaders, sampling, vae
+from lienzo.graph.nodes import (
+    conditioning,
+    control,
+    images,
+    latents,
+    lienzo_nodes,
+    loaders,
+    sampling,
+    vae,
+    xray_node,
+)
 
-__all__ = ["conditioning", "control", "images", "latents", "lienzo_nodes", "loaders", "sampling", "vae"]
+__all__ = [
+    "conditioning",
+    "control",
+    "images",
+    "latents",
+    "lienzo_nodes",
+    "loaders",
+    "sampling",
+    "vae",
+    "xray_node",
+]

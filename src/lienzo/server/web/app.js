@@ -4,6 +4,7 @@ import {
 } from "./api.js";
 import { Gallery } from "./gallery.js";
 import { MaskEditor } from "./mask.js";
+import { renderXray } from "./xray.js";
 import { buildWorkflow, describeError, MAX_PROMPT_CHARS } from "./workflow.js";
 
 const $ = (id) => document.getElementById(id);
@@ -49,7 +50,8 @@ function setMode(value) {
 
 function showModeInputs() {
   const current = mode();
-  $("image-inputs").hidden = current === "txt2img";
+  $("image-inputs").hidden = current === "txt2img" || current === "xray";
+  $("xray-options").hidden = current !== "xray";
   $("mask-tools").hidden = current !== "inpaint";
   $("mask-canvas").hidden = current !== "inpaint";
   $("padding").hidden = current !== "outpaint";
@@ -113,7 +115,8 @@ function readForm() {
       : number("seed", "Seed", { min: 0, max: Number.MAX_SAFE_INTEGER }),
   };
   if (!params.model) throw new InputError("No model is available: put a checkpoint in the models folder.");
-  if (params.mode !== "txt2img") {
+  if (params.mode === "xray") params.every = number("every", "Trajectory interval", { min: 1, max: 1000 });
+  if (["img2img", "inpaint", "outpaint"].includes(params.mode)) {
     if (!source) throw new InputError("Choose a source image first (drop it on the image box or use Source image).");
     params.denoise = number("denoise", "Denoising strength", { min: 0, max: 1, integer: false });
     params.width = source.width;
@@ -146,7 +149,7 @@ async function generate() {
     return;
   }
   try {
-    if (params.mode !== "txt2img") params.image = source.name;
+    if (["img2img", "inpaint", "outpaint"].includes(params.mode)) params.image = source.name;
     if (params.mode === "inpaint") params.mask = await uploadImage(await mask.toBlob(), "lienzo-mask.png");
     const promptId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
     pending.set(promptId, params);
@@ -157,7 +160,9 @@ async function generate() {
       pending.delete(promptId);
       throw error;
     });
-    $("status").textContent = pending.size > 1 ? `Queued (${pending.size} waiting).` : "Queued.";
+    if (running !== promptId && pending.has(promptId)) {
+      $("status").textContent = pending.size > 1 ? `Queued (${pending.size} waiting).` : "Queued.";
+    }
   } catch (error) {
     report(error);
   } finally {
@@ -190,6 +195,9 @@ async function finished(promptId) {
   const entry = history[promptId];
   if (!entry) return;
   gallery.add(promptId, entry, true);
+  const xray = Object.values(entry.outputs || {}).find((output) => output.xray);
+  if (xray) renderXray($("xray"), xray.xray[0]);
+  else $("xray").hidden = true;
   if (entry.status && entry.status.completed) {
     $("status").textContent = "Done.";
     $("progress").value = $("progress").max;

@@ -17,6 +17,7 @@ export const NODE_LABELS = {
   sampler: "Sampling",
   decode: "Decoding",
   save: "Saving",
+  xray: "X-ray",
 };
 
 // The <lora:name:weight> tags of a prompt, and the prompt without them (LoraLoader nodes apply them).
@@ -30,7 +31,20 @@ export function splitLoras(prompt) {
   return { text: text.replace(/\s+,/g, ",").replace(/\s{2,}/g, " ").trim(), loras };
 }
 
+// The X-ray mode: LienzoXRay on the checkpoint; its prompt keeps its tags (the x-ray lists and applies them).
+function xrayWorkflow(params) {
+  return {
+    model: node("CheckpointLoaderSimple", { ckpt_name: params.model }),
+    xray: node("LienzoXRay", {
+      model: ["model", 0], text: params.prompt, negative: params.negative, seed: params.seed,
+      steps: params.steps, cfg: params.cfg, sampler_name: params.sampler, scheduler: params.scheduler,
+      width: params.width, height: params.height, every: params.every, filename_prefix: "lienzo",
+    }),
+  };
+}
+
 export function buildWorkflow(params) {
+  if (params.mode === "xray") return xrayWorkflow(params);
   const { text, loras } = splitLoras(params.prompt);
   const negative = splitLoras(params.negative).text;
   const prompt = { model: node("CheckpointLoaderSimple", { ckpt_name: params.model }) };
