@@ -133,7 +133,7 @@ def _pieces(
                 slot = embeddings.resolve(part)
                 if slot is not None:
                     word_texts.append(f"embedding:{part.name}")
-                    yield _Piece((), (), slot.name)
+                    yield _Piece((), (len(word_texts) - 1,), slot.name)
                 continue
             encoding = tokenizer.backend.encode(part, add_special_tokens=False)
             words: list[int | None] = []
