@@ -32,8 +32,9 @@ GRID_EPILOG = """examples:
 
 Axes: seed, sampler, scheduler, steps, cfg, size (WxH), denoising (with --image or --hires-scale),
 clip_skip, model, lora:NAME (the weight of <lora:NAME:w> added to the prompt), prompt_sr (the first value
-is replaced in the prompt by each value). Ranges: 1-5, "10-30 (+10)", "0-1 [5]". Writes grid.png (or
-grid-NN.png per Z value) and images/, each image with its parameters.
+is replaced in the prompt by each value), controlnet_strength (every --controlnet unit's).
+Ranges: 1-5, "10-30 (+10)", "0-1 [5]". Writes grid.png (or grid-NN.png per Z value) and images/, each
+image with its parameters.
 """
 REFUSED_FLAGS = {"prompt_file": "--prompt-file", "preview_every": "--preview-every"}
 
