@@ -334,6 +334,23 @@ def test_the_xray_mode_shows_a_map_per_word_where_the_words_act(page):
     save_screenshot(page.locator("#xray").screenshot(), "ui-xray.png")
 
 
+def test_the_grid_mode_draws_an_xy_plot_and_refuses_a_bad_axis(page):
+    page.get_by_label("Grid", exact=True).check()
+    fill_settings(page, PROMPT, steps=4)
+    page.get_by_label("X axis").fill("cfg=3,lots")
+    page.get_by_role("button", name="Generate").click()
+    text = message(page)
+    assert "cfg" in text and "lots" in text and "Traceback" not in text
+    page.get_by_label("X axis").fill("cfg=3,9")
+    page.get_by_label("Y axis").fill("seed=1,2")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=240_000)
+    alt, image = result_image(page)
+    assert alt == PROMPT
+    assert image.width > 2 * 128 and image.height > 2 * 128
+    save_screenshot(page.locator("#results").screenshot(), "ui-grid.png")
+
+
 def test_cancel_stops_a_long_run(page):
     fill_settings(page, PROMPT, steps=150)
     page.get_by_role("button", name="Generate").click()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lienzo.graph.nodes import (
     conditioning,
     control,
+    grid_node,
     images,
     latents,
     lienzo_nodes,
@@ -17,6 +18,7 @@ from lienzo.graph.nodes import (
 __all__ = [
     "conditioning",
     "control",
+    "grid_node",
     "images",
     "latents",
     "lienzo_nodes",

@@ -16,10 +16,10 @@ XRAY_FOLDER = "xray"
 PIXELS = {"default": 512, "min": 64, "max": 4096, "step": 8}
 
 
-def reserve_folder(output_dir: Path, prefix: str) -> tuple[Path, str]:
-    """A new folder `xray/{prefix}_{counter:05}` in the output folder (made exclusively) and its sub-folder
-    name for /view."""
-    target, subfolder, stem = save_path(output_dir, f"{XRAY_FOLDER}/{prefix}")
+def reserve_folder(output_dir: Path, kind: str, prefix: str) -> tuple[Path, str]:
+    """A new folder `{kind}/{prefix}_{counter:05}` in the output folder (made exclusively) and its
+    sub-folder name for /view."""
+    target, subfolder, stem = save_path(output_dir, f"{kind}/{prefix}")
     target.mkdir(parents=True, exist_ok=True)
     counter = len(list(target.glob(f"{stem}_*"))) + 1
     while True:
@@ -60,7 +60,7 @@ def xray(
         width=width,
         height=height,
     )
-    folder, subfolder = reserve_folder(context.environment.output_dir, filename_prefix)
+    folder, subfolder = reserve_folder(context.environment.output_dir, XRAY_FOLDER, filename_prefix)
     result.save(folder)
     maps_folder = f"{subfolder}/{ATTENTION_FOLDER}"
     entry = {

@@ -15,6 +15,8 @@ let running = null;
 let source = null;
 let previewUrl = null;
 
+const IMAGE_MODES = ["img2img", "inpaint", "outpaint"];
+
 class InputError extends Error {}
 
 function showMessage(lines) {
@@ -50,7 +52,8 @@ function setMode(value) {
 
 function showModeInputs() {
   const current = mode();
-  $("image-inputs").hidden = current === "txt2img" || current === "xray";
+  $("image-inputs").hidden = !IMAGE_MODES.includes(current);
+  $("grid-options").hidden = current !== "grid";
   $("xray-options").hidden = current !== "xray";
   $("mask-tools").hidden = current !== "inpaint";
   $("mask-canvas").hidden = current !== "inpaint";
@@ -115,8 +118,12 @@ function readForm() {
       : number("seed", "Seed", { min: 0, max: Number.MAX_SAFE_INTEGER }),
   };
   if (!params.model) throw new InputError("No model is available: put a checkpoint in the models folder.");
+  if (params.mode === "grid") {
+    params.axes = ["x-axis", "y-axis", "z-axis"].map((id) => $(id).value.trim());
+    if (!params.axes[0]) throw new InputError("Give the grid an X axis, e.g. cfg=3,7,11.");
+  }
   if (params.mode === "xray") params.every = number("every", "Trajectory interval", { min: 1, max: 1000 });
-  if (["img2img", "inpaint", "outpaint"].includes(params.mode)) {
+  if (IMAGE_MODES.includes(params.mode)) {
     if (!source) throw new InputError("Choose a source image first (drop it on the image box or use Source image).");
     params.denoise = number("denoise", "Denoising strength", { min: 0, max: 1, integer: false });
     params.width = source.width;
@@ -149,7 +156,7 @@ async function generate() {
     return;
   }
   try {
-    if (["img2img", "inpaint", "outpaint"].includes(params.mode)) params.image = source.name;
+    if (IMAGE_MODES.includes(params.mode)) params.image = source.name;
     if (params.mode === "inpaint") params.mask = await uploadImage(await mask.toBlob(), "lienzo-mask.png");
     const promptId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
     pending.set(promptId, params);

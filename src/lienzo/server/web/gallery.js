@@ -26,7 +26,9 @@ export function summary(params) {
   const parts = SUMMARY_FIELDS.filter(([key]) => params[key] !== undefined && params[key] !== null)
     .map(([key, label]) => `${label}: ${params[key]}`);
   if (params.width && params.height) parts.push(`Size: ${params.width}×${params.height}`);
-  if (params.mode && params.mode !== "txt2img") parts.push(`Mode: ${params.mode}`, `Denoise: ${params.denoise}`);
+  if (params.mode && params.mode !== "txt2img") parts.push(`Mode: ${params.mode}`);
+  if (params.denoise !== undefined && params.denoise !== 1) parts.push(`Denoise: ${params.denoise}`);
+  if (params.axes) parts.push(`Axes: ${params.axes.filter(Boolean).join(" × ")}`);
   return parts.join(", ");
 }
 

@@ -18,6 +18,7 @@ export const NODE_LABELS = {
   decode: "Decoding",
   save: "Saving",
   xray: "X-ray",
+  grid: "Grid",
 };
 
 // The <lora:name:weight> tags of a prompt, and the prompt without them (LoraLoader nodes apply them).
@@ -43,8 +44,22 @@ function xrayWorkflow(params) {
   };
 }
 
+// The Grid mode: LienzoGrid on the checkpoint (its prompt keeps its tags; the grid applies them per cell).
+function gridWorkflow(params) {
+  const [xAxis, yAxis, zAxis] = params.axes;
+  return {
+    model: node("CheckpointLoaderSimple", { ckpt_name: params.model }),
+    grid: node("LienzoGrid", {
+      model: ["model", 0], text: params.prompt, negative: params.negative, x_axis: xAxis, y_axis: yAxis,
+      z_axis: zAxis, seed: params.seed, steps: params.steps, cfg: params.cfg, sampler_name: params.sampler,
+      scheduler: params.scheduler, width: params.width, height: params.height, filename_prefix: "lienzo",
+    }),
+  };
+}
+
 export function buildWorkflow(params) {
   if (params.mode === "xray") return xrayWorkflow(params);
+  if (params.mode === "grid") return gridWorkflow(params);
   const { text, loras } = splitLoras(params.prompt);
   const negative = splitLoras(params.negative).text;
   const prompt = { model: node("CheckpointLoaderSimple", { ckpt_name: params.model }) };
