@@ -12,10 +12,12 @@ from safetensors import safe_open
 import lienzo
 import lienzo.training.lora
 from lienzo.cli import main
+from lienzo.diffusion import Conditioning
 from lienzo.io.formats import write_safetensors
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.loras import resolve_lora
 from lienzo.recipes.fine_tuning import write_concept_folder
+from lienzo.training.gradient_checkpointing import checkpoint_unet
 from lienzo.training.lora import adapter_state_dict
 from lienzo.training.lora_network import NETWORKS, NetworkConfig, text_network, unet_network
 from test_generate_parity import TOLERANCE, lienzo_setup, reference_latents, reference_pipeline
@@ -147,3 +149,24 @@ def test_a_full_disk_is_a_clear_error_and_the_saved_state_resumes(stars, tmp_pat
     assert torch.load(state, weights_only=True)["step"] == 1
     monkeypatch.undo()
     assert main([*arguments, "--steps", "2", "--resume"]) == 0 and out.is_file()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
+        pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+        if checkpointed:
+            checkpoint_unet(pipe.unet)
+            assert all(
+                "forward" in vars(block) for block in (*pipe.unet.input_blocks, pipe.unet.middle_block)
+            )
+        network = trained_networks(pipe, NetworkConfig("locon", rank=2))["unet"]
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, 8, 8, generator=generator)
+        context = torch.randn(2, 77, 32, generator=generator)
+        network(x, torch.tensor([10.0, 500.0]), Conditioning(context)).square().mean().backward()
+        return {name: param.grad.clone() for name, param in network.named_parameters()}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6)
