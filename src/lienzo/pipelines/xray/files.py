@@ -24,7 +24,7 @@ img { image-rendering: pixelated; }
 table { border-collapse: collapse; margin: 0.4em 0; } td, th { border: 1px solid #ccc; padding: 2px 6px; }
 .maps { display: flex; flex-wrap: wrap; gap: 12px; } .maps figure { margin: 0; text-align: center; }
 .maps img { width: 160px; height: auto; border: 1px solid #999; }
-.weighted { background: #fff3c4; } .embedding { background: #d8ecff; } .special { color: #888; }
+.weighted { background: #fff3c4; } .embedding { background: #d8ecff; }
 """
 
 
