@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import socket
 import subprocess
@@ -36,7 +37,10 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 def save_screenshot(png: bytes, name: str) -> None:
-    """A screenshot for docs/ui.md, in a 128-colour palette to keep the file small."""
+    """A screenshot for docs/ui.md, in a 128-colour palette to keep the file small; written only when
+    LIENZO_UI_SCREENSHOTS=1, so an ordinary run leaves the docs alone."""
+    if os.environ.get("LIENZO_UI_SCREENSHOTS") != "1":
+        return
     Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128).save(SCREENSHOTS / name, optimize=True)
 
 
@@ -237,6 +241,8 @@ def test_every_control_is_labelled_and_tab_reaches_generate(page):
             .map((control) => control.id || control.name)"""
     )
     assert unlabelled == []
+    link = page.get_by_role("link", name="Node editor").get_attribute("href")
+    assert link.endswith(f"/comfyui/?token={TOKEN}")
     page.get_by_label("Prompt", exact=True).focus()
     for _ in range(40):
         page.keyboard.press("Tab")

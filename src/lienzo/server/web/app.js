@@ -1,6 +1,6 @@
 // The page: the form, the queue of this page's prompts, live progress and previews, and error messages.
 import {
-  ApiError, blobToBase64, clientId, connectSocket, getJson, postJson, uploadImage, viewUrl,
+  ApiError, apiUrl, blobToBase64, clientId, connectSocket, getJson, postJson, uploadImage, viewUrl,
 } from "./api.js";
 import { Gallery } from "./gallery.js";
 import { MaskEditor } from "./mask.js";
@@ -371,6 +371,7 @@ function wireEvents() {
 }
 
 async function start() {
+  $("node-editor").href = apiUrl("comfyui/");
   wireEvents();
   showModeInputs();
   connectSocket(onMessage, onPreview);
