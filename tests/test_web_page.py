@@ -357,14 +357,26 @@ def test_the_grid_mode_draws_an_xy_plot_and_refuses_a_bad_axis(page):
     save_screenshot(page.locator("#results").screenshot(), "ui-grid.png")
 
 
-def test_cancel_stops_a_long_run(page):
+def test_cancel_stops_the_running_prompt_and_deletes_the_queued_one(page, server):
     fill_settings(page, PROMPT, steps=150)
     page.get_by_role("button", name="Generate").click()
+    page.get_by_role("button", name="Generate").click()
     page.wait_for_function("document.getElementById('progress').value >= 2", timeout=120_000)
+    queue = page.request.get(f"{server}/queue?token={TOKEN}").json()
+    assert len(queue["queue_running"]) == 1 and len(queue["queue_pending"]) == 1
+    waiting = queue["queue_pending"][0][1]
     page.get_by_role("button", name="Cancel").click()
     page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
     page.wait_for_function("document.getElementById('cancel').disabled")
     assert page.locator("#progress").evaluate("(bar) => bar.value < 150")
+    page.wait_for_function(
+        f"""async () => {{
+            const queue = await (await fetch("/queue?token={TOKEN}")).json();
+            return queue.queue_running.length === 0 && queue.queue_pending.length === 0;
+        }}""",
+        timeout=60_000,
+    )
+    assert page.request.get(f"{server}/history/{waiting}?token={TOKEN}").json() == {}
 
 
 @pytest.mark.parametrize(
