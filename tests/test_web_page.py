@@ -184,7 +184,7 @@ def test_the_page_generates_an_image_the_scorer_accepts_with_previews_and_progre
     save_screenshot(page.screenshot(), "ui-txt2img.png")
 
 
-def test_gallery_reuse_fills_the_form_and_a_dropped_png_gives_its_parameters(page):
+def test_gallery_reuse_and_send_to_img2img_and_a_dropped_png_gives_its_parameters(page):
     figure = page.locator("#gallery figure", has=page.locator(f"img[alt='{PROMPT}']")).first
     figure.wait_for()
     page.get_by_label("Prompt", exact=True).fill("something else")
@@ -212,6 +212,11 @@ def test_gallery_reuse_fills_the_form_and_a_dropped_png_gives_its_parameters(pag
     page.wait_for_function(f"document.getElementById('prompt').value === {PROMPT!r}")
     assert page.get_by_label("Width").input_value() == "128"
     assert page.get_by_label("Sampler").input_value() == "euler"
+
+    figure.get_by_role("button", name="Send to img2img").click()
+    page.wait_for_function("document.getElementById('source-preview').naturalWidth === 128")
+    assert page.get_by_label("Image to image").is_checked()
+    assert page.locator("#image-inputs").is_visible()
 
 
 def test_the_pickers_insert_tags_and_a_picked_lora_changes_the_image(page):

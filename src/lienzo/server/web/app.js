@@ -307,9 +307,9 @@ async function readPngParameters(file) {
 }
 
 async function sendToImg2img(image) {
+  setMode("img2img");
   const response = await fetch(viewUrl(image));
   await loadSource(await response.blob(), image.filename);
-  setMode("img2img");
   $("prompt").focus();
 }
 
