@@ -217,7 +217,9 @@ function onMessage(message) {
   const ours = data.prompt_id && pending.has(data.prompt_id);
   if (message.type === "status") {
     const left = data.status && data.status.exec_info ? data.status.exec_info.queue_remaining : 0;
-    if (!pending.size) $("status").textContent = left ? `Server queue: ${left}.` : $("status").textContent;
+    // Other clients' work, shown while this page has nothing of its own to report.
+    const idle = /^(Ready|Server queue)/.test($("status").textContent);
+    if (!pending.size && idle) $("status").textContent = left ? `Server queue: ${left}.` : "Ready.";
   } else if (!ours) {
     return;
   } else if (message.type === "execution_start") {
