@@ -33,8 +33,31 @@ from lienzo.worlds.evaluate import contact_sheet, evaluate, evaluation_prompts
 from lienzo.worlds.scorer import score as score_image
 from lienzo.worlds.shapes import caption, render
 
-METHOD_FILES = {"lora": "star.safetensors", "textual-inversion": "star.pt"}
-METHOD_ARGUMENTS = {"lora": [], "textual-inversion": ["--token", "star", "--init-word", "square"]}
+METHOD_FILES = {
+    "lora": "star.safetensors",
+    "textual-inversion": "star.pt",
+    "dreambooth": "star-model",
+    "dreambooth-no-prior": "star-model",
+    "hypernetwork": "star.pt",
+}
+METHOD_ARGUMENTS = {
+    "lora": [],
+    "textual-inversion": ["--token", "star", "--init-word", "square"],
+    "dreambooth": ["--instance-prompt", "a star"],
+    "dreambooth-no-prior": ["--instance-prompt", "a star"],
+    "hypernetwork": [],
+}
+COMMANDS = {"dreambooth-no-prior": "dreambooth"}
+"""Proof variants that run another method's command (DreamBooth without its class images)."""
+CLASS_PROMPTS = 50
+"""DreamBooth's class prompts: one-object base-world captions (none of them a test prompt), in turn."""
+
+
+def class_prompt_arguments(out: Path) -> list[str]:
+    """`--class-prompt @FILE` with CLASS_PROMPTS base-world captions written to OUT/class_prompts.txt."""
+    path = out / "class_prompts.txt"
+    path.write_text("\n".join(evaluation_prompts(CLASS_PROMPTS, seed=11, kind="single")) + "\n")
+    return ["--class-prompt", f"@{path}"]
 
 
 def train(method: str, data: Path, out: Path) -> float:
@@ -49,18 +72,23 @@ def train(method: str, data: Path, out: Path) -> float:
         "--quiet",
         *METHOD_ARGUMENTS[method],
     ]
-    status = main(["train", method, *arguments])
+    if method == "dreambooth":
+        arguments += class_prompt_arguments(out.parent.parent)
+    status = main(["train", COMMANDS.get(method, method), *arguments])
     if status:
         raise SystemExit(f"lienzo train {method} failed with status {status}")
     return time.perf_counter() - started
 
 
 def score(method: str, adapter: Path, prompts: list[str], sheet: Path | None) -> float:
-    """Share of prompts the scorer matches, generated with the adapter loaded (seed i for prompt i)."""
-    pipe = load()
+    """Share of prompts the scorer matches, generated with the adapter loaded, or with the trained model for
+    DreamBooth (seed i for prompt i)."""
+    pipe = load(adapter if method.startswith("dreambooth") else None)
     if method == "lora":
         pipe.loras.add(str(adapter), 1.0)
-    else:
+    elif method == "hypernetwork":
+        pipe.hypernetworks.add(adapter, 1.0)
+    elif method == "textual-inversion":
         pipe.embeddings = load_embeddings(adapter)
     generate = lambda prompt, seed: pipe.generate(prompt, seed=seed, progress=False)[0]  # noqa: E731
     report = evaluate(generate, prompts, list(range(len(prompts))))

@@ -53,6 +53,9 @@ def add_dreambooth_arguments(parser: argparse.ArgumentParser) -> None:
     )
     method.add_argument("--prior-loss-weight", type=float, default=1.0, help="weight of the class loss (1)")
     method.add_argument(
+        "--class-steps", type=int, help="sampling steps of the class images (default: the model's)"
+    )
+    method.add_argument(
         "--class-cache", type=Path, help=f"folder of cached class images ({default_class_cache()})"
     )
     add_training_arguments(parser, DREAMBOOTH_DEFAULTS)
@@ -91,6 +94,7 @@ def run_train_dreambooth(args: argparse.Namespace) -> int:
             class_prompts=prompts,
             class_image_count=args.class_images,
             class_cache=args.class_cache,
+            class_steps=args.class_steps,
             resume=args.resume,
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,10 +26,36 @@ def default_class_cache() -> Path:
     return Path(root) / "lienzo" / "class-images"
 
 
-def class_image_key(identity: str, prompts: Sequence[str], count: int, size: int) -> str:
-    """The cache folder's name: a hash of the model identity, the class prompts, the count and the size."""
-    text = "\n".join([identity, *prompts, f"count={count}", f"size={size}"])
+def class_image_key(
+    identity: str, prompts: Sequence[str], count: int, size: int, steps: int | None = None
+) -> str:
+    """The cache folder's name: a hash of the model identity, the class prompts, the count, the size and
+    the sampling steps (None: the model's default)."""
+    text = "\n".join([identity, *prompts, f"count={count}", f"size={size}", f"steps={steps}"])
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_DIGITS]
+
+
+def class_image_folder(
+    identity: str, prompts: Sequence[str], count: int, size: int, cache: Path, steps: int | None = None
+) -> Path:
+    """Where the class images of these settings are cached (the prompts and count checked first)."""
+    if count < 1:
+        raise InvalidArgumentError(f"--class-images must be at least 1 with a class prompt, got {count}")
+    if not prompts or not all(prompt.strip() for prompt in prompts):
+        raise InvalidArgumentError("a class prompt is empty; give --class-prompt a description of the class")
+    return cache / class_image_key(identity, prompts, count, size, steps)
+
+
+def is_complete(folder: Path, count: int) -> bool:
+    """Whether `folder` holds all `count` class images."""
+    return folder.is_dir() and len(list(folder.glob(f"*{CLASS_IMAGE_SUFFIX}"))) == count
+
+
+def wait_for_class_images(folder: Path, count: int, poll_seconds: float = 2.0) -> Path:
+    """Wait until another process (rank 0 under torchrun) has put the complete folder in place."""
+    while not is_complete(folder, count):
+        time.sleep(poll_seconds)
+    return folder
 
 
 def class_prompt_for(prompts: Sequence[str], index: int) -> str:
@@ -44,24 +71,22 @@ def class_images(
     size: int,
     cache: Path,
     *,
+    steps: int | None = None,
     progress: bool = True,
 ) -> Path:
     """The folder of `count` class images (`00000.png` with its prompt in `00000.txt`), image i drawn from
-    prompt i mod len(prompts) with seed i at the model's default settings; an existing complete folder for
-    the same key is reused, a new one appears only complete (staged, then renamed)."""
-    if count < 1:
-        raise InvalidArgumentError(f"--class-images must be at least 1 with a class prompt, got {count}")
-    if not prompts or not all(prompt.strip() for prompt in prompts):
-        raise InvalidArgumentError("a class prompt is empty; give --class-prompt a description of the class")
-    folder = cache / class_image_key(identity, prompts, count, size)
-    if folder.is_dir() and len(list(folder.glob(f"*{CLASS_IMAGE_SUFFIX}"))) == count:
+    prompt i mod len(prompts) with seed i at the model's default settings (`steps` sampling steps when
+    given); an existing complete folder for the same key is reused, a new one appears only complete
+    (staged, then renamed)."""
+    folder = class_image_folder(identity, prompts, count, size, cache, steps)
+    if is_complete(folder, count):
         return folder
     cache.mkdir(parents=True, exist_ok=True)
     with staged_output(folder) as staged:
         staged.mkdir()
         for index in tqdm(range(count), desc="class images", disable=not progress, unit="img"):
             prompt = class_prompt_for(prompts, index)
-            image = pipe.generate(prompt, width=size, height=size, seed=index, progress=False)[0]
+            image = pipe.generate(prompt, width=size, height=size, seed=index, steps=steps, progress=False)[0]
             image.save(staged / f"{index:05d}{CLASS_IMAGE_SUFFIX}")
             (staged / f"{index:05d}.txt").write_text(prompt + "\n", encoding="utf-8")
     return folder

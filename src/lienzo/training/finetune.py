@@ -54,11 +54,11 @@ def model_run_folder(out: Path) -> Path:
 
 
 def check_model_output(out: Path, resume: bool) -> None:
-    """Before any training: the output's folder exists, and an existing output is only rewritten on resume."""
-    if not out.parent.is_dir():
-        raise InvalidArgumentError(
-            f"the folder {out.parent} does not exist; create it or choose another --out"
-        )
+    """Before any training: the output's folder is a folder (or can be made), and an existing output is
+    only rewritten on resume."""
+    existing = next(parent for parent in out.parents if parent.exists())
+    if not existing.is_dir():
+        raise InvalidArgumentError(f"{existing} is a file, not a folder; choose another --out")
     if out.exists() and not resume:
         raise InvalidArgumentError(f"{out} already exists; choose another --out, remove it, or add --resume")
 
@@ -102,6 +102,7 @@ def train_model_weights(
     if result.ema is not None:
         result.ema.copy_to(objective.trainable)
     if is_main_process():
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_model(
             trained_model_files(model),
             out,

@@ -179,6 +179,19 @@ class HypernetworkObjective:
         return self.base.loss(batch, generator, {"unet": networks["hypernetwork"]})
 
 
+def without_dropout(network: Hypernetwork, sample_fn: SampleFn) -> SampleFn:
+    """`sample_fn` run with the networks in eval mode (no dropout), as a loaded file runs."""
+
+    def sample(step: int, folder: Path) -> None:
+        network.eval()
+        try:
+            sample_fn(step, folder)
+        finally:
+            network.train()
+
+    return sample
+
+
 @dataclass(frozen=True)
 class HypernetworkConfig:
     """A hypernetwork run: the networks' settings and the widths to train (None: every attention width)."""
@@ -217,7 +230,7 @@ def train_hypernetwork(
             folder,
             resume=resume,
             device=device,
-            sample_fn=sample_fn,
+            sample_fn=sample_fn and without_dropout(network, sample_fn),
         )
     finally:
         objective.hooked.remove_hooks()
