@@ -19,6 +19,7 @@ from lienzo.recipes.dreambooth import run_dreambooth
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.dreambooth import DreamBoothConfig
 from lienzo.training.finetune import check_model_output
+from lienzo.training.method_run import is_main_process
 
 DREAMBOOTH_DEFAULTS = MethodDefaults(steps=400, batch_size=8, learning_rate=1e-4)
 DEFAULT_CLASS_IMAGES = 100
@@ -99,5 +100,6 @@ def run_train_dreambooth(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    print(f"model written to {args.out} in {time.perf_counter() - started:.0f} s")
+    if is_main_process():
+        print(f"model written to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0

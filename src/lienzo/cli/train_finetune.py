@@ -14,6 +14,7 @@ from lienzo.cli.train_arguments import (
 )
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.finetune import SAVE_PRECISIONS, FinetuneConfig, check_model_output, train_finetune
+from lienzo.training.method_run import is_main_process
 
 FINETUNE_DEFAULTS = MethodDefaults(steps=500, batch_size=8, learning_rate=5e-5)
 DEFAULT_EMA_DECAY = 0.999
@@ -77,5 +78,6 @@ def run_train_finetune(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    print(f"model written to {args.out} in {time.perf_counter() - started:.0f} s")
+    if is_main_process():
+        print(f"model written to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -18,7 +18,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.io.hypernetwork_writer import WEIGHT_INITIALIZATIONS, HypernetworkSettings
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.hypernetwork_training import HypernetworkConfig, train_hypernetwork
-from lienzo.training.method_run import check_output_file
+from lienzo.training.method_run import check_output_file, is_main_process
 
 HYPERNETWORK_DEFAULTS = MethodDefaults(steps=600, batch_size=8, learning_rate=1e-3)
 
@@ -100,5 +100,6 @@ def run_train_hypernetwork(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    print(f"hypernetwork written to {args.out} in {time.perf_counter() - started:.0f} s")
+    if is_main_process():
+        print(f"hypernetwork written to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
