@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lienzo.cli.train_controlnet import CONTROLNET_EPILOG, add_controlnet_arguments, run_train_controlnet
 from lienzo.cli.train_dreambooth import DREAMBOOTH_EPILOG, add_dreambooth_arguments, run_train_dreambooth
 from lienzo.cli.train_finetune import FINETUNE_EPILOG, add_finetune_arguments, run_train_finetune
 from lienzo.cli.train_hypernetwork import (
@@ -29,6 +30,7 @@ TRAIN_EPILOG = """methods:
   dreambooth           the whole UNet on a concept, with prior preservation (a model)
   hypernetwork         A1111 hypernetwork (.pt)
   finetune             the whole UNet, optionally the text encoder and EMA (a model)
+  controlnet           a ControlNet for the model (diffusers folder)
 
 Run `lienzo train METHOD --help` for a method's options.
 """
@@ -130,6 +132,13 @@ METHODS = [
         add_finetune_arguments,
         run_train_finetune,
         FINETUNE_EPILOG,
+    ),
+    TrainMethod(
+        "controlnet",
+        "train a ControlNet on images and their control images",
+        add_controlnet_arguments,
+        run_train_controlnet,
+        CONTROLNET_EPILOG,
     ),
 ]
 

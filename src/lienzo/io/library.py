@@ -28,6 +28,11 @@ BUILTIN_FOLDER = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1
 """The built-in model's diffusers folder (the same folder as lienzo.pipelines.pipeline.BUILTIN_MODEL)."""
 BUILTIN_NAME = "shapes-v1"
 """The built-in model's checkpoint name."""
+BUILTIN_MODELS: dict[str, tuple[str, Path]] = {
+    "checkpoints": (BUILTIN_NAME, BUILTIN_FOLDER),
+    "controlnet": ("shapes-v1-canny", BUILTIN_FOLDER.parent / "shapes-v1-canny"),
+}
+"""The built-in models by kind: their name and diffusers folder (the canny ControlNet for shapes-v1)."""
 
 KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints", "Stable-diffusion"),
@@ -253,9 +258,10 @@ class ModelLibrary:
             for parts in sorted(groups):
                 files = sorted(groups[parts], key=lambda item: (ranking.index(item[0]), str(item[1])))
                 candidates.append(_Candidate(order, folder, parts, tuple(files)))
-        if kind == "checkpoints" and self.builtin and is_folder_model(BUILTIN_FOLDER, kind):
-            builtin = ((FOLDER_MODEL, BUILTIN_FOLDER),)
-            candidates.append(_Candidate(len(folders), BUILTIN_FOLDER.parent, (BUILTIN_NAME,), builtin))
+        name, folder = BUILTIN_MODELS.get(kind, (None, None))
+        if folder is not None and self.builtin and is_folder_model(folder, kind):
+            builtin = ((FOLDER_MODEL, folder),)
+            candidates.append(_Candidate(len(folders), folder.parent, (name,), builtin))
         return candidates
 
     def _not_found_message(self, kind: str, text: str, candidates: list[_Candidate]) -> str:
@@ -265,8 +271,8 @@ class ModelLibrary:
             for folder in self.folders(kind)
         )
         message = f"no {KIND_LABELS[kind]} named {text!r}; searched {searched}"
-        if kind == "checkpoints" and self.builtin:
-            message += f" and the built-in {BUILTIN_NAME}"
+        if kind in BUILTIN_MODELS and self.builtin and BUILTIN_MODELS[kind][1].is_dir():
+            message += f" and the built-in {BUILTIN_MODELS[kind][0]}"
         known = {candidate.name for candidate in candidates}
         known |= {candidate.parts[-1] for candidate in candidates}
         close = difflib.get_close_matches(text, sorted(known), n=5, cutoff=0.6)

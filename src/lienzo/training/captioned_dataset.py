@@ -19,6 +19,9 @@ from lienzo.training.image_folder import CAPTION_SUFFIX, IMAGE_SUFFIXES, unreada
 REPEATS_FOLDER = re.compile(r"(\d+)_(.+)")
 """kohya's `<repeats>_<name>` sub-folder, e.g. `10_star`: its images count ten times per epoch."""
 EXAMPLES = 10
+CONTROL_IMAGE_SUFFIX = ".control.png"
+"""A ControlNet training set's control image beside its image (`name.png` + `name.control.png`): not an
+image to train on."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class Example:
 
 
 def image_files(folder: Path, repeats: int) -> list[tuple[Path, int]]:
-    """(image, repeats) for the folder's images and those of its kohya `N_name` sub-folders."""
+    """(image, repeats) for the folder's images and those of its kohya `N_name` sub-folders (control images
+    left out)."""
     found = [(path, repeats) for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     for sub in sorted(path for path in folder.iterdir() if path.is_dir()):
         match = REPEATS_FOLDER.fullmatch(sub.name)
@@ -68,7 +72,11 @@ def image_files(folder: Path, repeats: int) -> list[tuple[Path, int]]:
             found += [
                 (path, count) for path in sorted(sub.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES
             ]
-    return [(path, count) for path, count in found if path.is_file() and count > 0]
+    return [
+        (path, count)
+        for path, count in found
+        if path.is_file() and count > 0 and not path.name.lower().endswith(CONTROL_IMAGE_SUFFIX)
+    ]
 
 
 def read_examples(config: DataConfig) -> list[Example]:

@@ -1,0 +1,147 @@
+"""ControlNet training: a new ControlNet copies the UNet's encoder and changes nothing until trained;
+`lienzo train controlnet` trains, samples, resumes and writes a folder `--controlnet` loads; control images
+come from `name.control.png` or the cached preprocessor; bad input stops before any output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lienzo
+import lienzo.training.control_images
+from lienzo.cli import main
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.control_units import ControlUnit
+from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet
+from lienzo.pipelines.preprocessors import canny
+from lienzo.training.captioned_dataset import CaptionedDataset, DataConfig
+from lienzo.training.control_images import control_paths
+from lienzo.training.controlnet_training import new_controlnet
+from lienzo.worlds.shapes import caption, render, sample_scene
+from tiny_models import tiny_pipeline_folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_scenes(folder, count: int, *, pairs: bool = False, seed: int = 0):
+    """`count` captioned world scenes; with `pairs` each with its canny map as NAME.control.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        scene = sample_scene(rng)
+        image = render(scene)
+        image.save(folder / f"{index:02d}.png")
+        (folder / f"{index:02d}.txt").write_text(caption(scene, rng))
+        if pairs:
+            canny(image).save(folder / f"{index:02d}.control.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_scenes(tmp_path_factory.mktemp("scenes"), 4)
+
+
+def test_a_new_controlnet_copies_the_encoder_and_changes_nothing():
+    pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    controlnet = new_controlnet(pipe.unet, pipe.spec.vae.downscale_factor)
+    unet = pipe.unet.state_dict()
+    copied = [key for key in controlnet.state_dict() if key in unet]
+    assert any(key.startswith("input_blocks.") for key in copied) and any(
+        "middle_block." in k for k in copied
+    )
+    for key in copied:
+        assert torch.equal(controlnet.state_dict()[key], unet[key]), key
+    assert controlnet.input_hint_block[0].weight.abs().sum() > 0
+    edges = canny(render(sample_scene(np.random.default_rng(3))))
+    unit = ControlUnit(LoadedControlNet(controlnet, "new"), edges)
+
+    def drawn(*units) -> np.ndarray:
+        image = pipe.generate("a red circle", seed=5, steps=3, width=32, height=32, controlnets=list(units))
+        return np.asarray(image[0])
+
+    plain = drawn()
+    assert np.array_equal(plain, drawn(unit))
+    with torch.no_grad():
+        for param in controlnet.zero_convs.parameters():
+            param.add_(0.1)
+    assert not np.array_equal(plain, drawn(unit))
+
+
+def test_the_command_trains_samples_resumes_and_the_folder_loads(scenes, tmp_path, capsys):
+    out = tmp_path / "edges"
+    common = ["train", "controlnet", "--data", str(scenes), "--control", "canny", "--out", str(out)]
+    common += ["--resolution", "64", "--batch-size", "2", "--fp16", "--quiet"]
+    sampling = ["--sample-every", "2", "--sample-prompt", "a red circle on a blue background"]
+    assert main([*common, "--steps", "2", "--save-every", "1", *sampling]) == 0
+    run = tmp_path / "edges-training"
+    assert (out / "config.json").is_file() and (out / "diffusion_pytorch_model.safetensors").is_file()
+    assert (run / "loss.png").is_file() and len(list((run / "control_cache").glob("*.png"))) == 4
+    with Image.open(run / "samples" / "step_000002.png") as grid:
+        assert grid.width == 2 * grid.height  # the control image, then the sample
+    assert main([*common, "--steps", "3"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+    assert [line.split(",")[0] for line in (run / "loss.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+    pipe = lienzo.load()
+    loaded = load_controlnet(out, pipe)
+    weights = dict(loaded.model.named_parameters())
+    assert loaded.layout == "diffusers-folder" and weights["zero_convs.0.0.weight"].abs().sum() > 0
+    state = torch.load(run / "training_state.pt", weights_only=True)["modules"]["controlnet"]
+    for name, value in state.items():
+        torch.testing.assert_close(weights[name], value.half().to(weights[name].dtype), rtol=0, atol=0)
+    drawn = ["generate", "a red circle on a blue background", "--steps", "2", "--out", str(tmp_path / "x")]
+    drawn += ["--controlnet", str(out), "--control-image", str(scenes / "00.png")]
+    drawn += ["--control-preprocess", "canny"]
+    assert main(drawn) == 0
+
+
+def test_control_images_come_from_pairs_or_the_keyed_cache(tmp_path, monkeypatch):
+    pairs = write_scenes(tmp_path / "pairs", 2, pairs=True)
+    dataset = CaptionedDataset(DataConfig(pairs, resolution=64), 1)
+    assert [path.name for path in control_paths(dataset.examples, None, tmp_path / "c")] == [
+        "00.control.png",
+        "01.control.png",
+    ]
+    assert len(dataset.examples) == 2  # the control images are not training images
+    (pairs / "01.control.png").unlink()
+    with pytest.raises(InvalidArgumentError, match="01.png"):
+        control_paths(dataset.examples, None, tmp_path / "c")
+    made = []
+    real = lienzo.training.control_images.preprocess
+    monkeypatch.setattr(
+        lienzo.training.control_images, "preprocess", lambda *a, **k: made.append(a[0]) or real(*a, **k)
+    )
+    cache = tmp_path / "cache"
+    found = control_paths(dataset.examples, "canny", cache)
+    assert found[0].name == "00.control.png" and found[1].parent == cache and made == ["canny"]
+    assert np.array_equal(np.asarray(Image.open(found[1])), np.asarray(canny(Image.open(pairs / "01.png"))))
+    assert control_paths(dataset.examples, "canny", cache) == found and made == ["canny"]
+    other = control_paths(dataset.examples, "canny", cache, {"low_threshold": 20, "high_threshold": 60})
+    scribbled = control_paths(dataset.examples, "scribble", cache)
+    assert len({found[1], other[1], scribbled[1]}) == 3 and made == ["canny", "canny", "scribble"]
+    with pytest.raises(InvalidArgumentError, match="unknown control kind 'pose'"):
+        control_paths(dataset.examples, "pose", cache)
+
+
+def test_bad_input_stops_before_any_output(scenes, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "runs" / "edges"
+    assert main(["train", "controlnet", "--data", str(empty), "--control", "canny", "--out", str(out)]) == 1
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["train", "controlnet", "--data", str(scenes), "--out", str(out), "--quiet"]) == 1
+    assert "have no control image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "controlnet", "--data", str(scenes), "--control", "pose", "--out", str(out)])
+    assert "invalid choice: 'pose'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
