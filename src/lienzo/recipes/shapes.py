@@ -1,5 +1,6 @@
-"""The built-in model's recipe: tokenizer, VAE, then UNet and text encoder, trained from nothing on the
-shapes world and exported as a diffusers folder (`lienzo train recipe shapes --out DIR`)."""
+"""The built-in model's recipe: tokenizer, VAE (then its decoder on generic shapes), then UNet and text
+encoder, trained from nothing on the shapes world and exported as a diffusers folder
+(`lienzo train recipe shapes --out DIR`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from lienzo.training import (
     train_clip_tokenizer,
 )
 from lienzo.training.loop import ensure_writable
+from lienzo.worlds.codec_shapes import CodecDataConfig, CodecShapesDataset
 from lienzo.worlds.dataset import ShapesDataConfig, ShapesDataset, caption_corpus
 from lienzo.worlds.evaluate import CATEGORIES, contact_sheet, evaluate, evaluation_prompts
 
@@ -95,6 +97,15 @@ class ShapesRecipe:
         checkpoint_every=200,
         log_every=10,
     )
+    decoder_generalisation: TrainConfig = TrainConfig(
+        steps=300,
+        batch_size=16,
+        optim=OptimConfig(learning_rate=2e-4, warmup_steps=20),
+        ema_decay=None,
+        checkpoint_every=100,
+        log_every=10,
+    )
+    generic_share: float = 0.5
     scale_images: int = 512
     latent_pool: int = 30000
     text_encoder: CLIPTextConfig = CLIPTextConfig(
@@ -143,6 +154,7 @@ class ShapesRecipe:
             vae_crop=32,
             vae_training=quick,
             decoder_training=quick,
+            decoder_generalisation=quick,
             scale_images=8,
             latent_pool=8,
             text_encoder=CLIPTextConfig(
@@ -227,6 +239,20 @@ def tune_decoder(
     """Stage 2b: the decoder alone with L1 (sharper edges than MSE), the encoder and latents unchanged."""
     config = replace(recipe.decoder_training, progress_bar=progress)
     crops = RandomCrops(ShapesDataset(recipe.data), recipe.vae_crop, seed=recipe.data.seed + 1)
+    objective = VAEObjective(vae, reconstruction="l1", train_encoder=False)
+    train(config, objective, crops, folder, resume=True, device=device)
+    return vae.eval().requires_grad_(False)
+
+
+def generalise_decoder(
+    recipe: ShapesRecipe, vae: AutoencoderKL, folder: Path, device: torch.device, progress: bool
+) -> AutoencoderKL:
+    """Stage 2c: the decoder alone with L1 on generic procedural shapes (never a star or heart) mixed
+    with the world's scenes, so it decodes shapes it was not trained on; encoder and latents unchanged."""
+    config = replace(recipe.decoder_generalisation, progress_bar=progress)
+    seed = recipe.data.seed + 5  # apart from the crops of the VAE stages (seeds + 0 and + 1)
+    data = CodecDataConfig(recipe.data, recipe.generic_share, seed=seed)
+    crops = RandomCrops(CodecShapesDataset(data), recipe.vae_crop, seed=seed)
     objective = VAEObjective(vae, reconstruction="l1", train_encoder=False)
     train(config, objective, crops, folder, resume=True, device=device)
     return vae.eval().requires_grad_(False)
@@ -320,7 +346,8 @@ def run_recipe(
     tokenizer_folder = out / "tokenizer"
     tokenizer = train_tokenizer(recipe, tokenizer_folder)
     vae = train_vae(recipe, out / "vae", device, progress)
-    vae = with_latent_scale(recipe, tune_decoder(recipe, vae, out / "decoder", device, progress))
+    vae = tune_decoder(recipe, vae, out / "decoder", device, progress)
+    vae = with_latent_scale(recipe, generalise_decoder(recipe, vae, out / "generalisation", device, progress))
     moments = latent_pool(recipe, vae, out / POOL_FILE)
     unet, text_encoder = train_diffusion(
         recipe, vae, tokenizer, tokenizer_folder, moments, out, device, progress

@@ -1,0 +1,190 @@
+"""Is the built-in VAE a general shape codec? Round trips (encode, decode) of the reserved-shape test scenes
+and of base-world scenes, scored by lienzo.worlds.scorer; with `--tune-steps N`, first fine-tune the decoder
+alone (encoder frozen, so the latents and the trained UNet stay valid) on generic procedural shapes mixed
+with base-world scenes, then measure again and optionally write the tuned VAE.
+
+    python bench/vae_codec.py                         # round trips of the built-in VAE
+    python bench/vae_codec.py --tune-steps 300        # diagnosis: does a decoder-only tune fix them?
+    python bench/vae_codec.py --tune-steps 300 --encoder  # the other half: tune the encoder alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lienzo.io.formats import read_state_dict, write_safetensors
+from lienzo.io.keymaps.vae import vae_diffusers_to_ldm, vae_ldm_to_diffusers
+from lienzo.pipelines.images import images_to_tensor, tensor_to_images
+from lienzo.pipelines.pipeline import load
+from lienzo.recipes.shapes import ShapesRecipe, generalise_decoder
+from lienzo.recipes.shapes_data import RandomCrops
+from lienzo.training import VAEObjective, train
+from lienzo.training.checkpoint import load_training_state
+from lienzo.worlds.codec_shapes import CodecDataConfig, CodecShapesDataset
+from lienzo.worlds.concept_data import concept_test_scenes
+from lienzo.worlds.evaluate import evaluation_prompts
+from lienzo.worlds.scorer import score
+from lienzo.worlds.shapes import Scene, caption, render, sample_scene
+
+BASE_SEED = 2002
+
+
+def base_scenes(count: int) -> list[Scene]:
+    """`count` base-world scenes (one or two objects, held-out pairs included) apart from training seeds."""
+    rng = np.random.default_rng(BASE_SEED)
+    return [sample_scene(rng, allow_held_out=True) for _ in range(count)]
+
+
+@torch.no_grad()
+def round_trip_accuracy(vae, scenes: list[Scene], batch_size: int = 20) -> float:
+    """Share of `scenes` whose full caption the scorer matches after encode (posterior mean) and decode."""
+    matched = []
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start : start + batch_size]
+        images = images_to_tensor([render(scene) for scene in chunk])
+        decoded = tensor_to_images(vae.decode(vae.encode(images).mean).clamp(-1, 1))
+        matched += [score(caption(s), image).matched for s, image in zip(chunk, decoded, strict=True)]
+    return sum(matched) / len(matched)
+
+
+def report(vae, label: str, count: int, base_count: int) -> dict[str, float]:
+    """Print and return the star, heart and base-world round trips."""
+    started = time.perf_counter()
+    figures = {
+        "star": round_trip_accuracy(vae, concept_test_scenes("star", count)),
+        "heart": round_trip_accuracy(vae, concept_test_scenes("heart", count)),
+        "base": round_trip_accuracy(vae, base_scenes(base_count)),
+    }
+    text = ", ".join(f"{name} {value:.0%}" for name, value in figures.items())
+    print(f"{label}: {text} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return figures
+
+
+def tune(vae, steps: int, *, encoder: bool, generic_share: float, folder: Path) -> None:
+    """The recipe's decoder generalisation stage for `steps` into `folder` (resumable, a checkpoint every
+    25 steps), or with `encoder`, the same data and settings training the encoder alone."""
+    recipe = ShapesRecipe(generic_share=generic_share)
+    stage = replace(recipe.decoder_generalisation, steps=steps, checkpoint_every=25)
+    recipe = replace(recipe, decoder_generalisation=stage)
+    started = time.perf_counter()
+    if encoder:
+        data = CodecDataConfig(recipe.data, generic_share, seed=recipe.data.seed + 5)
+        crops = RandomCrops(CodecShapesDataset(data), recipe.vae_crop, seed=recipe.data.seed + 5)
+        objective = VAEObjective(vae, reconstruction="l1")
+        vae.decoder.requires_grad_(False)
+        vae.post_quant_conv.requires_grad_(False)
+        train(
+            replace(stage, progress_bar=False),
+            objective,
+            crops,
+            folder,
+            resume=True,
+            device=torch.device("cpu"),
+        )
+    else:
+        generalise_decoder(recipe, vae, folder, torch.device("cpu"), progress=False)
+    print(f"tuned {steps} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    vae.eval().requires_grad_(False)
+
+
+def diffusers_weights(vae) -> dict[str, torch.Tensor]:
+    """The VAE's weights as shipped: diffusers keys, float16."""
+    return vae_ldm_to_diffusers({key: value.half() for key, value in vae.state_dict().items()}, vae.config)
+
+
+def export_checkpoint(vae, checkpoint: Path, path: Path) -> None:
+    """Write the VAE of a tuning run's training checkpoint as diffusers-format float16 weights."""
+    module = load_training_state(checkpoint)["modules"]["vae"]
+    tuned = copy.deepcopy(vae)
+    tuned.load_state_dict({key.removeprefix("vae."): value for key, value in module.items()})
+    write_safetensors(path, diffusers_weights(tuned), {"format": "pt"})
+
+
+def load_weights(vae, path: Path):
+    """A copy of `vae` carrying the diffusers-format VAE weights at `path`."""
+    tuned = copy.deepcopy(vae)
+    tuned.load_state_dict(vae_diffusers_to_ldm(read_state_dict(path)))
+    return tuned.eval().requires_grad_(False)
+
+
+def paired_generation(weights: Path, count: int) -> tuple[float, float]:
+    """One-object accuracy of the built-in model (as `lienzo eval shapes --prompts count` runs its single
+    category: default settings and dtype, seeds 0..count-1) with its VAE and with the VAE at `weights`.
+    The decoder does not steer sampling, so both decode the very same latents."""
+    pipe = load()
+    tuned = load_weights(pipe.vae, weights)
+    latents: list[torch.Tensor] = []
+    decode = pipe.vae.decode
+
+    def recording_decode(z: torch.Tensor) -> torch.Tensor:
+        latents.append(z.clone())
+        return decode(z)
+
+    pipe.vae.decode = recording_decode
+    prompts = evaluation_prompts(count, 0, "single")
+    before, after = [], []
+    for seed, prompt in enumerate(prompts):
+        image = pipe.generate(prompt, seed=seed, progress=False)[0]
+        before.append(score(prompt, image).matched)
+        with torch.inference_mode():
+            after.append(score(prompt, tensor_to_images(tuned.decode(latents[-1]))[0]).matched)
+    return sum(before) / count, sum(after) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=40, help="star and heart test scenes")
+    parser.add_argument("--base", type=int, default=100, help="base-world scenes")
+    parser.add_argument("--tune-steps", type=int, default=0)
+    parser.add_argument("--encoder", action="store_true", help="tune the encoder instead of the decoder")
+    parser.add_argument("--generic-share", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save", type=Path, help="write the tuned VAE's diffusers weights (float16) here")
+    parser.add_argument("--skip-before", action="store_true")
+    parser.add_argument("--folder", type=Path, help="the tuning run's folder (default: a new temporary one)")
+    parser.add_argument("--checkpoint", type=Path, help="export a tuning checkpoint to --weights first")
+    parser.add_argument("--weights", type=Path, help="measure these diffusers-format VAE weights")
+    parser.add_argument(
+        "--generate", type=int, default=0, help="one-object prompts to generate, before/after"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vae = load(dtype=torch.float32).vae.eval()
+    if not args.skip_before:
+        report(vae, "built-in VAE", args.scenes, args.base)
+    if args.tune_steps:
+        tune(
+            vae,
+            args.tune_steps,
+            encoder=args.encoder,
+            generic_share=args.generic_share,
+            folder=args.folder or Path(tempfile.mkdtemp()),
+        )
+        report(vae, f"{'encoder' if args.encoder else 'decoder'} tuned", args.scenes, args.base)
+        if args.save:
+            write_safetensors(args.save, diffusers_weights(vae), {"format": "pt"})
+    if args.checkpoint:
+        export_checkpoint(vae, args.checkpoint, args.weights)
+    if args.weights:
+        report(load_weights(vae, args.weights), f"VAE of {args.weights}", args.scenes, args.base)
+        if args.generate:
+            started = time.perf_counter()
+            before, after = paired_generation(args.weights, args.generate)
+            print(
+                f"one-object prompts ({args.generate}): built-in VAE {before:.0%}, {args.weights} {after:.0%}"
+                f" ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
