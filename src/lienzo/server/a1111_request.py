@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,19 @@ HIRES_UPSCALER_NAMES = {"latent": "latent", "latent (nearest-exact)": "latent-ne
 INPAINT_FROM_ORIGINAL = 1
 INPAINT_LATENT_NOISE = 2
 MAX_N_ITER = 100
+MAX_SIDE = 16384
+MAX_SEED = 2**64 - 1
+LIMITS = {
+    "width": (8, MAX_SIDE),
+    "height": (8, MAX_SIDE),
+    "steps": (1, 10000),
+    "batch_size": (1, 64),
+    "n_iter": (1, MAX_N_ITER),
+    "seed": (-1, MAX_SEED),
+    "subseed": (-1, MAX_SEED),
+    "hr_second_pass_steps": (0, 10000),
+}
+"""Bounds on integer fields, so one request cannot ask for unbounded work (ComfyUI's node limits)."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +137,16 @@ def field(body: dict, name: str, kind: type | tuple, default: Any = None) -> Any
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds:
         raise InvalidArgumentError(f"{name} must be {_kind_names(kinds)}, got {value!r}")
-    if float in kinds and isinstance(value, int):
-        return float(value)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     if not isinstance(value, kinds):
         raise InvalidArgumentError(f"{name} must be {_kind_names(kinds)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and name in LIMITS:
+        low, high = LIMITS[name]
+        if not low <= value <= high:
+            raise InvalidArgumentError(f"{name} must lie in {low}..{high}, got {value}")
     return value
 
 
@@ -201,8 +221,6 @@ def read_request(mode: str, body: dict, checkpoint: str | None) -> A1111Request:
         if "mask" in body and body["mask"] is not None:
             mask, extras = _inpaint_fields(body, settings["strength"])
     validate_request(_lienzo_mode(mode, mask), settings, extras)
-    if field(body, "n_iter", int, 1) not in range(1, MAX_N_ITER + 1):
-        raise InvalidArgumentError(f"n_iter must lie in 1..{MAX_N_ITER}, got {body['n_iter']}")
     return A1111Request(mode, settings, extras, field(body, "n_iter", int, 1), checkpoint, init_image, mask)
 
 
@@ -250,8 +268,14 @@ def _hires(body: dict) -> dict:
             f"({', '.join(HIRES_UPSCALERS)})"
         )
     steps = field(body, "hr_second_pass_steps", int, 0)
+    scale = field(body, "hr_scale", float, 2.0)
+    largest = max(field(body, "width", int, 512), field(body, "height", int, 512)) * scale
+    if largest > MAX_SIDE:
+        raise InvalidArgumentError(
+            f"hr_scale {scale} makes the image {largest:.3g} pixels wide, over {MAX_SIDE}"
+        )
     return {
-        "scale": field(body, "hr_scale", float, 2.0),
+        "scale": scale,
         "steps": steps or None,
         "strength": field(body, "denoising_strength", float, 0.7),
         "upscaler": HIRES_UPSCALER_NAMES[upscaler.lower()],

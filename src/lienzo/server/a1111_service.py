@@ -17,7 +17,7 @@ from lienzo.pipelines.images import resize_image
 from lienzo.pipelines.metadata import SAMPLER_DISPLAY_NAMES, format_parameters, lienzo_version, save_png
 from lienzo.pipelines.options import HiresOptions
 from lienzo.pipelines.output import release_paths, reserve_paths
-from lienzo.pipelines.pipeline import Pipeline, load, set_model_cache_size
+from lienzo.pipelines.pipeline import Pipeline, files_signature, load, set_model_cache_size
 from lienzo.server.a1111_request import A1111Request, read_request
 from lienzo.server.config import ServerConfig
 from lienzo.server.jobs import Job
@@ -46,6 +46,7 @@ class A1111Service:
         if self.path.is_file():
             self.options.update(json.loads(self.path.read_text()))
         set_model_cache_size(config.model_cache)
+        self._last: tuple[tuple, Pipeline] | None = None
 
     def set_options(self, changes: dict) -> None:
         """Apply POST /options: a new `sd_model_checkpoint` must name a checkpoint in the library."""
@@ -67,13 +68,18 @@ class A1111Service:
         return name
 
     def load(self, name: str | None) -> Pipeline:
-        """The named checkpoint (the current option when None), through lienzo.load's LRU cache."""
+        """The named checkpoint (the current option when None), through lienzo.load's LRU cache; the
+        last one used is kept as is while its files stay unchanged, so a job does not pay for a new view
+        (a prompt's LoRA tags are removed when its call ends, so the Pipeline is the same for every job)."""
         name = self.checkpoint_name(name or self.options["sd_model_checkpoint"])
         path = self.config.library.resolve("checkpoints", name)
-        pipe = load(path, device=self.config.device)
-        pipe.library = self.config.library
-        pipe.name = name
-        return pipe
+        key = (str(path), files_signature(path), name)
+        if self._last is None or self._last[0] != key:
+            pipe = load(path, device=self.config.device)
+            pipe.library = self.config.library
+            pipe.name = name
+            self._last = (key, pipe)
+        return self._last[1]
 
     def read(self, job: Job) -> A1111Request:
         return read_request(job.kind, job.request, self.options["sd_model_checkpoint"])

@@ -56,9 +56,6 @@ class SocketHooks(ExecutionHooks):
             self.client_id,
         )
 
-    def preview(self, prompt_id: str, node_id: str, image: Image.Image) -> None:
-        self.hub.send_preview(image, self.client_id)
-
     def executed(self, prompt_id: str, node_id: str, ui_output: dict) -> None:
         self.executed_nodes.append(node_id)
         self.hub.send(
@@ -66,6 +63,14 @@ class SocketHooks(ExecutionHooks):
             {"node": node_id, "display_node": node_id, "output": ui_output, "prompt_id": prompt_id},
             self.client_id,
         )
+
+
+class PreviewHooks(SocketHooks):
+    """SocketHooks that also send the sampler's previews (used when the prompt's client is connected, since
+    the graph makes previews only for hooks that take them)."""
+
+    def preview(self, prompt_id: str, node_id: str, image: Image.Image) -> None:
+        self.hub.send_preview(image, self.client_id)
 
 
 class ComfyService:
@@ -77,7 +82,8 @@ class ComfyService:
 
     def run(self, job: Job, worker: Worker) -> Outcome:
         request = job.request
-        hooks = SocketHooks(self.hub, job.client_id)
+        listening = job.client_id is not None and job.client_id in self.hub.sockets
+        hooks = (PreviewHooks if listening else SocketHooks)(self.hub, job.client_id)
         extra = request.get("extra_data", {}).get("extra_pnginfo") or {}
         try:
             outputs = self.executor.execute(
