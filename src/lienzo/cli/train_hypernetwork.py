@@ -20,7 +20,7 @@ from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.hypernetwork_training import HypernetworkConfig, train_hypernetwork
 from lienzo.training.method_run import check_output_file, is_main_process
 
-HYPERNETWORK_DEFAULTS = MethodDefaults(steps=600, batch_size=8, learning_rate=1e-3)
+HYPERNETWORK_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=3e-4)
 
 HYPERNETWORK_EPILOG = """examples:
   lienzo train hypernetwork --data stars/ --out models/hypernetworks/star.pt
