@@ -51,7 +51,7 @@ def scenes(tmp_path_factory):
     return write_scenes(tmp_path_factory.mktemp("scenes"), 4)
 
 
-def test_a_new_controlnet_copies_the_encoder_and_changes_nothing():
+def test_a_new_controlnet_copies_the_encoder_and_changes_nothing_nor_does_strength_zero():
     pipe = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
     controlnet = new_controlnet(pipe.unet, pipe.spec.vae.downscale_factor)
     unet = pipe.unet.state_dict()
@@ -75,6 +75,7 @@ def test_a_new_controlnet_copies_the_encoder_and_changes_nothing():
         for param in controlnet.zero_convs.parameters():
             param.add_(0.1)
     assert not np.array_equal(plain, drawn(unit))
+    assert np.array_equal(plain, drawn(ControlUnit(unit.model, edges, strength=0.0)))
 
 
 def test_the_command_trains_samples_resumes_and_the_folder_loads(scenes, tmp_path, capsys):

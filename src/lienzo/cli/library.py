@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lienzo.cli.arguments import add_library_arguments, library_from_args
 from lienzo.io.library import (
-    BUILTIN_FOLDER,
+    BUILTIN_MODELS,
     KIND_ALIASES,
     KIND_SUFFIXES,
     KINDS,
@@ -72,7 +72,8 @@ def kind_lines(library: ModelLibrary, kind: str) -> list[str]:
     entries = library.list(kind)
     rows = []
     for entry in entries:
-        where = "(built-in)" if entry.path == BUILTIN_FOLDER else shown(entry.path)
+        builtin = entry.path in {folder for _, folder in BUILTIN_MODELS.values()}
+        where = "(built-in)" if builtin else shown(entry.path)
         rows.append((entry.name, where, size_of(entry.path)))
     lines = [header]
     if rows:
