@@ -23,6 +23,7 @@ from lienzo.worlds.codec_shapes import (
 )
 from lienzo.worlds.dataset import ShapesDataset
 from lienzo.worlds.shapes import PALETTE
+from test_cli import assert_one_error_line, run_cli
 
 
 def test_generic_scenes_are_deterministic_and_differ():
@@ -83,7 +84,7 @@ def test_the_mix_takes_generic_scenes_at_its_share_and_world_scenes_otherwise():
 
 def test_the_recipe_stage_trains_the_decoder_and_leaves_the_encoder(tmp_path):
     torch.manual_seed(0)
-    recipe = ShapesRecipe.miniature()
+    recipe = ShapesRecipe.miniature().with_decoder_generalisation(2)
     vae = AutoencoderKL(recipe.vae)
     before = {key: value.clone() for key, value in vae.state_dict().items()}
     tuned = generalise_decoder(recipe, vae, tmp_path / "generalisation", torch.device("cpu"), progress=False)
@@ -94,3 +95,21 @@ def test_the_recipe_stage_trains_the_decoder_and_leaves_the_encoder(tmp_path):
     assert all(torch.equal(before[key], after[key]) for key in encoder), "the latents must not change"
     assert any(not torch.equal(before[key], after[key]) for key in decoder)
     assert (tmp_path / "generalisation" / "loss.csv").is_file()
+
+
+def test_the_stage_is_off_in_the_shipped_recipe(tmp_path):
+    recipe = ShapesRecipe.miniature()
+    assert ShapesRecipe().decoder_generalisation is None and recipe.decoder_generalisation is None
+    vae = AutoencoderKL(recipe.vae)
+    before = {key: value.clone() for key, value in vae.state_dict().items()}
+    generalise_decoder(recipe, vae, tmp_path / "generalisation", torch.device("cpu"), progress=False)
+    assert all(torch.equal(before[key], value) for key, value in vae.state_dict().items())
+    assert not (tmp_path / "generalisation").exists()
+    stage = ShapesRecipe().with_decoder_generalisation(300).decoder_generalisation
+    assert (stage.steps, stage.batch_size, stage.optim.learning_rate) == (300, 16, 2e-4)
+
+
+def test_a_negative_step_count_is_a_clear_error(tmp_path):
+    result = run_cli("train", "recipe", "shapes", "--out", tmp_path / "run", "--generalise-decoder", "-1")
+    assert_one_error_line(result, "--generalise-decoder")
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ from lienzo.cli.train_hypernetwork import (
 )
 from lienzo.cli.train_lora import LORA_EPILOG, add_lora_arguments, run_train_lora
 from lienzo.cli.train_textual_inversion import EMBEDDING_EPILOG, add_embedding_arguments, run_train_embedding
+from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.output import check_writable_folder
 from lienzo.recipes import ShapesRecipe, run_recipe
 
@@ -39,6 +40,7 @@ RECIPE_EPILOG = """examples:
   lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores
   lienzo train recipe shapes --out runs/shapes --resume   # continue a stopped run where it left off
   lienzo train recipe shapes --out /tmp/mini --miniature  # every stage at toy sizes, in seconds
+  lienzo train recipe shapes --out runs/codec --generalise-decoder 300  # + decoder on generic shapes
 
 The model lands in OUT/model (a diffusers folder); try it with
   lienzo generate "a red circle on a blue background" --model OUT/model
@@ -54,6 +56,13 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
     parser.add_argument("--miniature", action="store_true", help="toy sizes and a few steps (a smoke test)")
+    parser.add_argument(
+        "--generalise-decoder",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="add the decoder generalisation stage (generic shapes) for STEPS; default 0: off, as shapes-v1",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -78,6 +87,12 @@ def run_train_recipe(args: argparse.Namespace) -> int:
     check_writable_folder(args.out, "--out")
     created = first_missing_folder(args.out)
     recipe = ShapesRecipe.miniature() if args.miniature else ShapesRecipe()
+    if args.generalise_decoder < 0:
+        raise InvalidArgumentError(
+            f"--generalise-decoder takes a number of steps (0 = off), got {args.generalise_decoder}"
+        )
+    if args.generalise_decoder:
+        recipe = recipe.with_decoder_generalisation(args.generalise_decoder)
     started = time.perf_counter()
     try:
         model = run_recipe(args.out, recipe, resume=args.resume, progress=not args.quiet)

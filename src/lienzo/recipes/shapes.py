@@ -97,15 +97,9 @@ class ShapesRecipe:
         checkpoint_every=200,
         log_every=10,
     )
-    decoder_generalisation: TrainConfig = TrainConfig(
-        steps=300,
-        batch_size=16,
-        optim=OptimConfig(learning_rate=2e-4, warmup_steps=20),
-        ema_decay=None,
-        checkpoint_every=100,
-        log_every=10,
-    )
+    decoder_generalisation: TrainConfig | None = None
     generic_share: float = 0.5
+    """Share of generic-shape scenes in the optional decoder generalisation stage's data."""
     scale_images: int = 512
     latent_pool: int = 30000
     text_encoder: CLIPTextConfig = CLIPTextConfig(
@@ -154,7 +148,6 @@ class ShapesRecipe:
             vae_crop=32,
             vae_training=quick,
             decoder_training=quick,
-            decoder_generalisation=quick,
             scale_images=8,
             latent_pool=8,
             text_encoder=CLIPTextConfig(
@@ -176,6 +169,13 @@ class ShapesRecipe:
             ),
             sample_prompts=1,
         )
+
+    def with_decoder_generalisation(self, steps: int, learning_rate: float = 2e-4) -> ShapesRecipe:
+        """This recipe with the optional decoder generalisation stage: `steps` batches like the decoder
+        tuning's, at `learning_rate` (bench/vae_codec.py measured these settings)."""
+        optim = replace(self.decoder_training.optim, learning_rate=learning_rate)
+        stage = replace(self.decoder_training, steps=steps, optim=optim)
+        return replace(self, decoder_generalisation=stage)
 
 
 def export_files(
@@ -247,8 +247,11 @@ def tune_decoder(
 def generalise_decoder(
     recipe: ShapesRecipe, vae: AutoencoderKL, folder: Path, device: torch.device, progress: bool
 ) -> AutoencoderKL:
-    """Stage 2c: the decoder alone with L1 on generic procedural shapes (never a star or heart) mixed
-    with the world's scenes, so it decodes shapes it was not trained on; encoder and latents unchanged."""
+    """Optional stage 2c (`decoder_generalisation`; off in shapes-v1): the decoder alone with L1 on generic
+    procedural shapes (never a star or heart) mixed with the world's scenes, so it decodes shapes it was
+    not trained on; encoder and latents unchanged. Measured in bench/vae_codec.py and docs/training.md."""
+    if recipe.decoder_generalisation is None:
+        return vae
     config = replace(recipe.decoder_generalisation, progress_bar=progress)
     seed = recipe.data.seed + 5  # apart from the crops of the VAE stages (seeds + 0 and + 1)
     data = CodecDataConfig(recipe.data, recipe.generic_share, seed=seed)
