@@ -1,16 +1,18 @@
 """Per-job overhead of `lienzo serve` against calling the Python API on the same job.
 
-The built-in model draws the same txt2img job (prompt, seed, size, steps) three ways, interleaved so a
-busy CPU slows all of them alike: `pipe.generate` directly, A1111's POST /sdapi/v1/txt2img, and ComfyUI's
-POST /prompt followed by waiting for its history entry. The server runs in this process on a free
-loopback port; the direct calls run on one long-lived thread too, as the server's worker does (on a busy
-CPU, torch's threads behave differently on the main thread). Reported: the median seconds of each and the
-ratio of medians to the direct call.
+The built-in model draws the same txt2img job (prompt, seed, size, steps) four ways, interleaved so a
+busy CPU slows all of them alike: `pipe.generate` directly, A1111's POST /sdapi/v1/txt2img, the default
+ComfyUI workflow run by the graph Executor directly, and the same workflow sent the way ComfyUI's example
+script sends it (open /ws, POST /prompt, read until `executing` with node null; previews included). The
+server runs in this process on a free loopback port; the direct calls run on one long-lived thread too,
+as the server's worker does (on a busy CPU, torch's threads behave differently on the main thread).
+Reported: the median seconds of each and the ratio of medians to the direct call.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import tempfile
@@ -20,7 +22,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
+
 import lienzo
+from lienzo.graph import Executor, GraphEnvironment
 from lienzo.io.library import ModelLibrary
 from lienzo.server import ServerConfig, start_server
 
@@ -60,15 +65,24 @@ def comfy_workflow(seed: int, steps: int, size: int) -> dict:
 
 
 def comfy_job(url: str, seed: int, steps: int, size: int) -> None:
-    """Queue a prompt and wait (polling every 5 ms) until its history entry exists."""
-    prompt_id = post(
-        f"{url}/prompt", {"prompt": comfy_workflow(seed, steps, size), "prompt_id": str(uuid.uuid4())}
-    )["prompt_id"]
-    while True:
-        with urllib.request.urlopen(f"{url}/history/{prompt_id}") as response:
-            if json.loads(response.read()):
-                return
-        time.sleep(0.005)
+    """A ComfyUI script's run: open /ws, queue the prompt, read until `executing` with node null."""
+
+    async def session() -> None:
+        client_id = str(uuid.uuid4())
+        body = {"prompt": comfy_workflow(seed, steps, size), "client_id": client_id}
+        async with (
+            aiohttp.ClientSession() as client,
+            client.ws_connect(f"{url}/ws?clientId={client_id}") as socket,
+        ):
+            prompt_id = (await (await client.post(f"{url}/prompt", json=body)).json())["prompt_id"]
+            async for message in socket:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(message.data)
+                if data["type"] == "executing" and data["data"] == {"node": None, "prompt_id": prompt_id}:
+                    return
+
+    asyncio.run(session())
 
 
 def main() -> None:
@@ -88,11 +102,16 @@ def main() -> None:
     )
     pipe = lienzo.load()
     caller = ThreadPoolExecutor(1)
+    config = server.context.config
+    executor = Executor(GraphEnvironment(config.library, folder / "input", folder / "graph", folder / "temp"))
     job = {"prompt": PROMPT, "steps": args.steps, "width": args.size, "height": args.size}
-    times: dict[str, list[float]] = {"direct": [], "a1111": [], "comfyui": []}
+    times: dict[str, list[float]] = {"direct": [], "a1111": [], "graph": [], "comfyui": []}
     runs = {
         "direct": lambda seed: caller.submit(pipe.generate, **job, seed=seed, progress=False).result(),
         "a1111": lambda seed: post(f"{server.url}/sdapi/v1/txt2img", {**job, "seed": seed}),
+        "graph": lambda seed: caller.submit(
+            executor.execute, comfy_workflow(seed, args.steps, args.size), prompt_id=str(uuid.uuid4())
+        ).result(),
         "comfyui": lambda seed: comfy_job(server.url, seed, args.steps, args.size),
     }
     try:
