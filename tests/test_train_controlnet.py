@@ -16,10 +16,12 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet
 from lienzo.pipelines.preprocessors import canny
+from lienzo.recipes.controlnet_shapes import ControlNetShapesRecipe, follow_rate, write_control_scenes
 from lienzo.training.captioned_dataset import CaptionedDataset, DataConfig
 from lienzo.training.control_images import control_paths
 from lienzo.training.controlnet_training import new_controlnet
-from lienzo.worlds.shapes import caption, render, sample_scene
+from lienzo.worlds.scorer import score
+from lienzo.worlds.shapes import POSITION_PHRASES, caption, render, sample_scene
 from tiny_models import tiny_pipeline_folder
 
 
@@ -146,3 +148,19 @@ def test_bad_input_stops_before_any_output(scenes, tmp_path, capsys):
         main(["train", "controlnet", "--data", str(scenes), "--control", "pose", "--out", str(out)])
     assert "invalid choice: 'pose'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
+
+
+def test_the_recipe_data_and_the_follow_measurement(tmp_path):
+    folder = write_control_scenes(tmp_path / "data", ControlNetShapesRecipe(scenes=24))
+    captions = [path.read_text() for path in sorted(folder.glob("*.txt"))]
+    assert len(captions) == 24 and len(list(folder.glob("*.png"))) == 24
+    placed = [any(phrase in text for phrase in POSITION_PHRASES.values()) for text in captions]
+    assert 4 <= placed.count(False) and 4 <= placed.count(True)
+    pipe = lienzo.load()
+    untrained = LoadedControlNet(new_controlnet(pipe.unet, pipe.spec.vae.downscale_factor).eval(), "new")
+    rate, items = follow_rate(pipe, untrained, 2, steps=2)
+    for item in items:
+        assert not any(phrase in item.prompt for phrase in POSITION_PHRASES.values())
+        assert any(phrase in item.expected for phrase in POSITION_PHRASES.values())
+        assert item.matched == score(item.expected, item.image).matched
+    assert rate == sum(item.matched for item in items) / 2
