@@ -21,6 +21,7 @@ from lienzo.diffusion import SAMPLERS, resolve_sampler
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.options import HIRES_UPSCALERS, random_seed
 from lienzo.pipelines.requests import validate_request
+from lienzo.server.a1111_controlnet import controlnet_units
 from lienzo.server.files import check_image
 
 log = logging.getLogger("lienzo.server")
@@ -60,6 +61,7 @@ USED_FIELDS = {
     "inpainting_mask_invert",
     "resize_mode",
     "include_init_images",
+    "alwayson_scripts",
     *SAMPLER_OPTION_FIELDS,
 }
 DEFAULTS_IGNORED = {
@@ -81,7 +83,6 @@ DEFAULTS_IGNORED = {
     "comments": None,
     "script_name": None,
     "script_args": [],
-    "alwayson_scripts": {},
     "infotext": None,
     "force_task_id": None,
     "hr_checkpoint_name": None,
@@ -220,6 +221,9 @@ def read_request(mode: str, body: dict, checkpoint: str | None) -> A1111Request:
         init_image = decode_image(images[0], "init_images[0]").convert("RGB")
         if "mask" in body and body["mask"] is not None:
             mask, extras = _inpaint_fields(body, settings["strength"])
+    units = controlnet_units(body, init_image, decode_image)
+    if units:
+        settings["controlnets"] = units
     validate_request(_lienzo_mode(mode, mask), settings, extras)
     return A1111Request(mode, settings, extras, field(body, "n_iter", int, 1), checkpoint, init_image, mask)
 
