@@ -33,6 +33,9 @@ from lienzo.training.method_run import (
 )
 from lienzo.training.objective import LatentDiffusionObjective, Networks, ParamGroup, param_group
 
+CONTROLNET_ONLY = ("input_hint_block.", "zero_convs.", "middle_block_out.")
+"""The ControlNet's own modules (everything else is copied from the UNet's encoder)."""
+
 
 def controlnet_run_folder(out: Path) -> Path:
     """The folder beside the output folder holding the resumable state, loss log, samples and caches."""
@@ -45,7 +48,10 @@ def new_controlnet(unet: nn.Module, vae_factor: int) -> ControlNet:
     controlnet = ControlNet(controlnet_config_for(unet.config, vae_factor))
     own = controlnet.state_dict()
     encoder = {key: value for key, value in unet.state_dict().items() if key in own}
-    controlnet.load_state_dict(encoder, strict=False)
+    missing = controlnet.load_state_dict(encoder, strict=False).missing_keys
+    uncopied = [key for key in missing if not key.startswith(CONTROLNET_ONLY)]
+    if uncopied:
+        raise ValueError(f"the UNet lacks encoder weights the ControlNet copies: {', '.join(uncopied[:5])}")
     zeroed = [*controlnet.zero_convs, controlnet.middle_block_out, controlnet.input_hint_block[-1]]
     for module in zeroed:
         for param in module.parameters():
