@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 
 import lienzo
-import lienzo.training.control_images
 from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet
-from lienzo.pipelines.preprocessors import canny
+from lienzo.pipelines.preprocessors import canny, preprocess
 from lienzo.recipes.controlnet_shapes import ControlNetShapesRecipe, follow_rate, write_control_scenes
 from lienzo.training.captioned_dataset import CaptionedDataset, DataConfig
 from lienzo.training.control_images import control_paths
@@ -108,7 +107,7 @@ def test_the_command_trains_samples_resumes_and_the_folder_loads(scenes, tmp_pat
     assert main(drawn) == 0
 
 
-def test_control_images_come_from_pairs_or_the_keyed_cache(tmp_path, monkeypatch):
+def test_control_images_come_from_pairs_or_the_keyed_cache(tmp_path):
     pairs = write_scenes(tmp_path / "pairs", 2, pairs=True)
     dataset = CaptionedDataset(DataConfig(pairs, resolution=64), 1)
     assert [path.name for path in control_paths(dataset.examples, None, tmp_path / "c")] == [
@@ -120,20 +119,23 @@ def test_control_images_come_from_pairs_or_the_keyed_cache(tmp_path, monkeypatch
     with pytest.raises(InvalidArgumentError, match="01.png"):
         control_paths(dataset.examples, None, tmp_path / "c")
     made = []
-    real = lienzo.training.control_images.preprocess
-    monkeypatch.setattr(
-        lienzo.training.control_images, "preprocess", lambda *a, **k: made.append(a[0]) or real(*a, **k)
-    )
+
+    def counted(kind, image, **options):
+        made.append(kind)
+        return preprocess(kind, image, **options)
+
     cache = tmp_path / "cache"
-    found = control_paths(dataset.examples, "canny", cache)
+    found = control_paths(dataset.examples, "canny", cache, preprocess=counted)
     assert found[0].name == "00.control.png" and found[1].parent == cache and made == ["canny"]
     assert np.array_equal(np.asarray(Image.open(found[1])), np.asarray(canny(Image.open(pairs / "01.png"))))
-    assert control_paths(dataset.examples, "canny", cache) == found and made == ["canny"]
-    other = control_paths(dataset.examples, "canny", cache, {"low_threshold": 20, "high_threshold": 60})
-    scribbled = control_paths(dataset.examples, "scribble", cache)
+    assert control_paths(dataset.examples, "canny", cache, preprocess=counted) == found and made == ["canny"]
+    other = control_paths(
+        dataset.examples, "canny", cache, {"low_threshold": 20, "high_threshold": 60}, counted
+    )
+    scribbled = control_paths(dataset.examples, "scribble", cache, preprocess=counted)
     assert len({found[1], other[1], scribbled[1]}) == 3 and made == ["canny", "canny", "scribble"]
     with pytest.raises(InvalidArgumentError, match="unknown control kind 'pose'"):
-        control_paths(dataset.examples, "pose", cache)
+        control_paths(dataset.examples, "pose", cache, preprocess=counted)
 
 
 def test_bad_input_stops_before_any_output(scenes, tmp_path, capsys):

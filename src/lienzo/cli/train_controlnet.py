@@ -21,6 +21,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import LoadedControlNet
 from lienzo.pipelines.output import write_png_atomically
+from lienzo.pipelines.preprocessors import preprocess
 from lienzo.recipes.fine_tuning import image_grid
 from lienzo.training.control_images import CONTROL_KINDS, CONTROL_SUFFIX
 from lienzo.training.controlnet_training import train_controlnet
@@ -109,6 +110,7 @@ def run_train_controlnet(args: argparse.Namespace) -> int:
             args.out,
             control=args.control,
             control_options=control_options(args),
+            preprocess=preprocess,
             resume=args.resume,
             fp16=args.fp16,
             sampler=controlnet_sampler(pipe, options),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from PIL import Image
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.atomic import atomic_path
-from lienzo.pipelines.preprocessors import preprocess
 from lienzo.training.buckets import cover_crop
 from lienzo.training.captioned_dataset import CONTROL_IMAGE_SUFFIX as CONTROL_SUFFIX
 from lienzo.training.captioned_dataset import CaptionedDataset, Example
@@ -42,13 +42,25 @@ def check_control_kind(kind: str | None) -> None:
         raise InvalidArgumentError(f"unknown control kind {kind!r}; choose one of {', '.join(CONTROL_KINDS)}")
 
 
+Preprocessor = Callable[..., Image.Image]
+"""`preprocess(kind, image, **options)`: lienzo.pipelines.preprocessors.preprocess (passed in: training does
+not import pipelines)."""
+
+
 def control_paths(
-    examples: list[Example], kind: str | None, cache: Path, options: dict | None = None
+    examples: list[Example],
+    kind: str | None,
+    cache: Path,
+    options: dict | None = None,
+    preprocess: Preprocessor | None = None,
 ) -> list[Path]:
     """Each example's control image: its `name.control.png` when given, else (with `kind`) the cached
-    preprocessor map, made now when missing. Without `kind` every image needs its control file."""
+    preprocessor map made by `preprocess`, now when missing. Without `kind` every image needs its control
+    file."""
     options = dict(options or {})
     check_control_kind(kind)
+    if kind is not None and preprocess is None:
+        raise ValueError("control_paths needs `preprocess` to make control images")
     if kind is None:
         missing = [example.path for example in examples if not control_file(example.path).is_file()]
         if missing:

@@ -20,7 +20,13 @@ from lienzo.models.conditioning import Conditioning
 from lienzo.models.controlnet import ControlNet, controlnet_config_for
 from lienzo.training.batch import Batch, batch_value
 from lienzo.training.captioned_dataset import CaptionedDataset
-from lienzo.training.control_images import CONTROL_CACHE, ControlledDataset, check_control_kind, control_paths
+from lienzo.training.control_images import (
+    CONTROL_CACHE,
+    ControlledDataset,
+    Preprocessor,
+    check_control_kind,
+    control_paths,
+)
 from lienzo.training.latent_cache import CACHE_FOLDER, cache_latents
 from lienzo.training.loop import SampleFn, train
 from lienzo.training.method_run import (
@@ -117,6 +123,7 @@ def train_controlnet(
     *,
     control: str | None,
     control_options: dict | None = None,
+    preprocess: Preprocessor | None = None,
     resume: bool = False,
     fp16: bool = False,
     sampler: Callable[[ControlNet, Path], SampleFn] | None = None,
@@ -127,14 +134,15 @@ def train_controlnet(
     `controlnet_run_folder(out)`.
 
     Control images are the `name.control.png` files beside the images, else (with `control`) the
-    preprocessor's maps, cached in the run folder. `sampler(controlnet, control_image)` makes the loop's
-    sample_fn (drawing with the network as trained so far over the first image's control image)."""
+    preprocessor's maps, made by `preprocess` (lienzo.pipelines.preprocessors.preprocess) and cached in
+    the run folder. `sampler(controlnet, control_image)` makes the loop's sample_fn (drawing with the
+    network as trained so far over the first image's control image)."""
     out = Path(out)
     check_trainable_family(model.spec, "ControlNet")
     check_control_kind(control)
     folder = controlnet_run_folder(out)
     dataset = CaptionedDataset(options.data, options.batch_size)
-    controls = control_paths(dataset.examples, control, folder / CONTROL_CACHE, control_options)
+    controls = control_paths(dataset.examples, control, folder / CONTROL_CACHE, control_options, preprocess)
     if options.cache_latents:
         cache_latents(dataset, model.vae, folder / CACHE_FOLDER)
     objective = diffusion_objective(options, model, dataset, objective_class=ControlNetObjective)
