@@ -24,7 +24,7 @@ class ControlNetShapesRecipe:
 
     scenes: int = 400
     unplaced_share: float = 0.5
-    steps: int = 600
+    steps: int = 2400
     batch_size: int = 8
     learning_rate: float = 5e-4
     caption_dropout: float = 0.2
