@@ -1,4 +1,4 @@
-"""Atomic writes: a finished file is 0644 whatever umask-less temp files default to, and a failure leaves none."""
+"""Atomic writes: a finished file is 0644 (not mkstemp's 0600), and a failure leaves no file behind."""
 
 import os
 import stat

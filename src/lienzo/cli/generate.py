@@ -33,7 +33,8 @@ from lienzo.pipelines.safety import NSFWContentWarning, was_flagged
 from lienzo.text.network_tags import extract_hypernet_tags, extract_lora_tags
 
 VAE_TILING = {"auto": None, "on": True, "off": False}
-GENERATE_EPILOG = """examples:
+GENERATE_EPILOG = (
+    """examples:
   lienzo generate "a red circle on a blue square" --model models/sd15.safetensors --seed 42
   lienzo generate "a lighthouse at dusk" -n "blurry, text" --size 768x512 --steps 30 --cfg 6.5 \\
       --sampler "DPM++ 2M Karras" --batch 4 --model models/sd15.safetensors -o outputs/lighthouse
@@ -44,7 +45,9 @@ GENERATE_EPILOG = """examples:
 Files go to outputs/ as 00001-<seed>.png, 00002-<seed+1>.png, ... (the next free number; existing
 files are never replaced). Every PNG carries A1111's "parameters" text.
 
-""" + CONTROL_EPILOG
+"""
+    + CONTROL_EPILOG
+)
 IMG2IMG_EPILOG = """examples:
   lienzo img2img sketch.png "an oil painting of a harbour" --strength 0.6 --model models/sd15.safetensors
   lienzo img2img photo.jpg "the same street in winter" --size 768x512 --seed 7 --model models/sd15.safetensors
