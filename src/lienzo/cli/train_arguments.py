@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import errno
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.pipeline import Pipeline
 from lienzo.recipes.fine_tuning import load_for_training
 from lienzo.training.captioned_dataset import DataConfig
-from lienzo.training.method_run import RunOptions, training_device
+from lienzo.training.method_run import RunOptions, is_main_process, training_device
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,25 @@ def options_and_model(args: argparse.Namespace, method: str) -> tuple[RunOptions
     --resolution defaulting to the model's."""
     pipe = load_for_training(args.model, training_device(args.device), method)
     return run_options(args, pipe.spec.resolution), pipe
+
+
+def run_method(
+    args: argparse.Namespace,
+    method: str,
+    output: str,
+    train: Callable[[RunOptions, Pipeline], object],
+    *,
+    hint: str = "",
+) -> int:
+    """Load the model for `method`, run `train(options, pipe)` with a full disk reported as such, and say
+    (on the main process) where the `output` went, how long it took, and `hint`."""
+    started = time.perf_counter()
+    with disk_errors(args.out):
+        options, pipe = options_and_model(args, method)
+        train(options, pipe)
+    if is_main_process():
+        print(f"{output} written to {args.out} in {time.perf_counter() - started:.0f} s{hint}")
+    return 0
 
 
 @contextmanager

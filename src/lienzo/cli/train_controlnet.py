@@ -4,7 +4,6 @@ images, saved as a diffusers ControlNet folder."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -14,8 +13,7 @@ from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
     check_new_output,
-    disk_errors,
-    options_and_model,
+    run_method,
 )
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.control_units import ControlUnit
@@ -25,7 +23,7 @@ from lienzo.pipelines.preprocessors import preprocess
 from lienzo.recipes.fine_tuning import image_grid
 from lienzo.training.control_images import CONTROL_KINDS, CONTROL_SUFFIX
 from lienzo.training.controlnet_training import train_controlnet
-from lienzo.training.method_run import RunOptions, is_main_process
+from lienzo.training.method_run import RunOptions
 
 CONTROLNET_DEFAULTS = MethodDefaults(steps=1000, batch_size=8, learning_rate=1e-4)
 
@@ -101,9 +99,8 @@ def run_train_controlnet(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
         raise InvalidArgumentError(f"--out {args.out} names a file; a ControlNet is written as a folder")
     check_new_output(args.out, args.resume)
-    started = time.perf_counter()
-    with disk_errors(args.out):
-        options, pipe = options_and_model(args, "ControlNet")
+
+    def train(options, pipe):
         train_controlnet(
             options,
             pipe,
@@ -116,6 +113,5 @@ def run_train_controlnet(args: argparse.Namespace) -> int:
             sampler=controlnet_sampler(pipe, options),
             device=pipe.device,
         )
-    if is_main_process():
-        print(f"ControlNet written to {args.out} in {time.perf_counter() - started:.0f} s")
-    return 0
+
+    return run_method(args, "ControlNet", "ControlNet", train)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
-    disk_errors,
-    options_and_model,
+    run_method,
 )
 from lienzo.cli.train_finetune import add_model_output_arguments, finetune_config
 from lienzo.errors import InvalidArgumentError
@@ -19,7 +17,6 @@ from lienzo.recipes.dreambooth import run_dreambooth
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.dreambooth import DreamBoothConfig
 from lienzo.training.finetune import check_model_output
-from lienzo.training.method_run import is_main_process
 
 DREAMBOOTH_DEFAULTS = MethodDefaults(steps=400, batch_size=8, learning_rate=1e-4)
 DEFAULT_CLASS_IMAGES = 100
@@ -84,9 +81,8 @@ def run_train_dreambooth(args: argparse.Namespace) -> int:
     check_model_output(args.out, args.resume)
     prompts = class_prompts(args.class_prompt)
     config = DreamBoothConfig(args.instance_prompt, args.prior_loss_weight, finetune_config(args))
-    started = time.perf_counter()
-    with disk_errors(args.out):
-        options, pipe = options_and_model(args, "DreamBooth")
+
+    def train(options, pipe):
         run_dreambooth(
             options,
             config,
@@ -100,6 +96,5 @@ def run_train_dreambooth(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    if is_main_process():
-        print(f"model written to {args.out} in {time.perf_counter() - started:.0f} s")
-    return 0
+
+    return run_method(args, "DreamBooth", "model", train)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
-    disk_errors,
-    options_and_model,
+    run_method,
 )
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.finetune import SAVE_PRECISIONS, FinetuneConfig, check_model_output, train_finetune
-from lienzo.training.method_run import is_main_process
 
 FINETUNE_DEFAULTS = MethodDefaults(steps=500, batch_size=8, learning_rate=5e-5)
 DEFAULT_EMA_DECAY = 0.999
@@ -66,9 +63,8 @@ def run_train_finetune(args: argparse.Namespace) -> int:
     """Train, write the model, say where it went and how long it took."""
     check_model_output(args.out, args.resume)
     config = finetune_config(args)
-    started = time.perf_counter()
-    with disk_errors(args.out):
-        options, pipe = options_and_model(args, "full fine-tuning")
+
+    def train(options, pipe):
         train_finetune(
             options,
             config,
@@ -78,6 +74,5 @@ def run_train_finetune(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    if is_main_process():
-        print(f"model written to {args.out} in {time.perf_counter() - started:.0f} s")
-    return 0
+
+    return run_method(args, "full fine-tuning", "model", train)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from lienzo.adapters.hypernetwork import ACTIVATIONS
@@ -11,14 +10,13 @@ from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
     check_new_output,
-    disk_errors,
-    options_and_model,
+    run_method,
 )
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.hypernetwork_writer import WEIGHT_INITIALIZATIONS, HypernetworkSettings
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.hypernetwork_training import HypernetworkConfig, train_hypernetwork
-from lienzo.training.method_run import check_output_file, is_main_process
+from lienzo.training.method_run import check_output_file
 
 HYPERNETWORK_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=3e-4)
 
@@ -88,9 +86,8 @@ def run_train_hypernetwork(args: argparse.Namespace) -> int:
     check_output_file(args.out, (".pt",))
     check_new_output(args.out, args.resume)
     config = hypernetwork_config(args)
-    started = time.perf_counter()
-    with disk_errors(args.out):
-        options, pipe = options_and_model(args, "hypernetwork")
+
+    def train(options, pipe):
         train_hypernetwork(
             options,
             config,
@@ -100,6 +97,5 @@ def run_train_hypernetwork(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    if is_main_process():
-        print(f"hypernetwork written to {args.out} in {time.perf_counter() - started:.0f} s")
-    return 0
+
+    return run_method(args, "hypernetwork", "hypernetwork", train)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
     check_new_output,
-    disk_errors,
-    options_and_model,
+    run_method,
 )
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.lora import train_lora
 from lienzo.training.lora_network import NETWORKS, NetworkConfig
-from lienzo.training.method_run import check_output_file, is_main_process
+from lienzo.training.method_run import check_output_file
 
 LORA_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=1e-3)
 DEFAULT_RANK = 8
@@ -47,9 +45,8 @@ def run_train_lora(args: argparse.Namespace) -> int:
     check_output_file(args.out, (".safetensors",))
     check_new_output(args.out, args.resume)
     config = NetworkConfig(args.network, args.rank, args.alpha)
-    started = time.perf_counter()
-    with disk_errors(args.out):
-        options, pipe = options_and_model(args, "LoRA")
+
+    def train(options, pipe):
         train_lora(
             options,
             config,
@@ -59,6 +56,5 @@ def run_train_lora(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    if is_main_process():
-        print(f"LoRA written to {args.out} in {time.perf_counter() - started:.0f} s")
-    return 0
+
+    return run_method(args, "LoRA", "LoRA", train)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
     check_new_output,
-    disk_errors,
-    options_and_model,
+    run_method,
 )
 from lienzo.recipes.fine_tuning import sample_writer
-from lienzo.training.method_run import check_output_file, is_main_process
+from lienzo.training.method_run import check_output_file
 from lienzo.training.textual_inversion import EMBEDDING_SUFFIXES, EmbeddingConfig, train_textual_inversion
 
 EMBEDDING_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=5e-3)
@@ -47,9 +45,8 @@ def run_train_embedding(args: argparse.Namespace) -> int:
     check_output_file(args.out, EMBEDDING_SUFFIXES)
     check_new_output(args.out, args.resume)
     config = EmbeddingConfig(args.token, args.init_word, args.vectors)
-    started = time.perf_counter()
-    with disk_errors(args.out):
-        options, pipe = options_and_model(args, "textual inversion")
+
+    def train(options, pipe):
         train_textual_inversion(
             options,
             config,
@@ -59,9 +56,6 @@ def run_train_embedding(args: argparse.Namespace) -> int:
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,
         )
-    if is_main_process():
-        print(
-            f"embedding written to {args.out} in {time.perf_counter() - started:.0f} s; "
-            f"write {args.out.stem} in a prompt to use it"
-        )
-    return 0
+
+    hint = f"; write {args.out.stem} in a prompt to use it"
+    return run_method(args, "textual inversion", "embedding", train, hint=hint)
