@@ -58,27 +58,28 @@ class TextEmbeddings(nn.Module):
         return tokens + self.position_embedding(positions)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with a causal mask (Vaswani et al. 2017), through SDPA."""
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. 2017) through SDPA, causal for the text tower."""
 
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config, causal: bool):
         super().__init__()
         width = config.hidden_size
         self.heads = config.num_attention_heads
+        self.causal = causal
         self.q_proj = nn.Linear(width, width)
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Attend each token to itself and the tokens before it."""
+        """Attend each token to every token, or with `causal` to itself and the tokens before it."""
         batch, length, width = x.shape
 
         def split_heads(t: Tensor) -> Tensor:
             return t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
 
         q, k, v = split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x))
-        attended = attention(q, k, v, is_causal=True)
+        attended = attention(q, k, v, is_causal=self.causal)
         return self.out_proj(attended.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -102,9 +103,9 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config, causal: bool):
         super().__init__()
-        self.self_attn = CausalSelfAttention(config)
+        self.self_attn = SelfAttention(config, causal)
         self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = FeedForward(config)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -115,12 +116,12 @@ class EncoderLayer(nn.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
-class TextEncoder(nn.Module):
-    """The stack of encoder layers."""
+class Encoder(nn.Module):
+    """The stack of encoder layers of a CLIP tower (causal for text)."""
 
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config, causal: bool):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(EncoderLayer(config, causal) for _ in range(config.num_hidden_layers))
 
 
 class TextTransformer(nn.Module):
@@ -129,7 +130,7 @@ class TextTransformer(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
         self.embeddings = TextEmbeddings(config)
-        self.encoder = TextEncoder(config)
+        self.encoder = Encoder(config, causal=True)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lienzo.models.attention import attention
-from lienzo.models.clip import FeedForward
+from lienzo.models.clip import Encoder
 
 
 @dataclass(frozen=True)
@@ -48,51 +47,6 @@ class VisionEmbeddings(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
 
 
-class VisionSelfAttention(nn.Module):
-    """Multi-head self-attention over all tokens (no mask), through SDPA."""
-
-    def __init__(self, config: CLIPVisionConfig):
-        super().__init__()
-        width = config.hidden_size
-        self.heads = config.num_attention_heads
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, length, width = x.shape
-
-        def split(t: Tensor) -> Tensor:
-            return t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
-
-        attended = attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, length, width))
-
-
-class VisionEncoderLayer(nn.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-
-    def __init__(self, config: CLIPVisionConfig):
-        super().__init__()
-        self.self_attn = VisionSelfAttention(config)
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = FeedForward(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class VisionEncoder(nn.Module):
-    """The stack of encoder layers."""
-
-    def __init__(self, config: CLIPVisionConfig):
-        super().__init__()
-        self.layers = nn.ModuleList(VisionEncoderLayer(config) for _ in range(config.num_hidden_layers))
-
-
 class VisionTransformer(nn.Module):
     """Embeddings, pre-layernorm, encoder and the post-layernorm of the pooled class token."""
 
@@ -100,7 +54,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.embeddings = VisionEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.encoder = VisionEncoder(config)
+        self.encoder = Encoder(config, causal=False)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixels: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from lienzo.errors import InvalidArgumentError
 NETWORKS = ("lora", "locon", "loha", "lokr", "dora")
 ATTENTION_BLOCKS = ("SpatialTransformer",)
 CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
-TEXT_BLOCKS = ("CausalSelfAttention", "FeedForward")
+TEXT_BLOCKS = ("SelfAttention", "FeedForward")
 """kohya's targets: Transformer2DModel (here SpatialTransformer) linear and 1x1 conv layers, CLIPAttention
 and CLIPMLP in the text encoder; LoCon, LoHa and LoKr add ResnetBlock2D, Downsample2D, Upsample2D convs."""
 
