@@ -22,8 +22,8 @@ def atomic_torch_save(state: dict[str, Any], path: Path) -> None:
     A failure at any point leaves the previous file at `path` untouched and removes the partial file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        torch.save(state, temporary)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
