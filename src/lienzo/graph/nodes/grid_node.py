@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from lienzo.graph.nodes.sampling import CFG, SAMPLER_ALIASES, SEED, STEPS, sampler_inputs
+from lienzo.graph.nodes.sampling import CFG, SEED, STEPS, generation_settings, sampler_inputs
 from lienzo.graph.nodes.xray_node import PIXELS, reserve_folder
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.values import pil_to_images
@@ -53,14 +53,7 @@ def grid(
         text,
         axes,
         callback=on_cell,
-        negative_prompt=negative,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        sampler=SAMPLER_ALIASES.get(sampler_name, sampler_name),
-        scheduler=scheduler,
-        width=width,
-        height=height,
+        **generation_settings(negative, seed, steps, cfg, sampler_name, scheduler, width, height),
     )
     folder, subfolder = reserve_folder(context.environment.output_dir, GRID_FOLDER, filename_prefix)
     written = result.save(folder)

@@ -24,6 +24,29 @@ PREVIEW_EVERY = 1
 """Sampler steps between previews."""
 
 
+def generation_settings(
+    negative: str,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    width: int,
+    height: int,
+) -> dict:
+    """A node's sampling widgets as the keyword settings of lienzo's generation functions."""
+    return {
+        "negative_prompt": negative,
+        "seed": seed,
+        "steps": steps,
+        "cfg": cfg,
+        "sampler": SAMPLER_ALIASES.get(sampler_name, sampler_name),
+        "scheduler": scheduler,
+        "width": width,
+        "height": height,
+    }
+
+
 def step_callback(context, pipe):
     """The sampler's per-step callback: interruption check, progress, and a latent preview when wanted."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lienzo.graph.nodes.sampling import CFG, SAMPLER_ALIASES, SEED, STEPS, sampler_inputs
+from lienzo.graph.nodes.sampling import CFG, SEED, STEPS, generation_settings, sampler_inputs
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.saving import save_path
 from lienzo.graph.values import pil_to_images
@@ -51,14 +51,7 @@ def xray(
     result = model.xray(
         text,
         every=every,
-        negative_prompt=negative,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        sampler=SAMPLER_ALIASES.get(sampler_name, sampler_name),
-        scheduler=scheduler,
-        width=width,
-        height=height,
+        **generation_settings(negative, seed, steps, cfg, sampler_name, scheduler, width, height),
     )
     folder, subfolder = reserve_folder(context.environment.output_dir, XRAY_FOLDER, filename_prefix)
     result.save(folder)
