@@ -27,6 +27,9 @@ from lienzo.models.safety_checker import score_image
 from lienzo.pipelines.metadata import read_parameters, save_png
 from lienzo.pipelines.safety import NSFWContentWarning, was_flagged
 from lienzo.pipelines.vision_inputs import clip_pixels
+from lienzo.server.a1111_request import read_request
+from lienzo.server.a1111_service import draw
+from lienzo.server.config import ServerConfig
 from tiny_models import tiny_pipeline_folder
 
 VISION = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -175,3 +178,16 @@ def test_generate_command_notes_a_flagged_image(tmp_path):
     assert "Safety checker: flagged" in read_parameters(written)
     with Image.open(written) as image:
         assert np.asarray(image).max() == 0
+
+
+def test_the_server_setting_decides_for_a1111_jobs(tmp_path):
+    pipe = lienzo.load(folder_with_checker(tmp_path, -2.0), device="cpu", dtype=torch.float32)
+    body = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "sampler_name": "Euler"}
+    request = read_request("txt2img", body, None)
+    with pytest.warns(NSFWContentWarning):
+        (flagged,) = draw(pipe, request, 3, None)
+    assert was_flagged(flagged) and np.asarray(flagged).max() == 0
+    (kept,) = draw(pipe, request, 3, None, safety_checker="off")
+    assert not was_flagged(kept) and np.asarray(kept).max() > 0
+    with pytest.raises(InvalidArgumentError, match="auto, on, off"):
+        ServerConfig(output_dir=tmp_path / "out", safety_checker="maybe")

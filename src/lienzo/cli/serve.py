@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lienzo.cli.arguments import LIBRARY_FLAGS, add_library_arguments
 from lienzo.io.library import library_from_config
+from lienzo.pipelines.options import SAFETY_MODES
 from lienzo.server.app import run_server
 from lienzo.server.config import (
     DEFAULT_HOST,
@@ -60,6 +61,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"checkpoints kept loaded, least recently used dropped first (default {DEFAULT_MODEL_CACHE})",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    parser.add_argument(
+        "--safety-checker",
+        choices=SAFETY_MODES,
+        default="auto",
+        help="NSFW check of A1111 and page images: auto (when the model folder has one), on, off",
+    )
     add_library_arguments(parser)
 
 
@@ -77,6 +84,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         model_cache=args.model_cache,
         device=args.device,
+        safety_checker=args.safety_checker,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_server(config)

@@ -95,7 +95,9 @@ class A1111Service:
             progress.job_no = iteration
             seed = request.settings["seed"] + iteration * request.settings["batch_size"]
             try:
-                images += draw(pipe, request, seed, lambda state: _on_step(worker, state))
+                images += draw(
+                    pipe, request, seed, lambda state: _on_step(worker, state), self.config.safety_checker
+                )
             except ImageSkipped:
                 progress.skipped = True
         paths = save(images, self.config.output_dir / SUBFOLDERS[job.kind])
@@ -117,9 +119,12 @@ def _on_step(worker: Worker, state: dict) -> None:
     progress.denoised = state["denoised"][:1].detach()
 
 
-def draw(pipe: Pipeline, request: A1111Request, seed: int, callback) -> list[Image.Image]:
-    """One batch of a request through the Pipeline method its mode calls for."""
-    settings = {**request.settings, "seed": seed}
+def draw(
+    pipe: Pipeline, request: A1111Request, seed: int, callback, safety_checker: str = "auto"
+) -> list[Image.Image]:
+    """One batch of a request through the Pipeline method its mode calls for, its images checked by the
+    server's safety checker setting."""
+    settings = {**request.settings, "seed": seed, "safety_checker": safety_checker}
     if isinstance(settings.get("hires"), dict):
         settings["hires"] = HiresOptions(**settings["hires"])
     run = {"callback": callback, "progress": False}

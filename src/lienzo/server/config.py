@@ -9,6 +9,7 @@ from pathlib import Path
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.atomic import atomic_path
 from lienzo.io.library import ModelLibrary
+from lienzo.pipelines.safety import check_safety_mode
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8188
@@ -38,8 +39,11 @@ class ServerConfig:
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     model_cache: int = DEFAULT_MODEL_CACHE
     device: str | None = None
+    safety_checker: str = "auto"
+    """The safety checker on the images of A1111 and page jobs: auto, on or off (lienzo.pipelines.safety)."""
 
     def __post_init__(self) -> None:
+        check_safety_mode(self.safety_checker)
         object.__setattr__(self, "output_dir", Path(self.output_dir).expanduser().absolute())
         state = self.state_dir if self.state_dir is not None else self.output_dir.parent / STATE_FOLDER
         object.__setattr__(self, "state_dir", Path(state).expanduser().absolute())
