@@ -119,8 +119,8 @@ def test_published_families_come_from_the_shapes_and_other_files_are_refused(tmp
     sdxl = {"x.attn2.to_k.weight": torch.empty(4, 2048), "label_emb.0.0.weight": torch.empty(4, 2816)}
     assert family_of_weights(sdxl) == "sdxl"
     assert family_of_weights({"x.attn2.to_k.weight": torch.empty(4, 32)}) is None
-    adapter = tmp_path / "t2i_adapter.safetensors"
-    write_safetensors(adapter, {"adapter.body.0.resnets.0.block1.weight": torch.zeros(1)})
+    adapter = tmp_path / "ip_adapter.safetensors"
+    write_safetensors(adapter, {"image_proj.proj.weight": torch.zeros(1)})
     with pytest.raises(UnknownArchitectureError, match="not a ControlNet"):
         read_controlnet(adapter)
     with pytest.raises(UnknownArchitectureError, match="match no published family"):

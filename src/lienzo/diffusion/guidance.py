@@ -40,9 +40,15 @@ def _cat_optional(name: str, first, second, join):
 
 def _cat_control(first: ControlResiduals, second: ControlResiduals) -> ControlResiduals:
     """Two batches of control residuals stacked along the batch."""
-    skips = tuple(torch.cat(pair) for pair in zip(first.skips, second.skips, strict=True))
+    skips = _cat_each("control.skips", first.skips, second.skips)
     middle = _cat_optional("control.middle", first.middle, second.middle, lambda a, b: torch.cat([a, b]))
-    return ControlResiduals(skips, middle)
+    return ControlResiduals(skips, middle, _cat_each("control.encoder", first.encoder, second.encoder))
+
+
+def _cat_each(name: str, first: tuple, second: tuple) -> tuple:
+    """Two residual lists stacked along the batch, pair by pair (both empty: empty)."""
+    joined = _cat_optional(name, first or None, second or None, lambda a, b: zip(a, b, strict=True))
+    return () if joined is None else tuple(torch.cat(pair) for pair in joined)
 
 
 def concat_conditionings(first: Conditioning, second: Conditioning, batch: int) -> Conditioning:

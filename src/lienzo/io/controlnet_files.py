@@ -1,7 +1,8 @@
 """ControlNet files: diffusers folders, ldm single files (with or without `control_model.`), diffusers-named
 single files, "difference" files (weights stored as the change from the base UNet) and Control-LoRAs
 (low-rank changes to the base UNet's encoder), read into lienzo's
-(ldm) naming with their config; the base model's family is checked against the ControlNet's shapes."""
+(ldm) naming with their config; the base model's family is checked against the ControlNet's shapes.
+T2I-Adapter folders and files are recognised here too and read by `io/t2i_adapter_files.py`."""
 
 from __future__ import annotations
 
@@ -27,8 +28,17 @@ from lienzo.io.keymaps.controlnet import (
     controlnet_config_from_state_dict,
     controlnet_diffusers_to_ldm,
 )
+from lienzo.io.t2i_adapter_files import (
+    T2IAdapterFile,
+    check_t2i_adapter_fits,
+    is_t2i_adapter_folder,
+    is_t2i_adapter_weights,
+    read_t2i_adapter_folder,
+    t2i_adapter_from_weights,
+)
 from lienzo.models.controlnet import ControlNetConfig
 from lienzo.models.specs import VECTOR_VALUES, FamilySpec, family_spec
+from lienzo.models.t2i_adapter import T2IAdapterConfig
 
 CONTROL_PREFIX = "control_model."
 DIFFERENCE_KEY = "difference"
@@ -70,13 +80,15 @@ def read_controlnet(
     *,
     base: FamilySpec | None = None,
     base_unet: Mapping[str, Tensor] | None = None,
-) -> ControlNetFile:
-    """A ControlNet file or diffusers folder in lienzo's naming; with `base` (the model's spec) checked to
-    fit it, and a difference file made whole with `base_unet` (the model's UNet weights, ldm naming)."""
+) -> ControlNetFile | T2IAdapterFile:
+    """A ControlNet (or T2I-Adapter) file or diffusers folder in lienzo's naming; with `base` (the model's
+    spec) checked to fit it, and a difference file made whole with `base_unet` (the model's UNet weights)."""
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"ControlNet {path} does not exist; check the path or name")
-    if path.is_dir():
+    if path.is_dir() and is_t2i_adapter_folder(path):
+        found = read_t2i_adapter_folder(path)
+    elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"{path} is not a diffusers ControlNet folder (config.json + {DIFFUSERS_WEIGHTS}.safetensors)"
@@ -85,7 +97,11 @@ def read_controlnet(
         weights = controlnet_diffusers_to_ldm(read_component_weights(path, DIFFUSERS_WEIGHTS))
         found = ControlNetFile(config, weights, "diffusers-folder", controlnet_family(config))
     else:
-        found = _read_single_file(read_state_dict(path), path, base, base_unet)
+        state = read_state_dict(path)
+        if is_t2i_adapter_weights(state):
+            found = t2i_adapter_from_weights(state)
+        else:
+            found = _read_single_file(state, path, base, base_unet)
     if base is not None:
         check_controlnet_fits(found.config, base, path.name)
     return found
@@ -111,7 +127,7 @@ def _read_single_file(
     if LDM_MARKER not in state:
         raise UnknownArchitectureError(
             f"{path} is not a ControlNet (no hint block: control_model.input_hint_block or "
-            "controlnet_cond_embedding keys); T2I-Adapter and IP-Adapter files are not read"
+            "controlnet_cond_embedding keys) nor a T2I-Adapter; IP-Adapter files are not read"
         )
     family = family_of_weights(state)
     spec = base or (family_spec(family) if family else None)
@@ -218,9 +234,14 @@ def _describe(context_dim: int, adm: int | None) -> str:
     return f"cross-attention width {context_dim}{vector}"
 
 
-def check_controlnet_fits(config: ControlNetConfig, spec: FamilySpec, name: str = "the ControlNet") -> None:
+def check_controlnet_fits(
+    config: ControlNetConfig | T2IAdapterConfig, spec: FamilySpec, name: str = "the ControlNet"
+) -> None:
     """Refuse a ControlNet whose encoder differs from the model's UNet or whose hint block does not match
-    the model's VAE factor, naming both families."""
+    the model's VAE factor (or a T2I-Adapter whose features do not fit), naming both families."""
+    if isinstance(config, T2IAdapterConfig):
+        check_t2i_adapter_fits(config, spec, name)
+        return
     unet, base = config.unet, spec.unet
     if (unet.context_dim, unet.adm_in_channels) != (base.context_dim, base.adm_in_channels):
         raise InvalidArgumentError(

@@ -10,24 +10,42 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class ControlResiduals:
-    """ControlNet outputs (Zhang et al. 2023): one residual per UNet skip connection, one after the middle."""
+    """What control models add to the UNet: ControlNet outputs (Zhang et al. 2023), one residual per skip
+    connection (`skips`, empty for none) and one after the middle block; and T2I-Adapter features
+    (Mou et al. 2023), one per encoder level added inside the down path (`encoder`, empty for none)."""
 
-    skips: tuple[Tensor, ...]
+    skips: tuple[Tensor, ...] = ()
     middle: Tensor | None = None
+    encoder: tuple[Tensor, ...] = ()
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> ControlResiduals:
         """The residuals with `fn` applied to every tensor."""
         middle = None if self.middle is None else fn(self.middle)
-        return ControlResiduals(tuple(fn(skip) for skip in self.skips), middle)
+        return ControlResiduals(
+            tuple(fn(skip) for skip in self.skips), middle, tuple(fn(level) for level in self.encoder)
+        )
 
     def __add__(self, other: ControlResiduals) -> ControlResiduals:
-        """The sum of two units' residuals (several ControlNets at once)."""
-        skips = tuple(a + b for a, b in zip(self.skips, other.skips, strict=True))
-        if self.middle is None or other.middle is None:
-            middle = self.middle if other.middle is None else other.middle
-        else:
-            middle = self.middle + other.middle
-        return ControlResiduals(skips, middle)
+        """The sum of two units' residuals (several ControlNets and T2I-Adapters at once)."""
+        return ControlResiduals(
+            _sum_each(self.skips, other.skips),
+            _sum_optional(self.middle, other.middle),
+            _sum_each(self.encoder, other.encoder),
+        )
+
+
+def _sum_each(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Element-wise sums of two residual lists; an empty list adds nothing."""
+    if not first or not second:
+        return first or second
+    return tuple(a + b for a, b in zip(first, second, strict=True))
+
+
+def _sum_optional(first: Tensor | None, second: Tensor | None) -> Tensor | None:
+    """first + second, where None adds nothing."""
+    if first is None or second is None:
+        return second if first is None else first
+    return first + second
 
 
 @dataclass(frozen=True)

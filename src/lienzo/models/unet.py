@@ -79,6 +79,7 @@ class UNetEncoder(nn.Module):
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential([InputConv(config.in_channels, mc)])])
         self.skip_channels = [mc]
+        adapter_places = []
         channels = mc
         level_shapes = zip(config.channel_mult, config.transformer_depth, strict=True)
         for level, (mult, depth) in enumerate(level_shapes):
@@ -89,9 +90,15 @@ class UNetEncoder(nn.Module):
                     layers.append(self.transformer(channels, depth))
                 self.input_blocks.append(TimestepEmbedSequential(layers))
                 self.skip_channels.append(channels)
+            adapter_places.append(len(self.input_blocks) - 1)
             if level != levels - 1:
                 self.input_blocks.append(TimestepEmbedSequential([Downsample(channels)]))
                 self.skip_channels.append(channels)
+                if depth == 0:
+                    adapter_places[-1] += 1
+        self.adapter_places = tuple(adapter_places)
+        """The input block after which each level's T2I-Adapter feature is added: the level's last
+        block, or its downsampler in a level without attention (diffusers' DownBlock2D)."""
 
         middle: list[nn.Module] = [ResBlock(channels, self.emb_channels, channels, groups)]
         if config.transformer_depth_middle > 0:
@@ -129,13 +136,35 @@ class UNetEncoder(nn.Module):
             raise ValueError("this UNet takes no vector conditioning y; pass y=None")
         return emb
 
-    def encode(self, h: Tensor, emb: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """(middle block output, skip connections) of the input h."""
+    def encode(
+        self, h: Tensor, emb: Tensor, context: Tensor, adapter: tuple[Tensor, ...] = ()
+    ) -> tuple[Tensor, list[Tensor]]:
+        """(middle block output, skip connections) of the input h; `adapter` holds one T2I-Adapter
+        feature per level, added to the hidden state at `adapter_places` (diffusers'
+        down_intrablock_additional_residuals), so the skip there and every later block see it."""
+        if adapter and len(adapter) != len(self.adapter_places):
+            raise ValueError(
+                f"T2I-Adapter residuals hold {len(adapter)} levels but this UNet has "
+                f"{len(self.adapter_places)}; use a T2I-Adapter made for this model family"
+            )
+        features = dict(zip(self.adapter_places, adapter, strict=False))
         skips = []
-        for block in self.input_blocks:
+        for index, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
+            if index in features:
+                h = h + _fitting(features[index], h)
             skips.append(h)
         return self.middle_block(h, emb, context), skips
+
+
+def _fitting(residual: Tensor, h: Tensor) -> Tensor:
+    """`residual` in h's dtype, refused unless its channels and size are h's."""
+    if residual.shape[1:] != h.shape[1:]:
+        raise ValueError(
+            f"a T2I-Adapter feature of shape {tuple(residual.shape[1:])} meets a UNet hidden state of "
+            f"{tuple(h.shape[1:])}; use a T2I-Adapter made for this model family"
+        )
+    return residual.to(h.dtype)
 
 
 def with_concat(x: Tensor, cond: Conditioning) -> Tensor:
@@ -152,7 +181,8 @@ class UNetModel(UNetEncoder):
     `forward(x, t, cond)` predicts the model output (eps or v) for latents `x` at discrete timesteps `t`:
     `cond.concat` is appended to x's channels, the blocks cross-attend to `cond.context`, `cond.y` is the
     SDXL vector conditioning (Podell et al. 2023), and `cond.control` residuals are added to the skip
-    connections and after the middle block, as ControlNet prescribes (Zhang et al. 2023).
+    connections and after the middle block, as ControlNet prescribes (Zhang et al. 2023), and inside the
+    encoder at `adapter_places`, as T2I-Adapter does (Mou et al. 2023).
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -181,17 +211,20 @@ class UNetModel(UNetEncoder):
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """Output for latents x (B, C, H, W) at timesteps t (B,) under `cond`."""
         emb = self.embed(t, cond.y, x.shape[0], x.dtype)
-        h, skips = self.encode(with_concat(x, cond), emb, cond.context)
         control = cond.control
+        adapter = () if control is None else control.encoder
+        h, skips = self.encode(with_concat(x, cond), emb, cond.context, adapter)
         if control is not None:
-            if len(control.skips) != len(skips):
-                raise ValueError(
-                    f"control residuals hold {len(control.skips)} skips but this UNet has {len(skips)}; "
-                    "use a ControlNet made for this model family"
-                )
-            skips = [
-                skip + residual.to(skip.dtype) for skip, residual in zip(skips, control.skips, strict=True)
-            ]
+            if control.skips:
+                if len(control.skips) != len(skips):
+                    raise ValueError(
+                        f"control residuals hold {len(control.skips)} skips but this UNet has {len(skips)}; "
+                        "use a ControlNet made for this model family"
+                    )
+                skips = [
+                    skip + residual.to(skip.dtype)
+                    for skip, residual in zip(skips, control.skips, strict=True)
+                ]
             if control.middle is not None:
                 h = h + control.middle.to(h.dtype)
         for block in self.output_blocks:

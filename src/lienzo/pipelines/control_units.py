@@ -31,6 +31,9 @@ RESIZE_MODES = {
 centre; scale to fit inside it and fill the border with the median colour of the image's edge."""
 PROMPT_MODE_DECAY = 0.825
 """A1111's soft-injection ratio between neighbouring residual scales ("My prompt is more important")."""
+ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
+"""A1111's soft-injection scales of a T2I-Adapter's four features ("My prompt" and "ControlNet is more
+important" modes)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,7 +24,8 @@ from PIL import Image
 from lienzo.devices import default_device, default_dtype
 from lienzo.io.controlnet_files import check_controlnet_fits, legacy_model_hash, read_controlnet
 from lienzo.io.library import ModelLibrary, library_from_config
-from lienzo.models.controlnet import ControlNet
+from lienzo.models.controlnet import ControlNet, ControlNetConfig
+from lienzo.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
 from lienzo.pipelines.control_apply import ControlHint
 from lienzo.pipelines.control_units import ControlUnit, check_control_unit
 from lienzo.pipelines.images import load_image
@@ -42,10 +43,10 @@ THRESHOLD_OPTIONS = ("low_threshold", "high_threshold", "threshold")
 
 @dataclass(frozen=True, eq=False)
 class LoadedControlNet:
-    """A ControlNet ready to run: the network, its name and A1111's short hash, the family its shapes
-    name (None for unpublished sizes) and the layout its file was in."""
+    """A ControlNet (or T2I-Adapter) ready to run: the network, its name and A1111's short hash, the family
+    its shapes name (None for unpublished sizes) and the layout its file was in."""
 
-    model: ControlNet
+    model: ControlNet | T2IAdapter
     name: str
     short_hash: str | None = None
     family: str | None = None
@@ -60,7 +61,8 @@ def load_controlnet(
     device=None,
     dtype=None,
 ) -> LoadedControlNet:
-    """A ControlNet from a file, a diffusers folder or a name in the models folder's controlnet/.
+    """A ControlNet from a file, a diffusers folder or a name in the models folder's controlnet/; a
+    T2I-Adapter file or folder is recognised from its keys or config and loads the same way.
 
     With `base` (a Pipeline) it is checked to fit that model, built on its device and dtype, and a
     difference file gets the model's UNet weights added; without one, its family comes from its shapes.
@@ -77,12 +79,21 @@ def load_controlnet(
         base_unet=None if base is None else unpatched_unet_weights(base),
     )
     with torch.device("meta"):
-        model = ControlNet(found.config)
+        model = (
+            T2IAdapter(found.config)
+            if isinstance(found.config, T2IAdapterConfig)
+            else ControlNet(found.config)
+        )
     model.load_state_dict(found.state_dict, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     short_hash = legacy_model_hash(path) if path.is_file() else None
     name = path.stem if path.is_file() else path.name
     return LoadedControlNet(model, name, short_hash, found.family, found.layout)
+
+
+def control_config(model: ControlNet | T2IAdapter) -> ControlNetConfig | T2IAdapterConfig:
+    """The config a loaded ControlNet or T2I-Adapter was built from."""
+    return model.config if isinstance(model, T2IAdapter) else model.controlnet_config
 
 
 def unpatched_unet_weights(pipe) -> dict[str, torch.Tensor]:
@@ -163,7 +174,7 @@ def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
     for index, unit in enumerate(units):
         check_control_unit(unit, index)
         if unit.prepared:
-            check_controlnet_fits(unit.model.model.controlnet_config, pipe.spec, unit.model.name)
+            check_controlnet_fits(control_config(unit.model.model), pipe.spec, unit.model.name)
             resolved.append(unit)
             continue
         model = unit.model
@@ -172,7 +183,7 @@ def resolve_units(pipe, units) -> tuple[ControlUnit, ...]:
                 loaded[str(model)] = load_controlnet(model, pipe)
             model = loaded[str(model)]
         else:
-            check_controlnet_fits(model.model.controlnet_config, pipe.spec, model.name)
+            check_controlnet_fits(control_config(model.model), pipe.spec, model.name)
         options = {**dict(PREPROCESS_DEFAULTS.get(unit.preprocess, ())), **dict(unit.preprocess_options)}
         if unit.preprocess == "depth":
             options.setdefault("models_dir", pipe.model_library().root)
