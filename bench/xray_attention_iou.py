@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lienzo.io.atomic import atomic_path
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.xray import run_xray
-from lienzo.pipelines.xray.capture import MIN_MAP_SIDE
+from lienzo.pipelines.xray.capture import LAYER_WEIGHTINGS, UPSAMPLINGS, MapSettings
 from lienzo.worlds import evaluation_prompts, parse_prompt, score
 from lienzo.worlds.map_overlap import object_and_background_masks, top_n_iou
 
@@ -28,11 +28,13 @@ ROLES = ("shape", "colour", "background", "background colour")
 FIGURE_ROWS = 6
 
 
-def word_ious(pipe, prompt: str, seed: int, steps: int, min_side: int) -> tuple[dict[str, float], list, bool]:
+def word_ious(
+    pipe, prompt: str, seed: int, steps: int, settings: MapSettings
+) -> tuple[dict[str, float], list, bool]:
     """IoU per role for one prompt, the pictures for the figure, and whether the scorer matched the image."""
     expected = parse_prompt(prompt)
     target = expected.objects[0]
-    xray = run_xray(pipe, prompt, seed=seed, steps=steps, every=steps, min_map_side=min_side)
+    xray = run_xray(pipe, prompt, seed=seed, steps=steps, every=steps, map_settings=settings)
     obj, background = object_and_background_masks(xray.image)
     words = {
         "shape": (target.shape, obj),
@@ -74,14 +76,24 @@ def main() -> None:
     )
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--min-map-side", type=int, default=MIN_MAP_SIDE, help="1 = every layer")
+    defaults = MapSettings()
+    parser.add_argument("--min-map-side", type=int, default=defaults.min_map_side, help="1 = every layer")
+    parser.add_argument("--layer-weighting", choices=LAYER_WEIGHTINGS, default=defaults.layer_weighting)
+    parser.add_argument("--later-fraction", type=float, default=defaults.later_fraction)
+    parser.add_argument(
+        "--drop-start-token", action=argparse.BooleanOptionalAction, default=defaults.drop_start_token
+    )
+    parser.add_argument("--upsampling", choices=UPSAMPLINGS, default=defaults.upsampling)
     parser.add_argument("--figure", type=Path, help="write the first rows as a PNG figure")
     args = parser.parse_args()
+    settings = MapSettings(
+        args.min_map_side, args.layer_weighting, args.later_fraction, args.drop_start_token, args.upsampling
+    )
     pipe = load(None)
     results, rows, matched = {role: [] for role in ROLES}, [], 0
     start = time.perf_counter()
     for seed, prompt in enumerate(evaluation_prompts(args.prompts, seed=0, kind="single")):
-        ious, pictures, ok = word_ious(pipe, prompt, seed, args.steps, args.min_map_side)
+        ious, pictures, ok = word_ious(pipe, prompt, seed, args.steps, settings)
         matched += ok
         for role in ROLES:
             results[role].append(ious[role])
@@ -89,7 +101,7 @@ def main() -> None:
             rows.append((prompt, pictures, ious))
     elapsed = time.perf_counter() - start
     print(
-        f"{args.prompts} prompts, {args.steps} steps, maps >= {args.min_map_side} cells, {elapsed:.0f} s; "
+        f"{args.prompts} prompts, {args.steps} steps, {settings}, {elapsed:.0f} s; "
         f"scorer matched {matched}/{args.prompts}"
     )
     print("| word | region | mean IoU | median | min | share >= 0.5 |")

@@ -1,6 +1,6 @@
 """The page at `/` in headless Chromium against a real `lienzo serve` (with a token) and the built-in model:
 txt2img scored by the shapes scorer, img2img, inpainting with a mask painted by mouse, gallery reuse, PNG
-parameters read on drop, cancel, and clear messages for bad input."""
+parameters read on drop, cancel (x-ray mode too), and clear messages for bad input."""
 
 from __future__ import annotations
 
@@ -343,6 +343,36 @@ def test_the_xray_mode_shows_a_map_per_word_where_the_words_act(page):
     assert values.shape == (128, 128)
     assert values[:, :64].mean() > values[:, 64:].mean()
     save_screenshot(page.locator("#xray").screenshot(), "ui-xray.png")
+
+
+def test_the_xray_mode_shows_step_progress_and_previews_and_cancel_interrupts_it(page, server):
+    page.get_by_label("X-ray", exact=True).check()
+    fill_settings(page, PROMPT, steps=150)
+    page.get_by_label("Trajectory interval").fill("50")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function(
+        "document.getElementById('progress').max === 150 && document.getElementById('progress').value >= 2",
+        timeout=120_000,
+    )
+    assert page.locator("#status").inner_text().startswith("Step ")
+    page.locator("#live-preview[src^='blob:']").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
+    page.wait_for_function("document.getElementById('cancel').disabled")
+    assert page.locator("#progress").evaluate("(bar) => bar.value < 150")
+    page.wait_for_function(
+        f"""async () => {{
+            const queue = await (await fetch("/queue?token={TOKEN}")).json();
+            return queue.queue_running.length === 0 && queue.queue_pending.length === 0;
+        }}""",
+        timeout=60_000,
+    )
+    history = page.request.get(f"{server}/history?token={TOKEN}").json()
+    stopped = [
+        item for item in history.values() if "xray" in item["prompt"][2] and not item["status"]["completed"]
+    ]
+    assert len(stopped) == 1 and "xray" not in stopped[0]["outputs"]
+    assert page.locator("#xray").is_hidden()
 
 
 def test_the_grid_mode_draws_an_xy_plot_and_refuses_a_bad_axis(page):

@@ -17,6 +17,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.steps import model_sampling
 from lienzo.pipelines.xray import capture_cross_attention, cross_attention_layers, token_breakdown
+from lienzo.pipelines.xray.capture import MapSettings, upsample
 from lienzo.text.conditioning import CHUNK_LENGTH
 from lienzo.text.embeddings import Embeddings
 from lienzo.worlds import evaluation_prompts, parse_prompt
@@ -92,6 +93,7 @@ def test_schedule_trajectory_and_image_match_a_plain_generation(pipe):
     assert np.array_equal(np.asarray(plain), np.asarray(xray.image))
     assert set(hooked) == {0}
     assert all(not layer._forward_hooks for layer in cross_attention_layers(pipe.unet))
+    assert not pipe.unet._forward_pre_hooks
     expected = get_sigmas("karras", 6, model_sampling(pipe.spec.schedule))
     assert xray.schedule.sigmas == pytest.approx(expected.tolist())
     assert xray.schedule.sigmas == pytest.approx(visited)
@@ -105,12 +107,65 @@ def test_capture_hooks_exist_only_inside_the_block(pipe):
     assert len(layers) == 7
     with capture_cross_attention(pipe.unet, (16, 16)) as capture:
         assert all(len(layer._forward_hooks) == 1 for layer in layers)
+        assert len(pipe.unet._forward_pre_hooks) == 1
         pipe.generate(PROMPT, seed=1, steps=2, progress=False)
-    assert all(not layer._forward_hooks for layer in layers)
-    assert set(capture.calls) == {(8, 8), (4, 4)} and capture.kept_sizes() == [(8, 8)]
+    assert all(not layer._forward_hooks for layer in layers) and not pipe.unet._forward_pre_hooks
+    assert capture.calls == {(8, 8, 2): 3 * 2, (4, 4, 4): 4 * 2}  # layers x sampler calls, cond row only
+    assert capture.kept_sizes() == [(8, 8, 2)]
     maps = capture.token_maps(128, 128)
     assert maps.shape == (CHUNK_LENGTH, 128, 128)
     assert maps.sum(dim=0).mean().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_interrupted_xray_leaves_no_hook_behind(pipe):
+    def stop(state: dict) -> None:
+        if state["i"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe.xray(PROMPT, seed=1, steps=4, callback=stop)
+    assert all(not layer._forward_hooks for layer in cross_attention_layers(pipe.unet))
+    assert not pipe.unet._forward_pre_hooks
+
+
+def test_maps_come_from_the_conditional_row_of_the_cfg_batch(pipe):
+    """One step from the same noise: with guidance the UNet sees [cond, uncond] in one batch, without it
+    cond alone; the maps agree, whatever the negative prompt."""
+    one_step = {"seed": 4, "steps": 1, "every": 1}
+    guided = pipe.xray(PROMPT, cfg=7, negative_prompt="a small green square at the top", **one_step)
+    unguided = pipe.xray(PROMPT, cfg=1, **one_step)
+    for word in ("red", "circle", "background"):
+        assert np.allclose(guided.word_map(word).values, unguided.word_map(word).values, atol=1e-4)
+    assert not np.allclose(guided.word_map("red").values, guided.word_map("circle").values, atol=1e-4)
+
+
+def test_map_settings_steps_start_token_and_cell_alignment(pipe):
+    sampling = model_sampling(pipe.spec.schedule)
+    timesteps = sampling.sigma_to_t(get_sigmas("karras", 4, sampling)[:-1].double()).tolist()
+    assert MapSettings().max_timestep(timesteps) == float("inf")
+    later = MapSettings(later_fraction=0.5, drop_start_token=True)
+    assert later.max_timestep(timesteps) == pytest.approx(timesteps[2], abs=0.01)
+    with capture_cross_attention(pipe.unet, (16, 16), later, later.max_timestep(timesteps)) as capture:
+        pipe.generate(PROMPT, seed=1, steps=4, sampler="euler", scheduler="karras", progress=False)
+    assert capture.calls[8, 8, 2] == 3 * 2  # 3 layers, the last 2 of 4 steps
+    maps = capture.token_maps(128, 128)
+    assert maps[0].abs().max().item() == 0
+    assert maps.sum(dim=0).mean().item() == pytest.approx(1.0, abs=1e-3)
+    grid = torch.zeros(1, 8, 8)
+    grid[0, 5, 3] = 1.0
+    for mode in ("bilinear", "bicubic"):
+        upsampled = upsample(grid, 2, (128, 128), (16, 16), mode)[0]
+        row, column = divmod(int(upsampled.argmax()), 128)
+        assert (row, column) in {(84 + a, 52 + b) for a in (-1, 0) for b in (-1, 0)}  # cell centre 16 j + 4
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"min_map_side": 0}, {"layer_weighting": "area"}, {"later_fraction": 0}, {"upsampling": "nearest"}],
+)
+def test_bad_map_settings_are_refused(settings):
+    with pytest.raises(InvalidArgumentError):
+        MapSettings(**settings)
 
 
 def test_word_maps_cover_the_objects_they_name(pipe):

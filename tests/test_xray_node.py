@@ -1,11 +1,14 @@
 """The LienzoXRay graph node: one x-ray of the built-in model written under the output folder's xray/, its
-UI entry naming every file, and the image passed on as an IMAGE."""
+UI entry naming every file, the image passed on as an IMAGE, and progress and interruption between steps."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-from lienzo.graph import Executor, GraphEnvironment
+import pytest
+
+from lienzo.graph import ExecutionHooks, ExecutionInterrupted, Executor, GraphEnvironment
 from lienzo.io.library import ModelLibrary
 
 PROMPT = "a red square on a white background"
@@ -47,3 +50,25 @@ def test_the_xray_node_writes_the_folder_and_lists_every_file(tmp_path: Path):
     prompt["xray"]["inputs"]["seed"] = 2
     second = executor.execute(prompt, prompt_id="second")
     assert second["xray"]["xray"][0]["subfolder"] == "xray/run_00002"
+
+
+def test_the_xray_node_reports_each_step_and_stops_when_interrupted(tmp_path: Path):
+    environment = GraphEnvironment(
+        ModelLibrary(tmp_path / "models"), tmp_path / "in", tmp_path / "out", tmp_path / "t"
+    )
+    interrupt, steps = threading.Event(), []
+
+    class StopAtStep3(ExecutionHooks):
+        def progress(self, prompt_id, node_id, value, maximum):
+            steps.append((node_id, value, maximum))
+            if value == 3:
+                interrupt.set()
+
+    prompt = xray_prompt()
+    prompt["xray"]["inputs"]["steps"] = 20
+    executor = Executor(environment)
+    with pytest.raises(ExecutionInterrupted) as caught:
+        executor.execute(prompt, prompt_id="stop", hooks=StopAtStep3(), interrupt=interrupt)
+    assert caught.value.node_id == "xray"
+    assert steps == [("xray", 1, 20), ("xray", 2, 20), ("xray", 3, 20)]
+    assert not (tmp_path / "out" / "xray").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lienzo.graph.nodes.sampling import CFG, SEED, STEPS, generation_settings, sampler_inputs
+from lienzo.graph.nodes.sampling import CFG, SEED, STEPS, generation_settings, sampler_inputs, step_callback
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.saving import save_path
 from lienzo.graph.values import pil_to_images
@@ -47,10 +47,12 @@ def xray(
     every: int,
     filename_prefix: str,
 ):
-    """X-ray one txt2img run of the model (its LoRAs applied) and save the x-ray folder."""
+    """X-ray one txt2img run of the model (its LoRAs applied) and save the x-ray folder; progress, previews
+    and interruption between steps as KSampler has them."""
     result = model.xray(
         text,
         every=every,
+        callback=step_callback(context, model),
         **generation_settings(negative, seed, steps, cfg, sampler_name, scheduler, width, height),
     )
     folder, subfolder = reserve_folder(context.environment.output_dir, XRAY_FOLDER, filename_prefix)

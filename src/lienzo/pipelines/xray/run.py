@@ -10,6 +10,7 @@ pipe.generate ◄── capture_cross_attention (hooks only inside this call) �
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lienzo.diffusion import img2img_sigmas
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.options import GenerationOptions, random_seed, resolve_options
 from lienzo.pipelines.steps import decode_latents, latent_shape, model_sampling, schedule_sigmas
-from lienzo.pipelines.xray.capture import MIN_MAP_SIDE, capture_cross_attention
+from lienzo.pipelines.xray.capture import MapSettings, capture_cross_attention
 from lienzo.pipelines.xray.files import save_xray
 from lienzo.pipelines.xray.pictures import map_image
 from lienzo.pipelines.xray.tokens import TokenBreakdown, Word, token_breakdown
@@ -121,6 +122,18 @@ class TrajectoryRecorder:
         self.frames.append(TrajectoryFrame(step, sigma, prediction, noisy_image))
 
 
+def chained(recorder: TrajectoryRecorder, callback: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """The step callback that records the trajectory, then calls the caller's callback."""
+    if callback is None:
+        return recorder
+
+    def on_step(state: dict) -> None:
+        recorder(state)
+        callback(state)
+
+    return on_step
+
+
 def xray_options(pipe, prompt: str, settings: dict) -> GenerationOptions:
     """The run's resolved options (a random seed drawn here, once); refuses what the x-ray cannot watch."""
     refused = sorted(key for key in REFUSED_SETTINGS if settings.get(key) not in (None, 1))
@@ -141,15 +154,18 @@ def run_xray(
     prompt: str,
     *,
     every: int = DEFAULT_EVERY,
-    min_map_side: int = MIN_MAP_SIDE,
+    map_settings: MapSettings | None = None,
+    callback: Callable[[dict], None] | None = None,
     progress: bool = False,
     **settings,
 ) -> XRay:
     """X-ray a txt2img run of `prompt`; `settings` are `Pipeline.generate`'s (negative_prompt, steps, cfg,
     sampler, scheduler, seed, width, height, clip_skip, ...), one image, no hires pass or refiner.
 
-    The trajectory records every `every` steps; the maps average the cross-attention layers whose maps
-    are at least `min_map_side` cells on their shorter side (see lienzo.pipelines.xray.capture)."""
+    The trajectory records every `every` steps; `map_settings` says how the word maps aggregate the
+    cross-attention (layers, steps, start token, upsampling; MapSettings() by default, see
+    lienzo.pipelines.xray.capture); `callback(state)` runs after every sampler step, as generate's does
+    (progress, previews, an interruption raised there ends the run with the hooks removed)."""
     if not prompt or not prompt.strip():
         raise InvalidArgumentError('the prompt is empty: give the prompt to x-ray, e.g. "a red circle"')
     options = xray_options(pipe, prompt, pipe.resolve_controlnets(settings))
@@ -169,13 +185,16 @@ def run_xray(
     recorder = TrajectoryRecorder(pipe.vae, every)
     _, latent_height, latent_width = latent_shape(pipe.spec, options.width, options.height)
     kept = {key: getattr(options, key) for key in _GENERATE_FIELDS}
-    with capture_cross_attention(pipe.unet, (latent_height, latent_width)) as capture:
-        (image,) = pipe.generate(callback=recorder, progress=progress, **kept)
-    token_maps = capture.token_maps(options.height, options.width, min_map_side)
-    maps = tuple(
+    aggregation = map_settings or MapSettings()
+    latent_size = (latent_height, latent_width)
+    max_timestep = aggregation.max_timestep(list(schedule.timesteps))
+    with capture_cross_attention(pipe.unet, latent_size, aggregation, max_timestep) as capture:
+        (image,) = pipe.generate(callback=chained(recorder, callback), progress=progress, **kept)
+    token_maps = capture.token_maps(options.height, options.width)
+    word_maps = tuple(
         WordMap(word, token_maps[list(word.positions)].sum(dim=0).cpu().numpy()) for word in tokens.words
     )
-    return XRay(image, options, tokens, schedule, tuple(recorder.frames), maps)
+    return XRay(image, options, tokens, schedule, tuple(recorder.frames), word_maps)
 
 
 _GENERATE_FIELDS = (
