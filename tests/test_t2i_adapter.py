@@ -17,6 +17,7 @@ import lienzo
 from controlnet_models import control_image, controlnet_file, one_thread
 from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
+from lienzo.graph import Executor, GraphEnvironment
 from lienzo.io.controlnet_files import read_controlnet
 from lienzo.io.formats import write_safetensors
 from lienzo.io.keymaps.t2i_adapter import (
@@ -26,6 +27,7 @@ from lienzo.io.keymaps.t2i_adapter import (
     t2i_adapter_original_to_diffusers,
 )
 from lienzo.io.keymaps.unet import unet_config_to_diffusers, unet_diffusers_to_ldm
+from lienzo.io.library import ModelLibrary
 from lienzo.models.conditioning import Conditioning, ControlResiduals
 from lienzo.models.t2i_adapter import T2IAdapter
 from lienzo.models.unet import UNetModel
@@ -33,6 +35,7 @@ from lienzo.pipelines.control_apply import adapter_scales
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.metadata import read_parameters
 from lienzo.pipelines.options import resolve_options
+from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from tiny_models import TINY_UNET, randomize_parameters, tiny_pipeline_folder
 
 __all__ = ["one_thread"]
@@ -225,6 +228,74 @@ def test_strength_scales_modes_and_mixing_with_a_controlnet(tmp_path):
     )
 
 
+PARITY = {
+    "sampler": "euler",
+    "scheduler": "karras",
+    "width": 32,
+    "height": 32,
+    "steps": 4,
+    "cfg": 6.0,
+    "seed": 7,
+}
+PARITY_CASES = {"plain": [(1, 1.0)], "strength": [(1, 0.6)], "two-adapters": [(1, 0.7), (2, 0.5)]}
+"""Units as (adapter seed, strength); the control image's seed is the adapter's."""
+
+
+def reference_adapter_latents(units: list[tuple[int, float]]) -> torch.Tensor:
+    """diffusers' StableDiffusionAdapterPipeline (MultiAdapter for two) on the tiny SD 1 folder, Euler
+    over Karras sigmas from lienzo's seeded noise."""
+    folder, pipe = tiny_pipeline_folder("sd1"), tiny_pipe("sd1")
+    adapters = [reference_adapter("full", seed) for seed, _ in units]
+    adapter = adapters[0] if len(units) == 1 else diffusers.MultiAdapter(adapters)
+    reference = diffusers.StableDiffusionAdapterPipeline.from_pretrained(
+        folder, adapter=adapter, safety_checker=None, requires_safety_checker=False
+    )
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        reference.scheduler.config, use_karras_sigmas=True, timestep_spacing="linspace"
+    )
+    reference.set_progress_bar_config(disable=True)
+    options = resolve_options(pipe.spec, prompt="a red circle", **PARITY)
+    sigmas = schedule_sigmas(pipe.spec, options)
+    start = initial_noise(options, latent_shape(pipe.spec, 32, 32)) * sigmas[0]
+    images = [control_image(32, seed) for seed, _ in units]
+    scales = [strength for _, strength in units]
+    with torch.no_grad():
+        return reference(
+            "a red circle",
+            negative_prompt="blurry",
+            image=images[0] if len(units) == 1 else images,
+            num_inference_steps=4,
+            guidance_scale=6.0,
+            height=32,
+            width=32,
+            latents=start / reference.scheduler.init_noise_sigma,
+            output_type="latent",
+            adapter_conditioning_scale=scales[0] if len(units) == 1 else scales,
+        ).images
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_generation_matches_diffusers_adapter_pipeline(tmp_path, case):
+    pipe = tiny_pipe("sd1")
+    units = [
+        lienzo.ControlUnit(adapter_folder(tmp_path, "full", seed), control_image(32, seed), strength=strength)
+        for seed, strength in PARITY_CASES[case]
+    ]
+    options = resolve_options(
+        pipe.spec,
+        prompt="a red circle",
+        negative_prompt="blurry",
+        **PARITY,
+        **pipe.resolve_controlnets({"controlnets": units}),
+    )
+    ours = generate_latents(pipe, options, progress=False)
+    expected = reference_adapter_latents(PARITY_CASES[case])
+    without = generate_latents(pipe, replace(options, controlnets=()), progress=False)
+    error, effect = (ours - expected).abs().max().item(), (expected - without).abs().max().item()
+    print(f"sd1 T2I-Adapter {case}: latent max abs error {error:.2e} (adapter's effect {effect:.1f})")
+    assert error < 1e-3 and effect > 1.0
+
+
 def test_an_adapter_of_another_family_is_refused(tmp_path):
     sdxl = tiny_pipe("sdxl")
     with pytest.raises(InvalidArgumentError, match=r"T2I-Adapter for SD 1\.x .* the model is sdxl"):
@@ -233,47 +304,87 @@ def test_an_adapter_of_another_family_is_refused(tmp_path):
         tiny_pipe("sd1").load_controlnet(adapter_folder(tmp_path, "xl"))
 
 
-def test_command_line_runs_an_adapter_folder_on_the_builtin_model(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def builtin_files(tmp_path_factory) -> Path:
+    """A models folder with a random adapter for the built-in model at controlnet/shapes-adapter, and a
+    control image (a white square on black) in in/square.png."""
+    root = tmp_path_factory.mktemp("builtin-adapter")
     adapter = diffusers.T2IAdapter(**BUILTIN_ADAPTER)
     randomize_parameters(adapter, 2)
-    adapter.save_pretrained(tmp_path / "shapes-adapter")
+    adapter.save_pretrained(root / "models" / "controlnet" / "shapes-adapter")
     pixels = np.zeros((64, 64, 3), dtype=np.uint8)
     pixels[16:48, 16:48] = 255
-    Image.fromarray(pixels).save(tmp_path / "square.png")
+    (root / "in").mkdir()
+    Image.fromarray(pixels).save(root / "in" / "square.png")
+    return root
+
+
+def png_pixels(image) -> np.ndarray:
+    """RGB pixels of an image or an image file, as floats."""
+    image = image if isinstance(image, Image.Image) else Image.open(image)
+    return np.asarray(image.convert("RGB"), dtype=float)
+
+
+def test_command_line_runs_an_adapter_folder_on_the_builtin_model(builtin_files, tmp_path, capsys):
+    adapter, square = (
+        builtin_files / "models" / "controlnet" / "shapes-adapter",
+        builtin_files / "in" / "square.png",
+    )
     common = ["--size", "64x64", "--steps", "2", "--seed", "1", "-q", "--device", "cpu", "--dtype", "fp32"]
-    args = [
-        "generate",
-        "a red circle",
-        "--controlnet",
-        tmp_path / "shapes-adapter",
-        "--control-image",
-        tmp_path / "square.png",
-    ]
-    assert main([*map(str, args), *common, "-o", str(tmp_path / "with")]) == 0
+    unit = ["--controlnet", str(adapter), "--control-image", str(square)]
+    assert main(["generate", "a red circle", *unit, *common, "-o", str(tmp_path / "with")]) == 0
     assert main(["generate", "a red circle", *common, "-o", str(tmp_path / "without")]) == 0
     (with_adapter,) = sorted((tmp_path / "with").glob("*.png"))
     (without,) = sorted((tmp_path / "without").glob("*.png"))
-    assert (
-        np.abs(np.asarray(Image.open(with_adapter), float) - np.asarray(Image.open(without), float)).max() > 8
-    )
+    assert np.abs(png_pixels(with_adapter) - png_pixels(without)).max() > 8
     assert 'ControlNet 0: "Module: none, Model: shapes-adapter, Weight: 1.0' in read_parameters(with_adapter)
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "generate",
-                "a red circle",
-                "--controlnet",
-                str(tmp_path / "shapes-adapter"),
-                "--control-image",
-                str(tmp_path / "square.png"),
-                "--model",
-                str(tiny_pipeline_folder("sd1")),
-                *common,
-                "-o",
-                str(tmp_path / "bad"),
-            ]
-        )
-        != 0
-    )
+    tiny = ["--model", str(tiny_pipeline_folder("sd1"))]
+    assert main(["generate", "a red circle", *unit, *tiny, *common, "-o", str(tmp_path / "bad")]) != 0
     assert "T2I-Adapter for SDXL" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_graph_loader_and_library_names_take_an_adapter(builtin_files):
+    """ComfyUI's ControlNetLoader (and A1111 units, which name models the same way) load the adapter by its
+    name in the models folder; the graph's image equals pipe.generate's with the same unit."""
+    environment = GraphEnvironment(
+        ModelLibrary(builtin_files / "models"),
+        builtin_files / "in",
+        builtin_files / "out",
+        builtin_files / "tmp",
+    )
+    settings = {
+        "seed": 5,
+        "steps": 2,
+        "cfg": 5.0,
+        "sampler_name": "euler",
+        "scheduler": "karras",
+        "denoise": 1.0,
+    }
+    prompt = {
+        "3": {"class_type": "KSampler", "inputs": {**settings, "model": ["4", 0], "positive": ["42", 0],
+              "negative": ["42", 1], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "adapter", "images": ["8", 0]}},
+        "40": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "shapes-adapter"}},
+        "41": {"class_type": "LoadImage", "inputs": {"image": "square.png"}},
+        "42": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0],
+               "control_net": ["40", 0], "image": ["41", 0], "strength": 0.8, "start_percent": 0.0,
+               "end_percent": 1.0}},
+    }  # fmt: skip
+    entry = Executor(environment).execute(prompt, prompt_id="adapter")["9"]["images"][0]
+    image = png_pixels(environment.folder(entry["type"]) / entry["subfolder"] / entry["filename"])
+    pipe = lienzo.load()
+    loaded = lienzo.load_controlnet("shapes-adapter", pipe, library=environment.library)
+    assert isinstance(loaded.model, T2IAdapter) and loaded.family is None
+    unit = lienzo.ControlUnit(loaded, Image.open(builtin_files / "in" / "square.png"), 0.8)
+    reference = pipe.generate(
+        "a red circle", width=64, height=64, controlnets=[unit], steps=2, cfg=5.0, sampler="euler",
+        scheduler="karras", seed=5, progress=False,
+    )[0]  # fmt: skip
+    assert np.abs(image - png_pixels(reference)).max() <= 1
