@@ -72,12 +72,10 @@ def t2i_adapter_from_weights(state: dict[str, Tensor]) -> T2IAdapterFile:
     """A single file's T2I-Adapter: TencentARC keys as they are, diffusers' keys renamed (the config is read
     off the weights either way)."""
     if DIFFUSERS_MARKER in state:
-        blocks = {key.split(".")[2] for key in state if key.startswith("adapter.body.")}
-        light = "adapter.conv_in.weight" not in state
-        kind = "light_adapter" if light else "full_adapter"
+        kind = "full_adapter" if "adapter.conv_in.weight" in state else "light_adapter"
         resnets = {key.split(".")[4] for key in state if key.startswith("adapter.body.0.resnets.")}
-        probe = T2IAdapterConfig(kind, channels=(1,) * len(blocks), num_res_blocks=len(resnets))
-        state = t2i_adapter_diffusers_to_original(state, probe)
+        naming = T2IAdapterConfig(kind, num_res_blocks=len(resnets))
+        state = t2i_adapter_diffusers_to_original(state, naming)
         layout = "t2i-adapter-diffusers-file"
     else:
         layout = "t2i-adapter"
