@@ -20,6 +20,7 @@ from lienzo.cli.control import CONTROL_EPILOG, add_control_arguments, control_un
 from lienzo.diffusion import SCHEDULERS
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.depth import load_depth_map
+from lienzo.pipelines.fast_modes import FastModes, fast_modes_from
 from lienzo.pipelines.images import load_image
 from lienzo.pipelines.inpaint import load_mask
 from lienzo.pipelines.masking import check_mask_size
@@ -41,6 +42,7 @@ GENERATE_EPILOG = (
   lienzo generate --from-png outputs/00001-42.png --model models/sd15.safetensors    # same image again
   lienzo generate --prompt-file prompts.txt --hires-scale 2 --model models/sdxl.safetensors
   lienzo generate "a fox" --preview-every 5 --model models/sd15.safetensors          # + filmstrip
+  lienzo generate "a fox" --cfg-cutoff 0.5 --deepcache 3 --tome 0.5 --model models/sd15.safetensors
 
 Files go to outputs/ as 00001-<seed>.png, 00002-<seed+1>.png, ... (the next free number; existing
 files are never replaced). Every PNG carries A1111's "parameters" text.
@@ -140,8 +142,40 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
     output.add_argument("--preview-every", type=int, help="also write a filmstrip of every N-th step")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_fast_mode_arguments(parser)
     add_hires_and_refiner_arguments(parser)
     add_control_arguments(parser)
+
+
+def add_fast_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The opt-in fast modes (lienzo.pipelines.fast_modes); each changes the image, all off by default."""
+    fast = parser.add_argument_group("fast modes (faster, but they change the image; off by default)")
+    fast.add_argument(
+        "--cfg-cutoff",
+        type=float,
+        metavar="F",
+        help="classifier-free guidance for the first fraction F of the steps only, then the prompt alone "
+        "(1 = every step)",
+    )
+    fast.add_argument(
+        "--deepcache",
+        type=int,
+        metavar="N",
+        help="DeepCache: the whole UNet every N-th step, its deep features reused between (1 = off)",
+    )
+    fast.add_argument(
+        "--tome",
+        type=float,
+        metavar="RATIO",
+        help="token merging: merge this fraction of the tokens in high-resolution self-attention (0 = off)",
+    )
+
+
+def fast_settings(args: argparse.Namespace, record: dict) -> FastModes:
+    """The fast modes: the stored record's, overridden by --cfg-cutoff, --deepcache and --tome."""
+    flags = {"cfg_cutoff": args.cfg_cutoff, "deepcache": args.deepcache, "tome": args.tome}
+    stored = dict(record.get("fast") or {})
+    return fast_modes_from(stored | {key: value for key, value in flags.items() if value is not None})
 
 
 def add_hires_and_refiner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,6 +296,7 @@ def gather_settings(args: argparse.Namespace, record: dict) -> dict:
     sampler_options |= {key: value for key, value in named.items() if value is not None}
     settings["sampler_options"] = sampler_options
     settings["vae_tiling"] = VAE_TILING[args.vae_tiling]
+    settings["fast"] = fast_settings(args, record)
     if args.safety_checker is not None:
         settings["safety_checker"] = args.safety_checker
     if args.refiner is not None:

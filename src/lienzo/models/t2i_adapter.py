@@ -141,17 +141,14 @@ class T2IAdapter(nn.Module):
         """One feature per output for a control image (B, in_channels, H, W) in [0, 1], H and W
         multiples of the unshuffle factor."""
         x = self.unshuffle(image)
-        if self.config.kind == "light_adapter":
-            features = []
-            for extractor in self.body:
-                x = extractor(x)
-                features.append(x)
-            return features
-        x = self.conv_in(x)
+        light = self.config.kind == "light_adapter"
+        if not light:
+            x = self.conv_in(x)
+        blocks_per_output = 1 if light else self.config.num_res_blocks
         features = []
         for index, block in enumerate(self.body):
             x = block(x)
-            if (index + 1) % self.config.num_res_blocks == 0:
+            if (index + 1) % blocks_per_output == 0:
                 features.append(x)
         return features
 

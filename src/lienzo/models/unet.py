@@ -18,6 +18,7 @@ from lienzo.models.blocks import (
     timestep_embedding,
 )
 from lienzo.models.conditioning import Conditioning
+from lienzo.models.feature_reuse import FeatureReuse
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,12 @@ class UNetModel(UNetEncoder):
             nn.Conv2d(mc, config.out_channels, 3, padding=1),
         )
 
-    def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        """Output for latents x (B, C, H, W) at timesteps t (B,) under `cond`."""
+    def forward(self, x: Tensor, t: Tensor, cond: Conditioning, reuse: FeatureReuse | None = None) -> Tensor:
+        """Output for latents x (B, C, H, W) at timesteps t (B,) under `cond`; with `reuse`, DeepCache's
+        feature reuse (Ma et al. 2023, see FeatureReuse)."""
         emb = self.embed(t, cond.y, x.shape[0], x.dtype)
+        if reuse is not None and reuse.usable(x):
+            return self._shallow_forward(x, emb, cond, reuse)
         control = cond.control
         adapter = () if control is None else control.encoder
         h, skips = self.encode(with_concat(x, cond), emb, cond.context, adapter)
@@ -227,11 +231,52 @@ class UNetModel(UNetEncoder):
                 ]
             if control.middle is not None:
                 h = h + control.middle.to(h.dtype)
-        for block in self.output_blocks:
+        if reuse is not None:
+            reuse.full_calls += 1
+            return self._decode(h, skips, emb, cond.context, reuse=reuse, latent=x)
+        return self._decode(h, skips, emb, cond.context)
+
+    def _decode(
+        self,
+        h: Tensor,
+        skips: list[Tensor],
+        emb: Tensor,
+        context: Tensor,
+        first: int = 0,
+        reuse: FeatureReuse | None = None,
+        latent: Tensor | None = None,
+    ) -> Tensor:
+        """The output blocks from `first` on, each taking the last of `skips`; with `reuse`, the hidden
+        state entering the block that takes skip `reuse.branch` is kept."""
+        keep_at = None if reuse is None else len(self.output_blocks) - 1 - reuse.branch
+        for index in range(first, len(self.output_blocks)):
+            if index == keep_at:
+                reuse.keep(h, latent)
+            block = self.output_blocks[index]
             h = torch.cat([h, skips.pop()], dim=1)
             upsample_to = tuple(skips[-1].shape[-2:]) if isinstance(block[-1], Upsample) else None
-            h = block(h, emb, cond.context, upsample_to)
+            h = block(h, emb, context, upsample_to)
         return self.out(h)
+
+    def _shallow_forward(self, x: Tensor, emb: Tensor, cond: Conditioning, reuse: FeatureReuse) -> Tensor:
+        """A DeepCache step: input blocks 0..branch (plus their ControlNet residuals), then the output
+        blocks from the one taking skip `branch`, on the kept deep features."""
+        if reuse.branch >= self.config.num_res_blocks:
+            raise ValueError(
+                f"feature reuse branch {reuse.branch} lies past the first level's blocks; use 0 to "
+                f"{self.config.num_res_blocks - 1}"
+            )
+        h, skips = with_concat(x, cond), []
+        for block in self.input_blocks[: reuse.branch + 1]:
+            h = block(h, emb, cond.context)
+            skips.append(h)
+        control = cond.control
+        if control is not None and control.skips:
+            pairs = zip(skips, control.skips[: len(skips)], strict=True)
+            skips = [skip + residual.to(skip.dtype) for skip, residual in pairs]
+        reuse.shallow_calls += 1
+        first = len(self.output_blocks) - 1 - reuse.branch
+        return self._decode(reuse.kept_rows(x.shape[0]), skips, emb, cond.context, first)
 
 
 def sdxl_vector_conditioning(pooled: Tensor, values: Tensor, dim: int) -> Tensor:

@@ -137,8 +137,34 @@ def parameter_fields(record: dict) -> dict[str, object]:
         "VAE": record.get("vae"),
         "TI hashes": name_hashes(record.get("embeddings") or {}),
         "Safety checker": record.get("safety_checker"),
+        **fast_mode_fields(record.get("fast") or {}),
         "Version": lienzo_version(),
     }
+
+
+FAST_MODE_FIELDS = {
+    "cfg_cutoff": "CFG cutoff",
+    "deepcache": "DeepCache interval",
+    "tome": "Token merging ratio",
+}
+"""Fast modes -> their `parameters` keys (A1111's "Token merging ratio"), written when not neutral."""
+FAST_MODE_NEUTRAL = {"cfg_cutoff": 1.0, "deepcache": 1, "tome": 0.0}
+FAST_MODE_KINDS = {"cfg_cutoff": float, "deepcache": int, "tome": float}
+
+
+def fast_mode_fields(fast: dict) -> dict[str, object]:
+    """The `parameters` fields of the fast modes that are on."""
+    values = {key: fast.get(key, neutral) for key, neutral in FAST_MODE_NEUTRAL.items()}
+    return {
+        name: None if values[key] == FAST_MODE_NEUTRAL[key] else values[key]
+        for key, name in FAST_MODE_FIELDS.items()
+    }
+
+
+def _fast_modes(fields: dict[str, str]) -> dict:
+    """The record's `fast` dict from the fast-mode fields (neutral values where absent)."""
+    values = {key: _number(fields, name, FAST_MODE_KINDS[key]) for key, name in FAST_MODE_FIELDS.items()}
+    return {key: FAST_MODE_NEUTRAL[key] if value is None else value for key, value in values.items()}
 
 
 CONTROL_PROCESSOR_RESOLUTION = 512
@@ -357,6 +383,7 @@ def parse_parameters(text: str) -> dict:
         "model_hash": fields.pop("Model hash", None),
         "family": None,
         "safety_checker": fields.pop("Safety checker", None),
+        "fast": _fast_modes(fields),
         "controlnets": _controlnets(fields),
         "extra": fields,
     }

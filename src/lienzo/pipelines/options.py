@@ -18,6 +18,7 @@ from lienzo.diffusion import SCHEDULERS, check_sampler_options, resolve_sampler
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.specs import FamilySpec
 from lienzo.pipelines.control_units import CONTROL_MODES, RESIZE_MODES, ControlUnit, check_control_unit
+from lienzo.pipelines.fast_modes import FastModes, check_fast_modes, fast_modes_from
 
 DEFAULT_STEPS = 20
 DEFAULT_CFG = 7.0
@@ -61,6 +62,7 @@ RECORD_KEYS = (
     "family",
     "controlnets",
     "safety_checker",
+    "fast",
 )
 """Keys of `image.info["lienzo"]`. `seed` and `variation_seed` are the batch item's own (base + index);
 `hires` is None or {"scale", "steps", "strength", "upscaler", "width", "height"}; `refiner` is None or
@@ -74,7 +76,8 @@ embedding the prompts used ("TI hashes"); `vae` the name of a VAE used instead o
 (A1111's "VAE"), else None; `controlnets` a list with one dict per ControlNet unit ({"module", "model",
 "model_hash", "weight", "resize_mode", "guidance_start", "guidance_end", "control_mode", "threshold_a",
 "threshold_b"}; modes by their A1111 names); `safety_checker` None when no checker ran, else its verdict
-(lienzo.pipelines.safety: "passed" or "flagged NSFW (blacked out)")."""
+(lienzo.pipelines.safety: "passed" or "flagged NSFW (blacked out)"); `fast` the opt-in fast modes
+({"cfg_cutoff", "deepcache", "tome"}, lienzo.pipelines.fast_modes; neutral values when off)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class GenerationOptions:
     vae_tiling: bool | None = None
     controlnets: tuple[ControlUnit, ...] = ()
     safety_checker: str = "auto"
+    fast: FastModes = FastModes()
 
     def item_seed(self, index: int) -> int:
         """Seed of batch item `index`: seed + index."""
@@ -194,6 +198,7 @@ class GenerationOptions:
             "family": family,
             "controlnets": [control_record(unit) for unit in self.controlnets],
             "safety_checker": None,
+            "fast": self.fast.to_record(),
         }
         return record
 
@@ -283,6 +288,8 @@ def resolve_options(spec: FamilySpec, **user_values) -> GenerationOptions:
         raise InvalidArgumentError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
     if "controlnets" in values:
         values["controlnets"] = tuple(values["controlnets"])
+    if "fast" in values:
+        values["fast"] = fast_modes_from(values["fast"])
     sampler, implied_scheduler = resolve_sampler(values.get("sampler", DEFAULT_SAMPLER))
     scheduler = values.get("scheduler", implied_scheduler or DEFAULT_SCHEDULER)
     if scheduler not in SCHEDULERS:
@@ -318,6 +325,7 @@ _OPTIONAL_FIELDS = (
     "vae_tiling",
     "controlnets",
     "safety_checker",
+    "fast",
 )
 
 
@@ -350,3 +358,4 @@ def check_options(options: GenerationOptions) -> None:
             f"got {options.safety_checker!r}"
         )
     check_sampler_options(options.sampler, dict(options.sampler_options))
+    check_fast_modes(options.fast)

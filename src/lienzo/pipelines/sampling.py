@@ -21,9 +21,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from lienzo.diffusion import Denoise, SeededNoise, img2img_sigmas, noise_latent
+from lienzo.models.feature_reuse import FeatureReuse
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
 from lienzo.pipelines.control_apply import ControlApplier, ControlHint
+from lienzo.pipelines.fast_sampling import (
+    feature_reuse,
+    guidance_interval,
+    refreshing_denoiser,
+    token_merging,
+)
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.pipelines.steps import (
     BASE_PASS,
@@ -97,9 +104,12 @@ class Stage:
             entries = self.texts.schedule(pass_name, run_steps=run_steps)
         if len(entries) > 1 and sigmas is None:
             raise ValueError("a prompt with edits needs the run's sigmas to know each call's step")
-        guided = {id(texts): self._guided(texts, options, conditions, sigmas) for _, texts in entries}
+        reuse = feature_reuse(options.fast)
+        guided = {id(texts): self._guided(texts, options, conditions, sigmas, reuse) for _, texts in entries}
         denoisers = [guided[id(texts)] for _, texts in entries]
         denoise = scheduled_denoiser(denoisers, [until for until, _ in entries], sigmas)
+        if reuse is not None:
+            denoise = refreshing_denoiser(denoise, reuse, options.fast.deepcache, sigmas)
         if conditions.mask is not None and self.spec.concat_channels == 0:
             denoise = inpaint_blend_denoiser(denoise, conditions.latent, conditions.mask, noise)
         return denoise
@@ -110,9 +120,11 @@ class Stage:
         options: GenerationOptions,
         conditions: ImageConditions,
         sigmas: torch.Tensor | None,
+        reuse: FeatureReuse | None = None,
     ) -> Denoise:
-        """The CFG denoiser of one fixed pair of texts (cond and uncond in one batched pass); ControlNet
-        units add their residuals to each call."""
+        """The CFG denoiser of one fixed pair of texts (cond and uncond in one batched pass, guidance
+        within the options' CFG cutoff); ControlNet units add their residuals to each call; `reuse` is
+        the stage's DeepCache state."""
         cond, uncond = conditioning_pair(
             self.spec, texts, options.width, options.height, self.aesthetic_scores
         )
@@ -124,7 +136,10 @@ class Stage:
                 raise ValueError("ControlNet units need the run's sigmas to know each call's step")
             sampling = model_sampling(self.spec.schedule)
             control = ControlApplier(conditions.control, sigmas, sampling, options.batch_size)
-        return make_denoiser(self.unet, self.spec, cond, uncond, options, control=control)
+        interval = guidance_interval(options.fast, sigmas)
+        return make_denoiser(
+            self.unet, self.spec, cond, uncond, options, control=control, sigma_interval=interval, reuse=reuse
+        )
 
 
 def sample_latents(
@@ -165,14 +180,15 @@ def sample_latents(
     pass_name = HIRES_PASS if stage_name == HIRES_PASS else BASE_PASS
     for index, (stage, part) in enumerate(parts):
         stage_extra = extra if index == 0 else replace(extra, control=())
-        x = run_sampler(
-            stage.denoiser(options, stage_extra, noise, sigmas, pass_name),
-            x,
-            part,
-            options,
-            noise=sampler_noise,
-            callback=callback,
-            stage=stage_name or stage.name,
-            progress=progress,
-        )
+        with token_merging(stage.unet, options.fast.tome):
+            x = run_sampler(
+                stage.denoiser(options, stage_extra, noise, sigmas, pass_name),
+                x,
+                part,
+                options,
+                noise=sampler_noise,
+                callback=callback,
+                stage=stage_name or stage.name,
+                progress=progress,
+            )
     return x

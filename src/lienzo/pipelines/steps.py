@@ -31,6 +31,7 @@ from lienzo.diffusion import (
     sample,
 )
 from lienzo.errors import InvalidArgumentError
+from lienzo.models.feature_reuse import FeatureReuse
 from lienzo.models.specs import FamilySpec, NoiseScheduleConfig
 from lienzo.models.unet import UNetModel, sdxl_vector_conditioning
 from lienzo.models.vae import AutoencoderKL
@@ -288,9 +289,11 @@ ConditioningHook = Callable[[torch.Tensor, torch.Tensor, Conditioning], Conditio
 """`hook(x, t, cond) -> cond` run before each UNet call on its inputs (ControlNet residuals)."""
 
 
-def network(unet: UNetModel, hook: ConditioningHook | None = None) -> Callable[..., torch.Tensor]:
+def network(
+    unet: UNetModel, hook: ConditioningHook | None = None, reuse: FeatureReuse | None = None
+) -> Callable[..., torch.Tensor]:
     """The UNet as `unet(x, t, cond)` taking float32 inputs and returning float32 output; `hook` may
-    add to each call's conditioning."""
+    add to each call's conditioning, `reuse` is DeepCache's state (lienzo.models.feature_reuse)."""
     weight = next(unet.parameters())
 
     def run(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -298,6 +301,8 @@ def network(unet: UNetModel, hook: ConditioningHook | None = None) -> Callable[.
         cond = cond.to(weight.dtype)
         if hook is not None:
             cond = hook(x, t, cond)
+        if reuse is not None:
+            return unet(x, t, cond, reuse).float()
         return unet(x, t, cond).float()
 
     return run
@@ -311,19 +316,23 @@ def make_denoiser(
     options: GenerationOptions,
     *,
     control: ConditioningHook | None = None,
+    sigma_interval: tuple[float, float] = (0.0, math.inf),
+    reuse: FeatureReuse | None = None,
 ) -> Denoise:
     """`denoise(x, sigma) -> x0` of the UNet with classifier-free guidance (Ho & Salimans 2022) at
-    options.cfg; everything in the conditionings (context, y, concat, control) reaches the UNet, and
-    `control` adds ControlNet residuals to each call."""
+    options.cfg while sigma lies in `sigma_interval`; everything in the conditionings (context, y,
+    concat, control) reaches the UNet, `control` adds ControlNet residuals to each call and `reuse`
+    carries DeepCache's features between calls."""
     device = next(unet.parameters()).device
     sampling = model_sampling(spec.schedule)
-    denoiser = Denoiser(network(unet, control), parameterization_for(spec.prediction), sampling)
+    denoiser = Denoiser(network(unet, control, reuse), parameterization_for(spec.prediction), sampling)
     return guided_denoiser(
         denoiser,
         cond.to(device),
         uncond.to(device),
         options.cfg,
         guidance_rescale=options.guidance_rescale,
+        sigma_interval=sigma_interval,
     )
 
 
