@@ -15,6 +15,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from lienzo.io.keymaps.unet import unet_config_to_diffusers, unet_diffusers_to_ldm
+from lienzo.models.conditioning import Conditioning
 from lienzo.models.specs import SD1
 from lienzo.models.unet import UNetModel
 
@@ -64,7 +65,7 @@ def main() -> None:
     context = torch.randn(args.batch, 77, 768, generator=generator).to(dtype)
 
     def run_ours() -> torch.Tensor:
-        return ours(x, t, context)
+        return ours(x, t, Conditioning(context=context))
 
     def run_reference() -> torch.Tensor:
         return reference(x, t, context).sample

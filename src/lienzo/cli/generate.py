@@ -131,6 +131,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the VAE on overlapping tiles: auto (images over 1024x1024), on, off",
     )
     model.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (same images; the first image pays minutes of compiling, cached "
+        "for later runs under ~/.cache/lienzo/inductor)",
+    )
+    model.add_argument(
         "--safety-checker",
         choices=SAFETY_MODES,
         help="NSFW filter: auto (on when the model folder has safety_checker/, as diffusers), on, off; "
@@ -390,6 +396,7 @@ def run_generation(args: argparse.Namespace) -> int:
     if vae is not None:
         pipe.use_vae(vae)
     warn_on_other_model(record, pipe)
+    compiled = pipe.compile() if args.compile else None
     settings = pipe.resolve_controlnets(settings)
     for prompt in prompts:
         recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
@@ -397,6 +404,12 @@ def run_generation(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", NSFWContentWarning)
             results = run_pipeline(pipe, args, prompt, images, settings, recorder)
         paths = write_images(results, target)
+        if compiled is not None and compiled.first_call_seconds is not None and prompt is prompts[0]:
+            print(
+                f"note: --compile: the first UNet call took {compiled.first_call_seconds:.1f} s "
+                "(compiling, or loading the cache)",
+                file=sys.stderr,
+            )
         for image, path in zip(results, paths, strict=True):
             if was_flagged(image):
                 print(f"note: the safety checker flagged {path} as NSFW; it is blacked out", file=sys.stderr)

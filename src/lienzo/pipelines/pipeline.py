@@ -24,6 +24,7 @@ from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.compiling import CompiledUNet, compile_unet
 from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet, resolve_units
 from lienzo.pipelines.depth import depth2img
 from lienzo.pipelines.generation import img2img, img2img_size, txt2img
@@ -333,6 +334,11 @@ class Pipeline:
         more = self.resolve_controlnets(more)
         with self._prompt_adapters(prompt):
             return depth2img(self, image, depth, prompt, strength=strength, **more)
+
+    def compile(self) -> CompiledUNet:
+        """torch.compile this Pipeline's UNet in place (same outputs within bf16 rounding; compiled on
+        the first call at each size, cached on disk for later processes). See lienzo.pipelines.compiling."""
+        return compile_unet(self.unet)
 
     def xray(self, prompt: str, *, every: int = 5, **settings) -> XRay:
         """Generate one image while watching: the token breakdown, the schedule, the decoded trajectory
