@@ -1,12 +1,8 @@
 """T2I-Adapter (Mou et al. 2023) on tiny random models: features against diffusers' T2IAdapter, the UNet
-against UNet2DConditionModel's down_intrablock_additional_residuals, generation against
-StableDiffusionAdapterPipeline; every file layout reads the same weights; strength 0, modes, mixed units,
-wrong families."""
+against UNet2DConditionModel's down_intrablock_additional_residuals; every file layout reads the same
+weights; strength 0, modes, mixed units, wrong families (generation parity: test_t2i_adapter_parity.py)."""
 
 from __future__ import annotations
-
-from dataclasses import replace
-from pathlib import Path
 
 import diffusers
 import pytest
@@ -30,52 +26,18 @@ from lienzo.models.unet import UNetModel
 from lienzo.pipelines.control_apply import adapter_scales
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.options import resolve_options
-from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
-from tiny_models import TINY_UNET, randomize_parameters, tiny_pipeline_folder
+from t2i_adapter_models import (
+    ADAPTERS,
+    SINGLE_FILE_ADAPTERS,
+    UNETS,
+    adapter_folder,
+    lienzo_adapter,
+    reference_adapter,
+)
+from tiny_models import randomize_parameters, tiny_pipeline_folder
 
 __all__ = ["one_thread"]
-ADAPTERS = {
-    "full": {"adapter_type": "full_adapter", "channels": [32, 64], "downscale_factor": 2},
-    "xl": {"adapter_type": "full_adapter_xl", "channels": [32, 64, 64, 64], "downscale_factor": 4},
-    "light": {
-        "adapter_type": "light_adapter",
-        "channels": [32, 64],
-        "num_res_blocks": 3,
-        "downscale_factor": 2,
-    },
-}
-"""Tiny adapters: "full" fits the tiny SD 1 UNet (2 levels, VAE factor 2), "xl" a 3-level UNet whose first
-level has no attention (SDXL's layout); "light" has one output more than widths (the last repeats)."""
-SINGLE_FILE_ADAPTERS = {
-    "full": ADAPTERS["full"],
-    "light": ADAPTERS["light"],
-    "xl16": {**ADAPTERS["xl"], "downscale_factor": 16},
-}
-"""Single files do not name their variant: a full adapter that unshuffles 16x is the SDXL one (as ComfyUI)."""
-UNETS = {"full": TINY_UNET, "xl": replace(TINY_UNET, channel_mult=(1, 2, 2), transformer_depth=(0, 1, 1))}
 SETTINGS = {"width": 32, "height": 32, "steps": 3, "cfg": 5.0, "sampler": "euler", "seed": 5}
-
-
-def reference_adapter(name: str, seed: int = 1) -> diffusers.T2IAdapter:
-    """diffusers' T2IAdapter of a tiny config with every parameter random."""
-    adapter = diffusers.T2IAdapter(**{**ADAPTERS, **SINGLE_FILE_ADAPTERS}[name])
-    randomize_parameters(adapter, seed)
-    return adapter.eval()
-
-
-def lienzo_adapter(reference: diffusers.T2IAdapter) -> T2IAdapter:
-    """lienzo's adapter loaded strictly with the reference's weights through the key map."""
-    config = t2i_adapter_config_from_diffusers(dict(reference.config))
-    model = T2IAdapter(config).eval()
-    model.load_state_dict(t2i_adapter_diffusers_to_original(reference.state_dict(), config), strict=True)
-    return model
-
-
-def adapter_folder(root: Path, name: str, seed: int = 1) -> Path:
-    folder = root / f"{name}-adapter-{seed}"
-    if not folder.exists():
-        reference_adapter(name, seed).save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("size", [(32, 48), (40, 24)], ids=["even", "odd-pooled"])
@@ -141,7 +103,7 @@ def test_unet_adds_features_where_diffusers_adds_intrablock_residuals(name):
 def test_every_layout_reads_the_same_weights(tmp_path):
     """diffusers folder, TencentARC .pth (weights-only pickle) and .safetensors, diffusers-named file."""
     for name, values in SINGLE_FILE_ADAPTERS.items():
-        folder = adapter_folder(tmp_path, name)
+        folder = adapter_folder(name)
         from_folder = read_controlnet(folder)
         original = t2i_adapter_original_to_diffusers(from_folder.state_dict, from_folder.config)
         assert original.keys() == reference_adapter(name).state_dict().keys()
@@ -195,9 +157,9 @@ def latents(pipe, units) -> torch.Tensor:
     return generate_latents(pipe, options, progress=False)
 
 
-def test_strength_scales_modes_and_mixing_with_a_controlnet(tmp_path):
+def test_strength_scales_modes_and_mixing_with_a_controlnet():
     pipe = tiny_pipe("sd1")
-    adapter = pipe.load_controlnet(adapter_folder(tmp_path, "full"))
+    adapter = pipe.load_controlnet(adapter_folder("full"))
     image = control_image(32, 4)
     plain = latents(pipe, [])
     off = latents(pipe, [lienzo.ControlUnit(adapter, image, strength=0.0)])
@@ -216,77 +178,9 @@ def test_strength_scales_modes_and_mixing_with_a_controlnet(tmp_path):
     )
 
 
-PARITY = {
-    "sampler": "euler",
-    "scheduler": "karras",
-    "width": 32,
-    "height": 32,
-    "steps": 4,
-    "cfg": 6.0,
-    "seed": 7,
-}
-PARITY_CASES = {"plain": [(1, 1.0)], "strength": [(1, 0.6)], "two-adapters": [(1, 0.7), (2, 0.5)]}
-"""Units as (adapter seed, strength); the control image's seed is the adapter's."""
-
-
-def reference_adapter_latents(units: list[tuple[int, float]]) -> torch.Tensor:
-    """diffusers' StableDiffusionAdapterPipeline (MultiAdapter for two) on the tiny SD 1 folder, Euler
-    over Karras sigmas from lienzo's seeded noise."""
-    folder, pipe = tiny_pipeline_folder("sd1"), tiny_pipe("sd1")
-    adapters = [reference_adapter("full", seed) for seed, _ in units]
-    adapter = adapters[0] if len(units) == 1 else diffusers.MultiAdapter(adapters)
-    reference = diffusers.StableDiffusionAdapterPipeline.from_pretrained(
-        folder, adapter=adapter, safety_checker=None, requires_safety_checker=False
-    )
-    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(
-        reference.scheduler.config, use_karras_sigmas=True, timestep_spacing="linspace"
-    )
-    reference.set_progress_bar_config(disable=True)
-    options = resolve_options(pipe.spec, prompt="a red circle", **PARITY)
-    sigmas = schedule_sigmas(pipe.spec, options)
-    start = initial_noise(options, latent_shape(pipe.spec, 32, 32)) * sigmas[0]
-    images = [control_image(32, seed) for seed, _ in units]
-    scales = [strength for _, strength in units]
-    with torch.no_grad():
-        return reference(
-            "a red circle",
-            negative_prompt="blurry",
-            image=images[0] if len(units) == 1 else images,
-            num_inference_steps=4,
-            guidance_scale=6.0,
-            height=32,
-            width=32,
-            latents=start / reference.scheduler.init_noise_sigma,
-            output_type="latent",
-            adapter_conditioning_scale=scales[0] if len(units) == 1 else scales,
-        ).images
-
-
-@pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_generation_matches_diffusers_adapter_pipeline(tmp_path, case):
-    pipe = tiny_pipe("sd1")
-    units = [
-        lienzo.ControlUnit(adapter_folder(tmp_path, "full", seed), control_image(32, seed), strength=strength)
-        for seed, strength in PARITY_CASES[case]
-    ]
-    options = resolve_options(
-        pipe.spec,
-        prompt="a red circle",
-        negative_prompt="blurry",
-        **PARITY,
-        **pipe.resolve_controlnets({"controlnets": units}),
-    )
-    ours = generate_latents(pipe, options, progress=False)
-    expected = reference_adapter_latents(PARITY_CASES[case])
-    without = generate_latents(pipe, replace(options, controlnets=()), progress=False)
-    error, effect = (ours - expected).abs().max().item(), (expected - without).abs().max().item()
-    print(f"sd1 T2I-Adapter {case}: latent max abs error {error:.2e} (adapter's effect {effect:.1f})")
-    assert error < 1e-3 and effect > 1.0
-
-
-def test_an_adapter_of_another_family_is_refused(tmp_path):
+def test_an_adapter_of_another_family_is_refused():
     sdxl = tiny_pipe("sdxl")
     with pytest.raises(InvalidArgumentError, match=r"T2I-Adapter for SD 1\.x .* the model is sdxl"):
-        sdxl.load_controlnet(adapter_folder(tmp_path, "full"))
+        sdxl.load_controlnet(adapter_folder("full"))
     with pytest.raises(InvalidArgumentError, match=r"T2I-Adapter for SDXL .* the model is sd1"):
-        tiny_pipe("sd1").load_controlnet(adapter_folder(tmp_path, "xl"))
+        tiny_pipe("sd1").load_controlnet(adapter_folder("xl"))
