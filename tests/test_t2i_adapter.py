@@ -4,6 +4,8 @@ weights; strength 0, modes, mixed units, wrong families (generation parity: test
 
 from __future__ import annotations
 
+import shutil
+
 import diffusers
 import pytest
 import torch
@@ -20,6 +22,7 @@ from lienzo.io.keymaps.t2i_adapter import (
     t2i_adapter_original_to_diffusers,
 )
 from lienzo.io.keymaps.unet import unet_config_to_diffusers, unet_diffusers_to_ldm
+from lienzo.io.library import ModelLibrary
 from lienzo.models.conditioning import Conditioning, ControlResiduals
 from lienzo.models.t2i_adapter import T2IAdapter
 from lienzo.models.unet import UNetModel
@@ -184,3 +187,9 @@ def test_an_adapter_of_another_family_is_refused():
         sdxl.load_controlnet(adapter_folder("full"))
     with pytest.raises(InvalidArgumentError, match=r"T2I-Adapter for SDXL .* the model is sd1"):
         tiny_pipe("sd1").load_controlnet(adapter_folder("xl"))
+
+
+def test_names_resolve_in_comfyuis_t2i_adapter_folder(tmp_path):
+    folder = tmp_path / "models" / "t2i_adapter" / "sketch"
+    shutil.copytree(adapter_folder("full"), folder)
+    assert ModelLibrary(tmp_path / "models").resolve("controlnet", "sketch") == folder

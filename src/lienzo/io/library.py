@@ -39,12 +39,13 @@ KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "loras": ("loras", "Lora", "LyCORIS"),
     "embeddings": ("embeddings",),
     "hypernetworks": ("hypernetworks",),
-    "controlnet": ("controlnet", "ControlNet"),
+    "controlnet": ("controlnet", "ControlNet", "t2i_adapter"),
     "vae": ("vae", "VAE"),
     "upscale_models": ("upscale_models",),
 }
 """Each kind's sub-folders of the models root: ComfyUI's name first, then A1111's. A1111 also keeps
-`embeddings/` beside its models folder, which is searched after these."""
+`embeddings/` beside its models folder, which is searched after these; ComfyUI also reads ControlNets
+from `t2i_adapter/`."""
 
 KINDS = tuple(KIND_FOLDERS)
 
