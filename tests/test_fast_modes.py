@@ -11,6 +11,7 @@ from PIL import Image
 
 from lienzo import load
 from lienzo.cli import main
+from lienzo.devices import cpu_threads_for
 from lienzo.diffusion import Conditioning
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.blocks import BasicTransformerBlock
@@ -180,3 +181,19 @@ def test_record_round_trips_the_modes():
         "tome": 0.3,
     }
     assert parse_parameters("x\nSteps: 20, Seed: 1, CFG scale: 7")["fast"] == FastModes().to_record()
+
+
+def test_small_cpu_work_runs_on_one_thread_and_the_count_comes_back():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cpu_threads_for(torch.device("cpu"), 16 * 16, 64):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with cpu_threads_for(torch.device("cpu"), 64 * 64, 320):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), cpu_threads_for(torch.device("cpu"), 8 * 8, 32):
+            raise RuntimeError("interrupted")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -1,10 +1,12 @@
-"""What the machine offers: the default device and dtype, whether the CPU has fast bf16, and the
-C allocator's settings for CPU training."""
+"""What the machine offers: the default device and dtype, whether the CPU has fast bf16, the C
+allocator's settings for CPU training, and the thread count of small CPU work."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -55,3 +57,24 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+SMALL_CPU_WORK = 128 * 128
+"""Latent cells x network base channels up to which a CPU network runs on one thread: the built-in
+model's UNet (16x16 latent, 64 channels) and VAE spend longer waking and waiting for a second OpenMP
+thread than working in it, and a busy machine makes that wait far worse (bench/builtin_speed.py)."""
+
+
+@contextlib.contextmanager
+def cpu_threads_for(device: torch.device, cells: int, channels: int) -> Iterator[None]:
+    """One torch thread while the block runs when `cells` x `channels` is small CPU work (SMALL_CPU_WORK);
+    the thread count is left alone otherwise and restored afterwards."""
+    if device.type != "cpu" or cells * channels > SMALL_CPU_WORK or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

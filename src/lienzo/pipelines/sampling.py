@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from lienzo.devices import cpu_threads_for
 from lienzo.diffusion import Denoise, SeededNoise, img2img_sigmas, noise_latent
 from lienzo.models.feature_reuse import FeatureReuse
 from lienzo.models.specs import FamilySpec
@@ -158,7 +159,8 @@ def sample_latents(
     each item the image it gets alone. Sampling starts at options.strength of the schedule from
     `start` + noise (pure noise without `start`). With a second stage (the SDXL refiner), the first
     runs until options.refiner.switch_at of the steps and the second the rest; ControlNet units in
-    `conditions` guide the first stage only (a refiner is another family, as in A1111).
+    `conditions` guide the first stage only (a refiner is another family, as in A1111). Small CPU work
+    (the built-in model) samples on one thread (lienzo.devices.cpu_threads_for).
 
     Prompt edits count the steps of this run from 0, the refiner's continuing the base's, as A1111 counts
     its denoiser's calls: on the timeline of options.steps, or for the hires pass (stage_name "hires")
@@ -180,7 +182,8 @@ def sample_latents(
     pass_name = HIRES_PASS if stage_name == HIRES_PASS else BASE_PASS
     for index, (stage, part) in enumerate(parts):
         stage_extra = extra if index == 0 else replace(extra, control=())
-        with token_merging(stage.unet, options.fast.tome):
+        threads = cpu_threads_for(device, shape[1] * shape[2], stage.unet.config.model_channels)
+        with threads, token_merging(stage.unet, options.fast.tome):
             x = run_sampler(
                 stage.denoiser(options, stage_extra, noise, sigmas, pass_name),
                 x,

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lienzo.devices import cpu_threads_for
 from lienzo.diffusion import (
     Conditioning,
     Denoise,
@@ -42,6 +43,8 @@ from lienzo.text.conditioning import TextEncoders
 from lienzo.text.network_tags import extract_lora_tags
 from lienzo.text.prompt_schedule import merge_schedule, prompt_schedule, schedule_index, text_at
 
+TOKENS_PER_CHUNK = 77
+"""Tokens the text encoders read per 75-token prompt chunk (with the start and end tokens)."""
 AUTO_TILING_CELLS = 128 * 128
 """With `vae_tiling` None, latents with more cells than SDXL's native 1024x1024 image run the VAE in
 tiles; every family's native size decodes whole, as in diffusers."""
@@ -163,7 +166,7 @@ def encode_texts(clip: TextEncoders, options: GenerationOptions) -> PromptTexts:
     With prompt editing or alternation (`lienzo.text.prompt_schedule`) every text either prompt reads in
     any pass is encoded in that one call, so all get the same number of 75-token chunks (the longest
     one's) and the context keeps its shape while sampling; a prompt without edits is encoded exactly as
-    before.
+    before. Small text encoders (the built-in model's) run on one CPU thread (lienzo.devices).
     """
     prompts = [extract_lora_tags(text)[0] for text in (options.prompt, options.negative_prompt)]
     passes = prompt_timelines(options)
@@ -173,7 +176,10 @@ def encode_texts(clip: TextEncoders, options: GenerationOptions) -> PromptTexts:
     }
     positive = list(dict.fromkeys(text for pair in schedules.values() for _, text in pair[0]))
     negative = list(dict.fromkeys(text for pair in schedules.values() for _, text in pair[1]))
-    encoded = clip.encode([*positive, *negative], clip_skip=options.clip_skip)
+    widest = max(model.config.hidden_size for model in clip.models)
+    device = next(clip.models[0].parameters()).device
+    with cpu_threads_for(device, TOKENS_PER_CHUNK, widest):
+        encoded = clip.encode([*positive, *negative], clip_skip=options.clip_skip)
     context = encoded.context.float()
     pooled = None if encoded.pooled is None else encoded.pooled.float()
     scheduled = None
@@ -427,11 +433,13 @@ def decode_latents(
     vae: AutoencoderKL, latents: torch.Tensor, tiling: bool | None = None
 ) -> list[Image.Image]:
     """Images from diffusion latents: VAE-decode latents / scaling_factor, one item at a time (in
-    overlapping tiles for large latents, see vae_tiled)."""
+    overlapping tiles for large latents, see vae_tiled; small CPU work on one thread, see
+    lienzo.devices.cpu_threads_for)."""
     decode = functools.partial(decode_tiled, vae) if vae_tiled(tiling, *latents.shape[-2:]) else vae.decode
     weight = next(vae.parameters())
     images = []
-    with torch.inference_mode():
+    cells = latents.shape[-2] * latents.shape[-1]
+    with torch.inference_mode(), cpu_threads_for(weight.device, cells, vae.config.ch):
         for item in latents:
             scaled = (item[None] / vae.config.scaling_factor).to(device=weight.device, dtype=weight.dtype)
             decoded = decode(scaled.contiguous(memory_format=torch.channels_last))
