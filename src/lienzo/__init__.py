@@ -4,7 +4,17 @@ from lienzo.diffusion import SAMPLERS, SCHEDULERS
 from lienzo.errors import LienzoError
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import load_controlnet
+from lienzo.pipelines.fast_modes import FastModes
 from lienzo.pipelines.pipeline import Pipeline, load
 
-__all__ = ["SAMPLERS", "SCHEDULERS", "ControlUnit", "LienzoError", "Pipeline", "load", "load_controlnet"]
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULERS",
+    "ControlUnit",
+    "FastModes",
+    "LienzoError",
+    "Pipeline",
+    "load",
+    "load_controlnet",
+]
 __version__ = "0.1.0"
