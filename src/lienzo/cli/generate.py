@@ -19,6 +19,7 @@ from lienzo.cli.arguments import (
 from lienzo.cli.control import CONTROL_EPILOG, add_control_arguments, control_units
 from lienzo.diffusion import SCHEDULERS
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.taesd_files import load_tiny_decoder
 from lienzo.pipelines.depth import load_depth_map
 from lienzo.pipelines.fast_modes import FastModes, fast_modes_from
 from lienzo.pipelines.images import load_image
@@ -147,6 +148,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--from-png", type=Path, help="reuse the settings stored in a PNG's parameters")
     output.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
     output.add_argument("--preview-every", type=int, help="also write a filmstrip of every N-th step")
+    output.add_argument(
+        "--preview-decoder",
+        type=Path,
+        metavar="FILE",
+        help="decode the filmstrip with TAESD's tiny decoder (taesd_decoder.safetensors) instead of the VAE",
+    )
     output.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_fast_mode_arguments(parser)
     add_hires_and_refiner_arguments(parser)
@@ -341,6 +348,16 @@ def run_pipeline(pipe, args: argparse.Namespace, prompt: str, images: dict, sett
     return method(*images.values(), prompt, callback=callback, progress=not args.quiet, **settings, **options)
 
 
+def preview_decoder(args: argparse.Namespace):
+    """The --preview-decoder TAESD decoder on the chosen device (None without the flag); it needs
+    --preview-every."""
+    if args.preview_decoder is None:
+        return None
+    if not args.preview_every:
+        raise InvalidArgumentError("--preview-decoder decodes the filmstrip: add --preview-every N")
+    return load_tiny_decoder(args.preview_decoder, device=args.device)
+
+
 def write_images(images: list, target: Path) -> list[Path]:
     """Save each image with its parameters under a fresh name; nothing partial is left on failure."""
     paths = reserve_paths(target, [image.info["lienzo"]["seed"] for image in images])
@@ -391,6 +408,7 @@ def run_generation(args: argparse.Namespace) -> int:
     vae = None if args.vae is None else library.resolve("vae", args.vae)
     target = prepare_target(args.output)
     dtype = chosen_dtype(args)
+    preview = preview_decoder(args)
     pipe = load(model, device=args.device, dtype=dtype, family=args.family)
     pipe.library = library
     if vae is not None:
@@ -399,7 +417,9 @@ def run_generation(args: argparse.Namespace) -> int:
     compiled = pipe.compile() if args.compile else None
     settings = pipe.resolve_controlnets(settings)
     for prompt in prompts:
-        recorder = FilmstripRecorder(pipe, args.preview_every) if args.preview_every else None
+        recorder = None
+        if args.preview_every:
+            recorder = FilmstripRecorder(pipe, args.preview_every, decoder=preview)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NSFWContentWarning)
             results = run_pipeline(pipe, args, prompt, images, settings, recorder)

@@ -36,7 +36,11 @@ is replaced in the prompt by each value), controlnet_strength (every --controlne
 Ranges: 1-5, "10-30 (+10)", "0-1 [5]". Writes grid.png (or grid-NN.png per Z value) and images/, each
 image with its parameters.
 """
-REFUSED_FLAGS = {"prompt_file": "--prompt-file", "preview_every": "--preview-every"}
+REFUSED_FLAGS = {
+    "prompt_file": "--prompt-file",
+    "preview_every": "--preview-every",
+    "preview_decoder": "--preview-decoder",
+}
 
 
 def add_xray_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.models.taesd import TinyDecoder
 from lienzo.models.vae import AutoencoderKL
+from lienzo.pipelines.images import tensor_to_images
 from lienzo.pipelines.steps import decode_latents, encode_images
 
 LABEL_HEIGHT = 14
@@ -33,11 +35,13 @@ class Frame:
 
 @dataclass
 class FilmstripRecorder:
-    """A step callback that decodes the x0 prediction every `every` steps (and at each stage's last step)."""
+    """A step callback that decodes the x0 prediction every `every` steps (and at each stage's last step),
+    with the model's VAE or, given a `decoder`, TAESD's tiny one (lienzo.io.taesd_files)."""
 
     pipe: object
     every: int
     frames: list[Frame] = field(default_factory=list)
+    decoder: TinyDecoder | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -50,7 +54,14 @@ class FilmstripRecorder:
             return
         stage = state.get("stage", "base")
         label = f"step {step}" if stage == "base" else f"{stage} {step}"
-        image = decode_latents(self.pipe.vae, state["denoised"][:1])[0]
+        latent = state["denoised"][:1]
+        if self.decoder is None:
+            image = decode_latents(self.pipe.vae, latent)[0]
+        else:
+            weight = next(self.decoder.parameters())
+            with torch.inference_mode():
+                decoded = self.decoder.decode(latent.to(device=weight.device, dtype=weight.dtype))
+            image = tensor_to_images(decoded)[0]
         self.frames.append(Frame(label, image))
 
     def filmstrip(self) -> Image.Image:
