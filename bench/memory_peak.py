@@ -4,13 +4,16 @@ Usage: PYTHONPATH=src python bench/memory_peak.py [--cases sd1-512 sdxl-1024 sdx
 Each case runs in its own process: random weights of the family's reference architecture made directly
 in bfloat16 (no float32 copy), one Pipeline, one txt2img call (prompt and negative, CFG 7, Euler, a few
 steps: the activations of a step do not accumulate, so the peak of one step is the peak of many),
-VAE decode. The child reports its peak RSS twice: over its whole life (ru_maxrss, weights included)
-and during the txt2img call alone (VmHWM after resetting it with /proc/self/clear_refs).
+VAE decode. The child reports its resident memory once the pipeline is built (after handing freed heap
+back with glibc's malloc_trim), its peak during the txt2img call alone (VmHWM after resetting it with
+/proc/self/clear_refs) and its peak over its whole life (ru_maxrss, building the weights included).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import resource
 import subprocess
@@ -69,12 +72,13 @@ def random_weights(module_class: type, config) -> dict[str, torch.Tensor]:
     }
 
 
-def peak_since_reset_mib() -> float:
-    """VmHWM of this process in MiB (the peak since start or the last clear_refs reset)."""
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB: VmRSS (resident now) or VmHWM (peak since start or
+    the last clear_refs reset)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line; this benchmark needs Linux")
+    raise RuntimeError(f"/proc/self/status has no {field} line; this benchmark needs Linux")
 
 
 def run_child(name: str) -> None:
@@ -91,7 +95,9 @@ def run_child(name: str) -> None:
     )
     pipe = pipeline_from_files(files, device="cpu", dtype=torch.bfloat16, name=name)
     del files
-    weights_mib = peak_since_reset_mib()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    loaded_mib = status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
     pipe.generate(
@@ -109,8 +115,8 @@ def run_child(name: str) -> None:
     seconds = time.perf_counter() - start
     report = {
         "case": name,
-        "peak_before_call_mib": weights_mib,
-        "peak_during_call_mib": peak_since_reset_mib(),
+        "resident_after_loading_mib": loaded_mib,
+        "peak_during_call_mib": status_mib("VmHWM"),
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "seconds": seconds,
     }
@@ -124,8 +130,10 @@ def main() -> None:
         run_child(args.child)
         return
     print(f"torch {torch.__version__}, bf16, CPU, {torch.get_num_threads()} threads")
-    print("| case | size | steps | VAE tiling | peak before the call | peak during the call | "
-          "ru_maxrss | call time |")
+    print(
+        "| case | size | steps | VAE tiling | resident after loading | peak during the call | "
+        "ru_maxrss (whole life) | call time |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.cases:
         completed = subprocess.run(
@@ -138,7 +146,7 @@ def main() -> None:
         case = CASES[name]
         print(
             f"| {name} | {case.size}x{case.size} | {case.steps} | {'on' if case.vae_tiling else 'off'} | "
-            f"{report['peak_before_call_mib'] / 1024:.2f} GiB | "
+            f"{report['resident_after_loading_mib'] / 1024:.2f} GiB | "
             f"{report['peak_during_call_mib'] / 1024:.2f} GiB | "
             f"{report['ru_maxrss_mib'] / 1024:.2f} GiB | {report['seconds']:.0f} s |",
             flush=True,
