@@ -1,7 +1,7 @@
 """How often the built-in model, steered by a canny ControlNet, puts the object where the edges are.
 
 Usage: PYTHONPATH=src python bench/controlnet_follow.py [--controlnet shapes-v1-canny] [--scenes 100]
-       [--steps 12] [--state RUN/training_state.pt] [--baseline] [--example docs/images/x.png]
+       [--steps N] [--state RUN/training_state.pt] [--baseline] [--example docs/images/x.png]
 
 Renders `--scenes` one-object base-world scenes placed at random (a seed the training data never uses),
 makes each one's canny map, and draws a prompt that names only the colour, the shape and the background
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--controlnet", default="shapes-v1-canny", help="ControlNet name or folder")
     parser.add_argument("--state", type=Path, help="a training run's training_state.pt instead")
     parser.add_argument("--scenes", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's, 20)")
     parser.add_argument("--baseline", action="store_true", help="also score without the ControlNet")
     parser.add_argument("--example", type=Path, help="write the first 6 canny maps and images here")
     args = parser.parse_args()
@@ -54,7 +54,8 @@ def main() -> None:
     rate, items = follow_rate(pipe, controlnet, args.scenes, steps=args.steps)
     seconds = time.perf_counter() - started
     matched = sum(item.matched for item in items)
-    print(f"follow rate {rate:.1%} ({matched}/{args.scenes}), {args.steps} steps, {seconds:.0f} s")
+    steps = args.steps or "default"
+    print(f"follow rate {rate:.1%} ({matched}/{args.scenes}), {steps} steps, {seconds:.0f} s")
     if args.baseline:
         rate, _ = follow_rate(pipe, controlnet, args.scenes, steps=args.steps, strength=0.0)
         print(f"without the ControlNet {rate:.1%}")

@@ -80,11 +80,11 @@ def follow_scenes(count: int, seed: int = 1000) -> list[Scene]:
 
 
 def follow_rate(
-    pipe, controlnet, count: int, *, steps: int = 12, seed: int = 1000, strength: float = 1.0
+    pipe, controlnet, count: int, *, steps: int | None = None, seed: int = 1000, strength: float = 1.0
 ) -> tuple[float, list[FollowItem]]:
     """The share of `count` scenes where the image drawn from a colour-and-shape prompt (no size, no
     position) over the canny map of the rendered scene matches the scene's full caption, position and
-    size included, by `lienzo.worlds.scorer`."""
+    size included, by `lienzo.worlds.scorer`; `steps` None takes the model's default."""
     items = []
     for index, scene in enumerate(follow_scenes(count, seed)):
         obj = scene.objects[0]
