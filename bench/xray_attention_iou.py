@@ -20,12 +20,14 @@ from PIL import Image, ImageDraw, ImageFont
 from lienzo.io.atomic import atomic_path
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.xray import run_xray
-from lienzo.pipelines.xray.capture import LAYER_WEIGHTINGS, UPSAMPLINGS, MapSettings
+from lienzo.pipelines.xray.capture import LAYER_WEIGHTINGS, SCORES, UPSAMPLINGS, MapSettings
 from lienzo.worlds import evaluation_prompts, parse_prompt, score
 from lienzo.worlds.map_overlap import object_and_background_masks, top_n_iou
 
 ROLES = ("shape", "colour", "background", "background colour")
 FIGURE_ROWS = 6
+LABELS = {"background colour": "bg colour"}
+"""Shorter captions where the role's name and IoU would not fit under a 128-pixel map."""
 
 
 def word_ious(
@@ -62,7 +64,7 @@ def figure(rows: list[tuple[str, list, dict]], path: Path) -> None:
                 role = ROLES[column - 1]
                 draw.text(
                     (column * size + 2, top + band + size + 1),
-                    f"{role} {ious[role]:.2f}",
+                    f"{LABELS.get(role, role)} {ious[role]:.2f}",
                     fill=(0, 0, 0),
                     font=font,
                 )
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--steps", type=int, default=20)
     defaults = MapSettings()
+    parser.add_argument("--score", choices=SCORES, default=defaults.score)
     parser.add_argument("--min-map-side", type=int, default=defaults.min_map_side, help="1 = every layer")
     parser.add_argument("--layer-weighting", choices=LAYER_WEIGHTINGS, default=defaults.layer_weighting)
     parser.add_argument("--later-fraction", type=float, default=defaults.later_fraction)
@@ -87,7 +90,12 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, help="write the first rows as a PNG figure")
     args = parser.parse_args()
     settings = MapSettings(
-        args.min_map_side, args.layer_weighting, args.later_fraction, args.drop_start_token, args.upsampling
+        score=args.score,
+        min_map_side=args.min_map_side,
+        layer_weighting=args.layer_weighting,
+        later_fraction=args.later_fraction,
+        drop_start_token=args.drop_start_token,
+        upsampling=args.upsampling,
     )
     pipe = load(None)
     results, rows, matched = {role: [] for role in ROLES}, [], 0

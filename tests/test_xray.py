@@ -105,7 +105,7 @@ def test_schedule_trajectory_and_image_match_a_plain_generation(pipe):
 def test_capture_hooks_exist_only_inside_the_block(pipe):
     layers = cross_attention_layers(pipe.unet)
     assert len(layers) == 7
-    with capture_cross_attention(pipe.unet, (16, 16)) as capture:
+    with capture_cross_attention(pipe.unet, (16, 16), MapSettings(score="probability")) as capture:
         assert all(len(layer._forward_hooks) == 1 for layer in layers)
         assert len(pipe.unet._forward_pre_hooks) == 1
         pipe.generate(PROMPT, seed=1, steps=2, progress=False)
@@ -142,8 +142,8 @@ def test_maps_come_from_the_conditional_row_of_the_cfg_batch(pipe):
 def test_map_settings_steps_start_token_and_cell_alignment(pipe):
     sampling = model_sampling(pipe.spec.schedule)
     timesteps = sampling.sigma_to_t(get_sigmas("karras", 4, sampling)[:-1].double()).tolist()
-    assert MapSettings().max_timestep(timesteps) == float("inf")
-    later = MapSettings(later_fraction=0.5, drop_start_token=True)
+    assert MapSettings(later_fraction=1).max_timestep(timesteps) == float("inf")
+    later = MapSettings(score="probability", later_fraction=0.5, drop_start_token=True)
     assert later.max_timestep(timesteps) == pytest.approx(timesteps[2], abs=0.01)
     with capture_cross_attention(pipe.unet, (16, 16), later, later.max_timestep(timesteps)) as capture:
         pipe.generate(PROMPT, seed=1, steps=4, sampler="euler", scheduler="karras", progress=False)
@@ -151,17 +151,26 @@ def test_map_settings_steps_start_token_and_cell_alignment(pipe):
     maps = capture.token_maps(128, 128)
     assert maps[0].abs().max().item() == 0
     assert maps.sum(dim=0).mean().item() == pytest.approx(1.0, abs=1e-3)
-    grid = torch.zeros(1, 8, 8)
-    grid[0, 5, 3] = 1.0
+    fine, coarse = torch.zeros(1, 8, 8), torch.zeros(1, 4, 4)
+    fine[0, 5, 3] = coarse[0, 1, 2] = 1.0
     for mode in ("bilinear", "bicubic"):
-        upsampled = upsample(grid, 2, (128, 128), (16, 16), mode)[0]
-        row, column = divmod(int(upsampled.argmax()), 128)
-        assert (row, column) in {(84 + a, 52 + b) for a in (-1, 0) for b in (-1, 0)}  # cell centre 16 j + 4
+        # cell j of a grid 2 (4) times coarser than the latent is latent cell 2 j (4 j), on pixel 8 * that + 7
+        for grid, factor, centre in ((fine, 2, (87, 55)), (coarse, 4, (39, 71))):
+            upsampled = upsample(grid, factor, (128, 128), (16, 16), mode)[0]
+            assert divmod(int(upsampled.argmax()), 128) == centre
+            assert upsampled.max().item() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
     "settings",
-    [{"min_map_side": 0}, {"layer_weighting": "area"}, {"later_fraction": 0}, {"upsampling": "nearest"}],
+    [
+        {"score": "softmax"},
+        {"drop_start_token": True},
+        {"min_map_side": 0},
+        {"layer_weighting": "area"},
+        {"later_fraction": 0},
+        {"upsampling": "nearest"},
+    ],
 )
 def test_bad_map_settings_are_refused(settings):
     with pytest.raises(InvalidArgumentError):
@@ -169,10 +178,10 @@ def test_bad_map_settings_are_refused(settings):
 
 
 def test_word_maps_cover_the_objects_they_name(pipe):
-    """The first 8 of the 50 one-object prompts of bench/xray_attention_iou.py (docs/xray.md), at 20 steps.
-    The full run's top-N IoU: shape word mean 0.47 (median 0.50, single prompts from 0 to 0.9), colour word
-    0.75 (min 0.48), "background" 0.98 (min 0.90); these 8 gave 0.45, 0.73 and 0.99. The means of 8 are
-    held to 0.35, 0.6 and 0.9: below the full run by about the spread a mean of 8 single prompts has."""
+    """Issue 15's bar with the default MapSettings on the first 8 of the 50 reported one-object prompts of
+    bench/xray_attention_iou.py (docs/xray.md), at 20 steps: the shape word's top-N pixels overlap the
+    object with mean IoU >= 0.5, the colour word's too, and "background" covers the background (mean IoU
+    >= 0.9). The settings were chosen on other prompts and seeds (bench/xray_map_settings.py)."""
     shape, colour, background = [], [], []
     for seed, prompt in enumerate(evaluation_prompts(8, seed=0, kind="single")):
         expected = parse_prompt(prompt)
@@ -182,8 +191,8 @@ def test_word_maps_cover_the_objects_they_name(pipe):
         colour.append(top_n_iou(xray.word_map(expected.objects[0].colour).values, obj))
         background.append(top_n_iou(xray.word_map("background").values, rest))
         assert obj.mean() < 0.2, "objects cover a small part of the image, so the overlap is no accident"
-    assert np.mean(shape) >= 0.35
-    assert np.mean(colour) >= 0.6
+    assert np.mean(shape) >= 0.5
+    assert np.mean(colour) >= 0.5
     assert np.mean(background) >= 0.9
 
 
@@ -210,6 +219,22 @@ def test_xray_cli_writes_every_file(tmp_path, capsys):
         assert picture.mode == "L" and picture.size == (128, 128)
     with Image.open(out / "trajectory.png") as strip:
         assert strip.height > 2 * 128
+
+
+def test_xray_cli_map_options_reach_the_maps(pipe, tmp_path, capsys):
+    out = tmp_path / "xray"
+    argv = ["xray", PROMPT, "--seed", "3", "--steps", "4", "-q", "-o", str(out)]
+    assert (
+        main([*argv, "--map-score", "probability", "--map-later-fraction", "0.5", "--map-min-side", "1"]) == 0
+    )
+    settings = MapSettings(score="probability", later_fraction=0.5, min_map_side=1)
+    expected = pipe.xray(PROMPT, seed=3, steps=4, map_settings=settings).word_map("circle").image()
+    default = pipe.xray(PROMPT, seed=3, steps=4).word_map("circle").image()
+    with Image.open(out / "attention" / "03-circle.png") as written:
+        assert np.array_equal(np.asarray(written), np.asarray(expected))
+        assert not np.array_equal(np.asarray(written), np.asarray(default))
+    assert main([*argv, "--map-later-fraction", "0"]) != 0
+    assert "later_fraction must lie in (0, 1], got 0.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from lienzo.pipelines.images import load_image
 from lienzo.pipelines.output import check_writable_folder
 from lienzo.pipelines.pipeline import load
 from lienzo.pipelines.requests import validate_request
+from lienzo.pipelines.xray.capture import SCORES, MapSettings
 from lienzo.pipelines.xray.run import DEFAULT_EVERY, run_xray
 from lienzo.text.network_tags import extract_network_tags
 
@@ -48,6 +49,28 @@ def add_xray_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
     parser.add_argument(
         "--every", type=int, default=DEFAULT_EVERY, help="decode the trajectory every K steps (default 5)"
+    )
+    defaults = MapSettings()
+    maps = parser.add_argument_group("attention maps (docs/xray.md)")
+    maps.add_argument(
+        "--map-score",
+        choices=SCORES,
+        default=defaults.score,
+        help=f"average query-key scores (logit) or softmax probabilities, as DAAM (default {defaults.score})",
+    )
+    maps.add_argument(
+        "--map-later-fraction",
+        type=float,
+        default=defaults.later_fraction,
+        metavar="F",
+        help=f"aggregate the last F of the steps, 0 < F <= 1 (default {defaults.later_fraction})",
+    )
+    maps.add_argument(
+        "--map-min-side",
+        type=int,
+        default=defaults.min_map_side,
+        metavar="CELLS",
+        help=f"only layers at least CELLS a side; 1 = every layer (default {defaults.min_map_side})",
     )
 
 
@@ -102,9 +125,12 @@ def run_xray_command(args: argparse.Namespace) -> int:
         raise InvalidArgumentError('the prompt is empty: give the prompt to x-ray, e.g. "a red circle"')
     if args.every < 1:
         raise InvalidArgumentError(f"--every must be 1 or more steps, got {args.every}")
+    maps = MapSettings(
+        score=args.map_score, later_fraction=args.map_later_fraction, min_map_side=args.map_min_side
+    )
     validate_request("generate", settings)
     pipe = _load(args, [prompt])
-    xray = run_xray(pipe, prompt, every=args.every, progress=not args.quiet, **settings)
+    xray = run_xray(pipe, prompt, every=args.every, map_settings=maps, progress=not args.quiet, **settings)
     for path in xray.save(args.output):
         print(path)
     return 0

@@ -1,8 +1,8 @@
 """Cross-attention capture for per-word maps, after DAAM (Tang et al. 2023, "What the DAAM").
 
 While `capture_cross_attention` is open, a forward hook on every cross-attention layer (each transformer
-block's `attn2`) recomputes softmax(q k^T / sqrt(d)) for the first batch row (the conditional half of a
-CFG batch, or the whole batch without guidance) and adds it, averaged over heads in probability space,
+block's `attn2`) recomputes the scores q k^T / sqrt(d) for the first batch row (the conditional half of a
+CFG batch, or the whole batch without guidance), or their softmax, and adds them, averaged over heads,
 into a running sum per feature-map size. A pre-hook on the UNet reads each call's timestep, so calls
 above `MapSettings.max_timestep` (the noisy start, before the layout settles) can be left out. The
 layer's own output still comes from scaled dot-product attention and is not touched, so the image is the
@@ -10,8 +10,9 @@ same with capture on or off; outside the block no hook is installed.
 
 `MapSettings` says how the sums become maps: which layers (feature maps at least `min_map_side` cells on
 their shorter side), how layers of different resolution are weighted, whether each position's start-token
-share is removed, and how each layer's grid is upsampled to the image, cell centres placed where the UNet's
-stride-2 convolutions put them. docs/xray.md gives the measurements behind the defaults.
+share is removed, and how each layer's grid is upsampled to the image, cell centres placed where the VAE
+encoder's and the UNet's stride-2 convolutions put them. docs/xray.md gives the measurements behind the
+defaults.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lienzo.models.blocks import BasicTransformerBlock, CrossAttention
 CHUNK_LENGTH = 77
 """Context positions per prompt chunk; each chunk opens with a start token (A1111's 75-token chunks)."""
 LAYER_WEIGHTINGS = ("equal", "cells")
+SCORES = ("logit", "probability")
 UPSAMPLINGS = ("bilinear", "bicubic")
 
 
@@ -38,6 +40,10 @@ UPSAMPLINGS = ("bilinear", "bicubic")
 class MapSettings:
     """How cross-attention becomes word maps.
 
+    score: "logit" averages the query-key scores q k^T / sqrt(d) (the softmax's inputs) of each word's key;
+        "probability" averages the softmax's probabilities, as DAAM does. In the softmax the prompt's tokens
+        compete for every position: where the colour word takes most of the attention the shape word's share
+        falls, so its probability map rings its object; the scores measure each word's match alone.
     min_map_side: keep layers whose feature map is at least this many cells on its shorter side (the finest
         layers are always kept); 1 keeps every layer, as DAAM does.
     layer_weighting: "equal" averages every kept layer call alike; "cells" weights a layer by its number of
@@ -49,13 +55,20 @@ class MapSettings:
     upsampling: "bilinear" or "bicubic" interpolation from each layer's native grid.
     """
 
+    score: str = "logit"
     min_map_side: int = 8
     layer_weighting: str = "equal"
-    later_fraction: float = 1.0
+    later_fraction: float = 0.5
     drop_start_token: bool = False
-    upsampling: str = "bilinear"
+    upsampling: str = "bicubic"
 
     def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise InvalidArgumentError(f"unknown score {self.score!r}; use one of {', '.join(SCORES)}")
+        if self.drop_start_token and self.score != "probability":
+            raise InvalidArgumentError(
+                "drop_start_token renormalises probabilities: use it with score='probability'"
+            )
         if self.min_map_side < 1:
             raise InvalidArgumentError(f"min_map_side must be 1 or more cells, got {self.min_map_side}")
         if self.layer_weighting not in LAYER_WEIGHTINGS:
@@ -95,23 +108,38 @@ def feature_size(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int, i
     raise ValueError(f"{tokens} attention queries fit no downsampling of a {height}x{width} latent")
 
 
-def cell_centres(cells: int, factor: int, pixels: int, latent: int) -> Tensor:
-    """Each image pixel's coordinate on a grid of `cells` normalised for grid_sample (align_corners=True):
-    a stride-2, padding-1 convolution centres output cell j on input cell 2j, so cell j of a grid
-    `factor` times coarser than the latent sits on latent cell factor * j."""
-    latent_coordinate = (torch.arange(pixels, dtype=torch.float32) + 0.5) * latent / pixels - 0.5
+def encoder_origin(stride: int) -> float:
+    """Pixel index of latent cell 0's centre for a VAE encoder that downsamples by `stride` (ldm's): each of
+    its stride-2 convolutions pads right and bottom only, so output cell j is centred on input cell 2j + 1,
+    and latent cell i on pixel stride * i + stride - 1 (8 i + 7 for SD's and the built-in model's VAE)."""
+    return stride - 1.0
+
+
+def cell_centres(cells: int, factor: int, pixels: int, latent: int, origin: float | None = None) -> Tensor:
+    """Each image pixel's coordinate on a grid of `cells`, normalised for grid_sample (align_corners=True).
+    The UNet's stride-2, padding-1 convolutions centre output cell j on input cell 2j, so cell j of a grid
+    `factor` times coarser than the latent sits on latent cell factor * j; latent cell i sits on pixel
+    `origin` + stride * i (`encoder_origin` unless given)."""
+    stride = pixels / latent
+    origin = encoder_origin(round(stride)) if origin is None else origin
+    latent_coordinate = (torch.arange(pixels, dtype=torch.float32) - origin) / stride
     grid_coordinate = latent_coordinate / factor
     return grid_coordinate * 2 / max(cells - 1, 1) - 1
 
 
 def upsample(
-    grid: Tensor, factor: int, size: tuple[int, int], latent_size: tuple[int, int], mode: str
+    grid: Tensor,
+    factor: int,
+    size: tuple[int, int],
+    latent_size: tuple[int, int],
+    mode: str,
+    origin: float | None = None,
 ) -> Tensor:
     """(channels, rows, columns) maps resampled to (channels, height, width) image pixels, each cell's value
     at its centre (`cell_centres`), edges held beyond the outermost centres."""
     channels, rows, columns = grid.shape
-    ys = cell_centres(rows, factor, size[0], latent_size[0]).to(grid.device)
-    xs = cell_centres(columns, factor, size[1], latent_size[1]).to(grid.device)
+    ys = cell_centres(rows, factor, size[0], latent_size[0], origin).to(grid.device)
+    xs = cell_centres(columns, factor, size[1], latent_size[1], origin).to(grid.device)
     sample_at = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
     padded = grid[None]
     if rows == 1 or columns == 1:
@@ -122,8 +150,8 @@ def upsample(
 
 @dataclass
 class AttentionCapture:
-    """Running sums of head-averaged cross-attention probabilities per feature-map size, the number of layer
-    calls summed into each (`calls`), and the timestep of the UNet call under way."""
+    """Running sums of head-averaged cross-attention scores or probabilities per feature-map size, the number
+    of layer calls summed into each (`calls`), and the timestep of the UNet call under way."""
 
     latent_size: tuple[int, int]
     settings: MapSettings = field(default_factory=MapSettings)
@@ -137,7 +165,7 @@ class AttentionCapture:
         self.timestep = float(inputs[1].reshape(-1)[0])
 
     def record(self, module: CrossAttention, inputs: tuple, output: Tensor) -> None:
-        """Forward hook: add this call's probabilities (first batch row) to the sums."""
+        """Forward hook: add this call's scores or probabilities (first batch row) to the sums."""
         if self.timestep > self.max_timestep:
             return
         x, context = inputs[0][:1], inputs[1][:1]
@@ -146,8 +174,10 @@ class AttentionCapture:
             keys, _ = patch(keys, keys)
         q = module.to_q(x).float().unflatten(-1, (module.heads, -1)).transpose(1, 2)
         k = module.to_k(keys).float().unflatten(-1, (module.heads, -1)).transpose(1, 2)
-        probabilities = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
-        averaged = probabilities.mean(dim=1)[0]
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        if self.settings.score == "probability":
+            scores = torch.softmax(scores, dim=-1)
+        averaged = scores.mean(dim=1)[0]
         if self.settings.drop_start_token:
             averaged = averaged.clone()
             averaged[:, ::CHUNK_LENGTH] = 0
@@ -163,8 +193,8 @@ class AttentionCapture:
         return [size for size in self.sums if min(size[:2]) >= floor]
 
     def token_maps(self, height: int, width: int) -> Tensor:
-        """(tokens, height, width) float32 maps: the kept layers' probabilities upsampled to the image size
-        and averaged over heads, layers (weighted as the settings say) and sampler calls."""
+        """(tokens, height, width) float32 maps: the kept layers' scores or probabilities upsampled to the
+        image size and averaged over heads, layers (weighted as the settings say) and sampler calls."""
         if not self.sums:
             raise ValueError("no cross-attention was captured: run the model inside capture_cross_attention")
         maps, total = None, 0.0

@@ -81,7 +81,9 @@ def trajectory_strip(rows: list[tuple[str, list[Frame]]]) -> Image.Image:
 
 
 def map_image(values: np.ndarray) -> Image.Image:
-    """A grayscale image of a map scaled so its largest value is white (all black when it is all zero)."""
-    peak = float(values.max()) if values.size else 0.0
-    scaled = values / peak if peak > 0 else np.zeros_like(values)
+    """A grayscale image of a map scaled so its lowest value is black and its largest white (all black when
+    it is flat)."""
+    low = float(values.min()) if values.size else 0.0
+    span = float(values.max()) - low if values.size else 0.0
+    scaled = (values - low) / span if span > 0 else np.zeros_like(values)
     return Image.fromarray(np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8))

@@ -71,7 +71,7 @@ class WordMap:
     values: np.ndarray
 
     def image(self) -> Image.Image:
-        """The map as a grayscale image, its peak white."""
+        """The map as a grayscale image, its lowest value black and its peak white."""
         return map_image(self.values)
 
 
