@@ -61,7 +61,7 @@ def attention_map(
     sampler_name: str, scheduler: str, width: int, height: int,
 ):  # fmt: skip
     """txt2img with the model's own text encoders while capturing cross-attention; the image, the word's
-    map as a MASK (its peak 1) and the map as a grey IMAGE."""
+    map as a MASK (its lowest value 0, its peak 1) and the map as a grey IMAGE."""
     settings = {
         "seed": seed,
         "steps": steps,
@@ -71,7 +71,8 @@ def attention_map(
     }
     xray = model.xray(text, negative_prompt=negative, width=width, height=height, every=steps, **settings)
     values = torch.from_numpy(xray.word_map(word).values).float()
-    mask = values / values.max() if float(values.max()) > 0 else values
+    span = values.max() - values.min()
+    mask = (values - values.min()) / span if float(span) > 0 else torch.zeros_like(values)
     return pil_to_images([xray.image]), mask[None], mask[None, :, :, None].expand(-1, -1, -1, 3).contiguous()
 
 
