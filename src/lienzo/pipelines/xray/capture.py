@@ -28,9 +28,8 @@ from torch import Tensor, nn
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.models.blocks import BasicTransformerBlock, CrossAttention
+from lienzo.text.conditioning import CHUNK_LENGTH
 
-CHUNK_LENGTH = 77
-"""Context positions per prompt chunk; each chunk opens with a start token (A1111's 75-token chunks)."""
 LAYER_WEIGHTINGS = ("equal", "cells")
 SCORES = ("logit", "probability")
 UPSAMPLINGS = ("bilinear", "bicubic")
