@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import lienzo
+from lienzo.pipelines.preprocessors import preprocess
 from lienzo.training.controlnet_training import new_controlnet, write_controlnet_folder
 from server_client import PROMPT, SIZE, STEPS, b64_png, call, serve
 
@@ -99,3 +100,33 @@ def test_bad_units_are_refused_with_400(server, change, message):
     status, answer = txt2img(server, [unit(**change)])
     assert status == 400
     assert message in json.dumps(answer)
+
+
+def test_the_extension_routes_list_models_and_modules(server):
+    status, answer = call(f"{server.url}/controlnet/version")
+    assert status == 200 and answer == {"version": 2}
+    status, answer = call(f"{server.url}/controlnet/model_list")
+    assert status == 200 and {"probe", "shapes-v1-canny"} <= set(answer["model_list"])
+    status, answer = call(f"{server.url}/controlnet/module_list")
+    assert status == 200 and {"none", "canny", "scribble_xdog", "depth"} <= set(answer["module_list"])
+    assert [slider["value"] for slider in answer["module_detail"]["canny"]["sliders"]] == [100, 200]
+
+
+def test_detect_runs_the_preprocessor_like_lienzo_preprocess(server):
+    image = Image.new("RGB", (64, 64), "navy")
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill="orange")
+    body = {
+        "controlnet_module": "canny",
+        "controlnet_input_images": [b64_png(image)],
+        "controlnet_threshold_a": 50,
+        "controlnet_threshold_b": 120,
+    }
+    status, answer = call(f"{server.url}/controlnet/detect", body)
+    assert status == 200 and answer["info"] == "Success"
+    detected = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
+    expected = np.asarray(preprocess("canny", image, low_threshold=50, high_threshold=120))
+    assert detected.any() and np.array_equal(detected, expected)
+    status, answer = call(f"{server.url}/controlnet/detect", {**body, "controlnet_module": "openpose"})
+    assert status == 400 and "openpose" in answer["detail"]
+    status, answer = call(f"{server.url}/controlnet/detect", {**body, "controlnet_input_images": ["x"]})
+    assert status == 400 and "base64" in answer["detail"]

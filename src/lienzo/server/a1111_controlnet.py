@@ -80,7 +80,7 @@ def _unit(unit: dict, index: int, init_image: Image.Image | None, decode_image) 
         mode=_choice(unit.get("control_mode", 0), CONTROL_MODES, "control_mode", where),
         resize_mode=_choice(unit.get("resize_mode", 1), RESIZE_MODES, "resize_mode", where),
         preprocess=kind,
-        preprocess_options=_thresholds(unit, kind, where),
+        preprocess_options=thresholds(unit, kind, where),
     )
 
 
@@ -115,7 +115,7 @@ def _choice(value: Any, choices: dict[str, str], name: str, where: str) -> str:
     )
 
 
-def _thresholds(unit: dict, kind: str, where: str) -> tuple[tuple[str, float], ...]:
+def thresholds(unit: dict, kind: str, where: str) -> tuple[tuple[str, float], ...]:
     """threshold_a/threshold_b as the preprocessor's options; -1 (the extension's unset) keeps its default."""
     names = THRESHOLDS.get(kind, ())
     given = [unit.get("threshold_a"), unit.get("threshold_b")]

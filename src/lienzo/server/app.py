@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 
 from lienzo.errors import LienzoError, ModelNotFoundError
 from lienzo.graph import GraphEnvironment
+from lienzo.server.a1111_controlnet_routes import add_a1111_controlnet_routes
 from lienzo.server.a1111_routes import add_a1111_routes
 from lienzo.server.a1111_service import A1111Service
 from lienzo.server.comfy_routes import comfy_routes
@@ -72,6 +73,7 @@ def build_app(config: ServerConfig) -> web.Application:
         for method, path, handler in internal_routes(context):
             app.router.add_route(method, prefix + path, handler)
     add_a1111_routes(app, context)
+    add_a1111_controlnet_routes(app, context)
     add_frontend(app, FRONTEND_MOUNT)
     add_page(app)
     app.on_startup.append(_start_worker)
@@ -178,7 +180,7 @@ async def error_middleware(request: web.Request, handler):
 
 def _error_response(request: web.Request, error: Exception, status: int) -> web.Response:
     message = str(error)
-    if request.path.startswith("/sdapi/"):
+    if request.path.startswith(("/sdapi/", "/controlnet/")):
         return web.json_response(
             {"error": type(error).__name__, "detail": message, "errors": message}, status=status
         )
