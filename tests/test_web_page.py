@@ -166,6 +166,21 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
+def cancel_and_wait_for_an_empty_queue(page) -> None:
+    """Press Cancel mid-run (of 150 steps): the page says so, and the queue empties."""
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
+    page.wait_for_function("document.getElementById('cancel').disabled")
+    assert page.locator("#progress").evaluate("(bar) => bar.value < 150")
+    page.wait_for_function(
+        f"""async () => {{
+            const queue = await (await fetch("/queue?token={TOKEN}")).json();
+            return queue.queue_running.length === 0 && queue.queue_pending.length === 0;
+        }}""",
+        timeout=60_000,
+    )
+
+
 def test_the_api_needs_the_token_the_page_carries(server):
     assert status_of(f"{server}/object_info") == 401
     assert status_of(f"{server}/?token={TOKEN}") == 200
@@ -356,17 +371,7 @@ def test_the_xray_mode_shows_step_progress_and_previews_and_cancel_interrupts_it
     )
     assert page.locator("#status").inner_text().startswith("Step ")
     page.locator("#live-preview[src^='blob:']").wait_for(timeout=60_000)
-    page.get_by_role("button", name="Cancel").click()
-    page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
-    page.wait_for_function("document.getElementById('cancel').disabled")
-    assert page.locator("#progress").evaluate("(bar) => bar.value < 150")
-    page.wait_for_function(
-        f"""async () => {{
-            const queue = await (await fetch("/queue?token={TOKEN}")).json();
-            return queue.queue_running.length === 0 && queue.queue_pending.length === 0;
-        }}""",
-        timeout=60_000,
-    )
+    cancel_and_wait_for_an_empty_queue(page)
     history = page.request.get(f"{server}/history?token={TOKEN}").json()
     stopped = [
         item for item in history.values() if "xray" in item["prompt"][2] and not item["status"]["completed"]
@@ -400,17 +405,7 @@ def test_cancel_stops_the_running_prompt_and_deletes_the_queued_one(page, server
     queue = page.request.get(f"{server}/queue?token={TOKEN}").json()
     assert len(queue["queue_running"]) == 1 and len(queue["queue_pending"]) == 1
     waiting = queue["queue_pending"][0][1]
-    page.get_by_role("button", name="Cancel").click()
-    page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
-    page.wait_for_function("document.getElementById('cancel').disabled")
-    assert page.locator("#progress").evaluate("(bar) => bar.value < 150")
-    page.wait_for_function(
-        f"""async () => {{
-            const queue = await (await fetch("/queue?token={TOKEN}")).json();
-            return queue.queue_running.length === 0 && queue.queue_pending.length === 0;
-        }}""",
-        timeout=60_000,
-    )
+    cancel_and_wait_for_an_empty_queue(page)
     assert page.request.get(f"{server}/history/{waiting}?token={TOKEN}").json() == {}
 
 
