@@ -140,7 +140,8 @@ def main() -> None:
             [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=False
         )
         if completed.returncode:
-            print(f"| {name} | failed: {completed.stderr.strip().splitlines()[-1:]} |", flush=True)
+            last = completed.stderr.strip().splitlines()[-1:]
+            print(f"| {name} | failed with exit status {completed.returncode} {last} |", flush=True)
             continue
         report = json.loads(completed.stdout.strip().splitlines()[-1])
         case = CASES[name]
