@@ -46,7 +46,8 @@ def check_compiler(device: torch.device) -> None:
 
 
 class CompiledUNet:
-    """Times the compiled UNet's calls: the first call at each new input shape includes compiling."""
+    """Counts the compiled UNet's calls and times the first, which includes compiling (or loading
+    inductor's cache); a later call at a new input size compiles again, untimed."""
 
     def __init__(self) -> None:
         self.calls = 0
