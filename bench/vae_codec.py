@@ -1,13 +1,17 @@
 """Is the built-in VAE a general shape codec? Round trips (encode, decode) of the reserved-shape test scenes
 and of base-world scenes, scored by lienzo.worlds.scorer; with `--tune-steps N`, first run the recipe's
 decoder generalisation stage (decoder alone, encoder frozen, so the latents and the trained UNet stay
-valid) on generic procedural shapes mixed with base-world scenes, then measure again.
+valid) on generic procedural shapes mixed with base-world scenes, then measure again; with `--scratch`, train
+a new VAE of the recipe's architecture (latent channels and downsampling levels as given) from scratch on
+that mix, both VAE stages of the recipe, and measure it (a candidate for a future built-in model: its
+latents differ, so the shipped UNet cannot use it).
 
     python bench/vae_codec.py                                   # round trips of the built-in VAE
     python bench/vae_codec.py --tune-steps 300 --folder RUN     # + the decoder generalisation stage
     python bench/vae_codec.py --oracle 150 --base 0             # diagnosis only: decoder on star scenes
     python bench/vae_codec.py --checkpoint RUN/training_state.pt --weights VAE.safetensors --generate 50
                                   # a run's VAE as shipped (fp16), its round trips and paired generation
+    python bench/vae_codec.py --scratch RUN --latent-channels 16  # a new VAE on world + generic shapes
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import torch
 
 from lienzo.io.formats import read_state_dict, write_safetensors
 from lienzo.io.keymaps.vae import vae_diffusers_to_ldm, vae_ldm_to_diffusers
+from lienzo.models.vae import AutoencoderKL
 from lienzo.pipelines.images import images_to_tensor, tensor_to_images
 from lienzo.pipelines.pipeline import load
 from lienzo.recipes.shapes import ShapesRecipe, generalise_decoder
 from lienzo.recipes.shapes_data import RandomCrops
 from lienzo.training import VAEObjective, train
 from lienzo.training.checkpoint import load_training_state
+from lienzo.worlds.codec_shapes import CodecDataConfig, CodecShapesDataset
 from lienzo.worlds.concept_data import concept_scenes, concept_test_scenes
 from lienzo.worlds.evaluate import evaluation_prompts
 from lienzo.worlds.scorer import score
@@ -57,12 +63,15 @@ def round_trip_accuracy(vae, scenes: list[Scene], batch_size: int = 20) -> float
 
 
 def report(vae, label: str, count: int, base_count: int) -> dict[str, float]:
-    """Print and return the star, heart and base-world round trips."""
+    """Print and return the star, heart and base-world round trips (the reserved shapes also by size)."""
     started = time.perf_counter()
-    figures = {
-        "star": round_trip_accuracy(vae, concept_test_scenes("star", count)),
-        "heart": round_trip_accuracy(vae, concept_test_scenes("heart", count)),
-    }
+    figures = {}
+    for shape in ("star", "heart"):
+        scenes = concept_test_scenes(shape, count)
+        figures[shape] = round_trip_accuracy(vae, scenes)
+        for size in ("small", "large"):
+            sized = [scene for scene in scenes if scene.objects[0].size == size]
+            figures[f"{size} {shape}"] = round_trip_accuracy(vae, sized) if sized else float("nan")
     if base_count:
         figures["base"] = round_trip_accuracy(vae, base_scenes(base_count))
     text = ", ".join(f"{name} {value:.0%}" for name, value in figures.items())
@@ -97,6 +106,30 @@ def oracle(vae, steps: int, folder: Path) -> None:
     objective = VAEObjective(vae, reconstruction="l1", train_encoder=False)
     train(config, objective, RandomCrops(StarScenes(), recipe.vae_crop, seed=9), folder, resume=True)
     vae.eval().requires_grad_(False)
+
+
+def scratch(folder: Path, latent_channels: int, levels: int, generic_share: float) -> AutoencoderKL:
+    """A new VAE of the recipe's stages (MSE + KL, then the decoder alone with L1), trained from scratch on
+    base-world scenes mixed with generic shapes (never a star or heart); resumable in `folder`."""
+    recipe = ShapesRecipe()
+    ch_mult = (*recipe.vae.ch_mult[: levels - 1], recipe.vae.ch_mult[-1])
+    config = replace(recipe.vae, z_channels=latent_channels, embed_dim=latent_channels, ch_mult=ch_mult)
+    torch.manual_seed(recipe.vae_training.seed)
+    vae = AutoencoderKL(config)
+    stages = (
+        ("vae", recipe.vae_training, "mse", True, 0),
+        ("decoder", recipe.decoder_training, "l1", False, 1),
+    )
+    for name, stage, loss, train_encoder, offset in stages:
+        seed = recipe.data.seed + offset
+        crops = RandomCrops(
+            CodecShapesDataset(CodecDataConfig(recipe.data, generic_share, seed=seed)), 64, seed
+        )
+        objective = VAEObjective(vae, reconstruction=loss, train_encoder=train_encoder)
+        started = time.perf_counter()
+        train(replace(stage, progress_bar=False), objective, crops, folder / name, resume=True)
+        print(f"{name} stage: {stage.steps} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    return vae.eval().requires_grad_(False)
 
 
 def diffusers_weights(vae) -> dict[str, torch.Tensor]:
@@ -150,6 +183,9 @@ def main() -> None:
     parser.add_argument("--tune-steps", type=int, default=0)
     parser.add_argument("--oracle", type=int, default=0, help="diagnosis: decoder steps on star scenes")
     parser.add_argument("--generic-share", type=float, default=0.5)
+    parser.add_argument("--scratch", type=Path, help="train a new VAE from scratch in this folder instead")
+    parser.add_argument("--latent-channels", type=int, default=4, help="with --scratch")
+    parser.add_argument("--levels", type=int, default=4, help="with --scratch: 4 = 8x downsampling, 3 = 4x")
     parser.add_argument("--lr", type=float, default=2e-4, help="the tuning's learning rate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a loaded CPU)")
     parser.add_argument("--save", type=Path, help="write the tuned VAE's diffusers weights (float16) here")
@@ -163,6 +199,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.scratch:
+        vae = scratch(args.scratch, args.latent_channels, args.levels, args.generic_share)
+        report(
+            vae,
+            f"new VAE, {args.latent_channels} latent channels, {args.levels} levels",
+            args.scenes,
+            args.base,
+        )
+        return
     vae = load(dtype=torch.float32).vae.eval()
     if not args.skip_before:
         report(vae, "built-in VAE", args.scenes, args.base)
