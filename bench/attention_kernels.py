@@ -81,8 +81,10 @@ def main() -> None:
     """Time every kernel at every shape and print a table."""
     args = parse_args()
     generator = torch.Generator().manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16, batch {args.batch}, "
-          f"{args.heads} heads, median of {args.repeats} interleaved calls after one warm-up")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16, batch {args.batch}, "
+        f"{args.heads} heads, median of {args.repeats} interleaved calls after one warm-up"
+    )
     print()
     print("| queries x head dim | keys | kernel | median | TFLOP/s | max error vs fp32 |")
     print("|---|---|---|---|---|---|")
