@@ -3,10 +3,7 @@ every parameter randomized (zero convolutions included), saved as a diffusers fo
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import diffusers
@@ -18,7 +15,7 @@ from PIL import Image
 from lienzo.io.formats import write_safetensors
 from lienzo.io.keymaps.controlnet import controlnet_diffusers_to_ldm
 from lienzo.models.specs import FamilySpec
-from tiny_models import randomize_parameters, tiny_pipeline_folder, tiny_spec
+from tiny_models import randomize_parameters, session_folder, tiny_pipeline_folder, tiny_spec
 
 CONTROL_PREFIX = "control_model."
 
@@ -50,21 +47,10 @@ def tiny_controlnet(family: str, seed: int) -> diffusers.ControlNetModel:
     return controlnet.eval()
 
 
-_ROOT: list[Path] = []
-
-
-def _root() -> Path:
-    """The session's folder for ControlNet files, removed at exit."""
-    if not _ROOT:
-        _ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-controlnet-")))
-        atexit.register(shutil.rmtree, _ROOT[0], True)
-    return _ROOT[0]
-
-
 @functools.cache
 def controlnet_folder(family: str, seed: int) -> Path:
     """The tiny ControlNet saved as a diffusers folder."""
-    folder = _root() / f"{family}-{seed}"
+    folder = session_folder("controlnet") / f"{family}-{seed}"
     tiny_controlnet(family, seed).save_pretrained(folder)
     return folder
 
@@ -77,7 +63,7 @@ def ldm_weights(family: str, seed: int) -> dict[str, torch.Tensor]:
 @functools.cache
 def controlnet_file(family: str, seed: int, prefix: str = CONTROL_PREFIX) -> Path:
     """The tiny ControlNet as an ldm single file, keys under `prefix`."""
-    path = _root() / f"{family}-{seed}-{len(prefix)}.safetensors"
+    path = session_folder("controlnet") / f"{family}-{seed}-{len(prefix)}.safetensors"
     write_safetensors(path, {prefix + key: value for key, value in ldm_weights(family, seed).items()})
     return path
 

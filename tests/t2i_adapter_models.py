@@ -3,10 +3,8 @@ weights, diffusers folders cached for the session, and a tiny SDXL folder whose 
 
 from __future__ import annotations
 
-import atexit
 import functools
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 from lienzo.io.keymaps.t2i_adapter import t2i_adapter_config_from_diffusers, t2i_adapter_diffusers_to_original
 from lienzo.io.keymaps.unet import unet_config_to_diffusers
 from lienzo.models.t2i_adapter import T2IAdapter
-from tiny_models import TINY_UNET, randomize_parameters, tiny_pipeline_folder, tiny_spec
+from tiny_models import TINY_UNET, randomize_parameters, session_folder, tiny_pipeline_folder, tiny_spec
 
 ADAPTERS = {
     "full": {"adapter_type": "full_adapter", "channels": [32, 64], "downscale_factor": 2},
@@ -52,21 +50,10 @@ def lienzo_adapter(reference: diffusers.T2IAdapter) -> T2IAdapter:
     return model
 
 
-_ROOT: list[Path] = []
-
-
-def _root() -> Path:
-    """The session's folder for adapters and models, removed at exit."""
-    if not _ROOT:
-        _ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-t2i-")))
-        atexit.register(shutil.rmtree, _ROOT[0], True)
-    return _ROOT[0]
-
-
 @functools.cache
 def adapter_folder(name: str, seed: int = 1) -> Path:
     """The tiny adapter saved as a diffusers folder (do not modify it)."""
-    folder = _root() / f"{name}-adapter-{seed}"
+    folder = session_folder("t2i") / f"{name}-adapter-{seed}"
     reference_adapter(name, seed).save_pretrained(folder)
     return folder
 
@@ -74,7 +61,7 @@ def adapter_folder(name: str, seed: int = 1) -> Path:
 @functools.cache
 def sdxl_three_level_folder() -> Path:
     """The tiny SDXL pipeline folder with a seeded 3-level UNet in place of its own (do not modify it)."""
-    folder = _root() / "sdxl-3-levels"
+    folder = session_folder("t2i") / "sdxl-3-levels"
     shutil.copytree(tiny_pipeline_folder("sdxl"), folder)
     spec = tiny_spec("sdxl")
     torch.manual_seed(4)

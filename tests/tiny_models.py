@@ -170,17 +170,19 @@ def _save_components_by_hand(class_name: str, components: dict, folder: Path) ->
     return folder
 
 
-_CACHE_ROOT: list[Path] = []
+@functools.cache
+def session_folder(prefix: str) -> Path:
+    """A temporary folder for files built once per test session, removed when the session ends."""
+    folder = Path(tempfile.mkdtemp(prefix=f"lienzo-{prefix}-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 @functools.cache
 def tiny_pipeline_folder(family: str, time_embed_dim: int = SDXL_TIME_EMBED_CHANNELS) -> Path:
     """A tiny pipeline folder of `family`, built once per test session; do not modify it."""
-    if not _CACHE_ROOT:
-        _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="lienzo-tiny-")))
-        atexit.register(shutil.rmtree, _CACHE_ROOT[0], True)
     name = family if time_embed_dim == SDXL_TIME_EMBED_CHANNELS else f"{family}-time{time_embed_dim}"
-    return make_tiny_pipeline_folder(family, _CACHE_ROOT[0] / name, time_embed_dim)
+    return make_tiny_pipeline_folder(family, session_folder("tiny") / name, time_embed_dim)
 
 
 def randomize_parameters(module: torch.nn.Module, seed: int) -> None:
