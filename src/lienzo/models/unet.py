@@ -168,6 +168,11 @@ def _fitting(residual: Tensor, h: Tensor) -> Tensor:
     return residual.to(h.dtype)
 
 
+def _with_residuals(skips: list[Tensor], residuals: tuple[Tensor, ...]) -> list[Tensor]:
+    """Each skip connection plus its ControlNet residual, in the skip's dtype."""
+    return [skip + residual.to(skip.dtype) for skip, residual in zip(skips, residuals, strict=True)]
+
+
 def with_concat(x: Tensor, cond: Conditioning) -> Tensor:
     """x with the conditioning's extra input channels appended (a batch of 1 repeats for every row)."""
     if cond.concat is None:
@@ -225,10 +230,7 @@ class UNetModel(UNetEncoder):
                         f"control residuals hold {len(control.skips)} skips but this UNet has {len(skips)}; "
                         "use a ControlNet made for this model family"
                     )
-                skips = [
-                    skip + residual.to(skip.dtype)
-                    for skip, residual in zip(skips, control.skips, strict=True)
-                ]
+                skips = _with_residuals(skips, control.skips)
             if control.middle is not None:
                 h = h + control.middle.to(h.dtype)
         if reuse is not None:
@@ -272,8 +274,7 @@ class UNetModel(UNetEncoder):
             skips.append(h)
         control = cond.control
         if control is not None and control.skips:
-            pairs = zip(skips, control.skips[: len(skips)], strict=True)
-            skips = [skip + residual.to(skip.dtype) for skip, residual in pairs]
+            skips = _with_residuals(skips, control.skips[: len(skips)])
         reuse.shallow_calls += 1
         first = len(self.output_blocks) - 1 - reuse.branch
         return self._decode(reuse.kept_rows(x.shape[0]), skips, emb, cond.context, first)
