@@ -31,14 +31,16 @@ def add_a1111_controlnet_routes(app: web.Application, context: ServerContext) ->
 
 
 def module_detail(module: str) -> dict:
-    """The extension's description of a preprocessor: whether it needs a model, and its threshold sliders."""
+    """The extension's description of a preprocessor: its threshold sliders, and `model_free` False (the
+    extension marks only modules that work without a ControlNet model, such as reference-only, which
+    lienzo does not have)."""
     kind = MODULES[module]
     defaults = dict(PREPROCESS_DEFAULTS.get(kind, ()))
     sliders = [
         {"name": name.replace("_", " "), "value": defaults[name], "min": 0, "max": 255}
         for name in THRESHOLDS.get(kind, ())
     ]
-    return {"model_free": kind in ("none", "invert"), "sliders": sliders}
+    return {"model_free": False, "sliders": sliders}
 
 
 class ControlNetRoutes:
