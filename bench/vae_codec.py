@@ -31,11 +31,10 @@ from lienzo.io.keymaps.vae import vae_diffusers_to_ldm, vae_ldm_to_diffusers
 from lienzo.models.vae import AutoencoderKL
 from lienzo.pipelines.images import images_to_tensor, tensor_to_images
 from lienzo.pipelines.pipeline import load
-from lienzo.recipes.shapes import ShapesRecipe, generalise_decoder
+from lienzo.recipes.shapes import ShapesRecipe, generalise_decoder, train_vae, tune_decoder
 from lienzo.recipes.shapes_data import RandomCrops
 from lienzo.training import VAEObjective, train
 from lienzo.training.checkpoint import load_training_state
-from lienzo.worlds.codec_shapes import CodecDataConfig, CodecShapesDataset
 from lienzo.worlds.concept_data import concept_scenes, concept_test_scenes
 from lienzo.worlds.evaluate import evaluation_prompts
 from lienzo.worlds.scorer import score
@@ -108,28 +107,25 @@ def oracle(vae, steps: int, folder: Path) -> None:
     vae.eval().requires_grad_(False)
 
 
-def scratch(folder: Path, latent_channels: int, levels: int, generic_share: float) -> AutoencoderKL:
-    """A new VAE of the recipe's stages (MSE + KL, then the decoder alone with L1), trained from scratch on
-    base-world scenes mixed with generic shapes (never a star or heart); resumable in `folder`."""
-    recipe = ShapesRecipe()
+def scratch(
+    folder: Path, latent_channels: int, levels: int, generic_share: float, vae_steps: int | None = None
+) -> AutoencoderKL:
+    """A new VAE by the recipe's VAE stages (MSE + KL, then the decoder alone with L1), trained from scratch
+    on base-world scenes mixed with generic shapes (never a star or heart); resumable in `folder`, and a
+    finished first stage extends to a larger `vae_steps` on resume. `folder` is laid out as a recipe run's
+    folder, so `lienzo train recipe --resume` can go on from it with the same recipe."""
+    recipe = ShapesRecipe().with_codec_latent(latent_channels, generic_share, vae_steps)
     ch_mult = (*recipe.vae.ch_mult[: levels - 1], recipe.vae.ch_mult[-1])
-    config = replace(recipe.vae, z_channels=latent_channels, embed_dim=latent_channels, ch_mult=ch_mult)
-    torch.manual_seed(recipe.vae_training.seed)
-    vae = AutoencoderKL(config)
-    stages = (
-        ("vae", recipe.vae_training, "mse", True, 0),
-        ("decoder", recipe.decoder_training, "l1", False, 1),
-    )
-    for name, stage, loss, train_encoder, offset in stages:
-        seed = recipe.data.seed + offset
-        crops = RandomCrops(
-            CodecShapesDataset(CodecDataConfig(recipe.data, generic_share, seed=seed)), 64, seed
-        )
-        objective = VAEObjective(vae, reconstruction=loss, train_encoder=train_encoder)
-        started = time.perf_counter()
-        train(replace(stage, progress_bar=False), objective, crops, folder / name, resume=True)
-        print(f"{name} stage: {stage.steps} steps in {time.perf_counter() - started:.0f} s", flush=True)
-    return vae.eval().requires_grad_(False)
+    recipe = replace(recipe, vae=replace(recipe.vae, ch_mult=ch_mult))
+    cpu = torch.device("cpu")
+    started = time.perf_counter()
+    vae = train_vae(recipe, folder / "vae", cpu, False)
+    steps = recipe.vae_training.steps
+    print(f"vae stage: {steps} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    started = time.perf_counter()
+    vae = tune_decoder(recipe, vae, folder / "decoder", cpu, False)
+    print(f"decoder stage: {recipe.decoder_training.steps} steps in {time.perf_counter() - started:.0f} s")
+    return vae
 
 
 def diffusers_weights(vae) -> dict[str, torch.Tensor]:
@@ -186,6 +182,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, help="train a new VAE from scratch in this folder instead")
     parser.add_argument("--latent-channels", type=int, default=4, help="with --scratch")
     parser.add_argument("--levels", type=int, default=4, help="with --scratch: 4 = 8x downsampling, 3 = 4x")
+    parser.add_argument("--vae-steps", type=int, help="with --scratch: first-stage steps")
     parser.add_argument("--lr", type=float, default=2e-4, help="the tuning's learning rate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a loaded CPU)")
     parser.add_argument("--save", type=Path, help="write the tuned VAE's diffusers weights (float16) here")
@@ -200,7 +197,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.scratch:
-        vae = scratch(args.scratch, args.latent_channels, args.levels, args.generic_share)
+        vae = scratch(args.scratch, args.latent_channels, args.levels, args.generic_share, args.vae_steps)
         report(
             vae,
             f"new VAE, {args.latent_channels} latent channels, {args.levels} levels",

@@ -14,9 +14,11 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
-from lienzo.recipes import ShapesRecipe, run_recipe
+from lienzo.recipes import RECIPES, ShapesRecipe, run_recipe
+from lienzo.recipes.shapes import vae_crops
 from lienzo.recipes.shapes_data import LatentPool, RandomCrops, encode_pool
 from lienzo.training import LatentDiffusionObjective, train_clip_tokenizer
+from lienzo.worlds.codec_shapes import CodecShapesDataset
 from lienzo.worlds.dataset import ShapesDataset, caption_corpus, scene_and_caption
 from lienzo.worlds.scorer import parse_prompt
 from test_cli import assert_one_error_line, run_cli
@@ -194,3 +196,19 @@ def test_min_snr_gamma_weights_the_loss_per_sample():
             losses[gamma] = float(objective.loss(batch, torch.Generator().manual_seed(4), {}))
     assert losses[1e9] == pytest.approx(losses[None], rel=1e-5)
     assert losses[0.5] < 0.9 * losses[None]
+
+
+def test_shapes_v2_recipe_in_miniature_has_a_16_channel_latent_and_a_codec_vae(tmp_path):
+    recipe = RECIPES["shapes-v2"]
+    assert (recipe.vae.embed_dim, recipe.unet.in_channels, recipe.unet.out_channels) == (16, 16, 16)
+    assert RECIPES["shapes-v1"] == ShapesRecipe() and RECIPES["shapes-v1"].vae.embed_dim == 4
+    generic = vae_crops(recipe, 0).dataset
+    assert isinstance(generic, CodecShapesDataset) and generic.config.generic_share == 0.5
+    assert isinstance(vae_crops(ShapesRecipe(), 0).dataset, ShapesDataset)
+    out = tmp_path / "run"
+    result = run_cli("train", "recipe", "shapes-v2", "--out", out, "--miniature", "--quiet")
+    assert result.returncode == 0, result.stderr
+    pipe = lienzo.load(out / "model")
+    assert pipe.vae.config.embed_dim == pipe.unet.config.in_channels == 16
+    image = pipe.generate("a red circle on a blue background", seed=1, steps=2, progress=False)[0]
+    assert image.size == (128, 128)

@@ -72,7 +72,7 @@ def kind_lines(library: ModelLibrary, kind: str) -> list[str]:
     entries = library.list(kind)
     rows = []
     for entry in entries:
-        builtin = entry.path in {folder for _, folder in BUILTIN_MODELS.values()}
+        builtin = entry.path in {folder for models in BUILTIN_MODELS.values() for _, folder in models}
         where = "(built-in)" if builtin else shown(entry.path)
         rows.append((entry.name, where, size_of(entry.path)))
     lines = [header]

@@ -22,10 +22,10 @@ from lienzo.cli.train_lora import LORA_EPILOG, add_lora_arguments, run_train_lor
 from lienzo.cli.train_textual_inversion import EMBEDDING_EPILOG, add_embedding_arguments, run_train_embedding
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.output import check_writable_folder
-from lienzo.recipes import ShapesRecipe, run_recipe
+from lienzo.recipes import RECIPES, ShapesRecipe, run_recipe
 
 TRAIN_EPILOG = """methods:
-  recipe shapes        the built-in model from nothing
+  recipe shapes        the built-in model from nothing (recipe shapes-v2: the 16-channel model)
   lora                 a LoRA / LyCORIS network (kohya layout)
   textual-inversion    new token vectors (A1111 embedding)
   dreambooth           the whole UNet on a concept, with prior preservation (a model)
@@ -41,6 +41,7 @@ RECIPE_EPILOG = """examples:
   lienzo train recipe shapes --out runs/shapes --resume   # continue a stopped run where it left off
   lienzo train recipe shapes --out /tmp/mini --miniature  # every stage at toy sizes, in seconds
   lienzo train recipe shapes --out runs/codec --generalise-decoder 300  # + decoder on generic shapes
+  lienzo train recipe shapes-v2 --out runs/v2             # 16 latent channels, a VAE that draws stars
 
 The model lands in OUT/model (a diffusers folder); try it with
   lienzo generate "a red circle on a blue background" --model OUT/model
@@ -50,7 +51,11 @@ The model lands in OUT/model (a diffusers folder); try it with
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `lienzo train recipe shapes`."""
-    parser.add_argument("recipe", choices=["shapes"], help="the recipe: shapes = the built-in model")
+    parser.add_argument(
+        "recipe",
+        choices=["shapes", *RECIPES],
+        help="the recipe: shapes = shapes-v1, the built-in model; shapes-v2 = 16 latent channels",
+    )
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoints, logs, samples, model"
     )
@@ -86,7 +91,10 @@ def run_train_recipe(args: argparse.Namespace) -> int:
     """Run the recipe and print where the model was written and how long it took."""
     check_writable_folder(args.out, "--out")
     created = first_missing_folder(args.out)
-    recipe = ShapesRecipe.miniature() if args.miniature else ShapesRecipe()
+    name = "shapes-v1" if args.recipe == "shapes" else args.recipe
+    recipe = RECIPES[name]
+    if args.miniature:
+        recipe = ShapesRecipe.miniature().with_codec_latent(recipe.vae.embed_dim, recipe.vae_generic_share)
     if args.generalise_decoder < 0:
         raise InvalidArgumentError(
             f"--generalise-decoder takes a number of steps (0 = off), got {args.generalise_decoder}"

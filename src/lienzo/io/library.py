@@ -28,11 +28,12 @@ BUILTIN_FOLDER = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1
 """The built-in model's diffusers folder (the same folder as lienzo.pipelines.pipeline.BUILTIN_MODEL)."""
 BUILTIN_NAME = "shapes-v1"
 """The built-in model's checkpoint name."""
-BUILTIN_MODELS: dict[str, tuple[str, Path]] = {
-    "checkpoints": (BUILTIN_NAME, BUILTIN_FOLDER),
-    "controlnet": ("shapes-v1-canny", BUILTIN_FOLDER.parent / "shapes-v1-canny"),
+BUILTIN_MODELS: dict[str, tuple[tuple[str, Path], ...]] = {
+    "checkpoints": ((BUILTIN_NAME, BUILTIN_FOLDER), ("shapes-v2", BUILTIN_FOLDER.parent / "shapes-v2")),
+    "controlnet": (("shapes-v1-canny", BUILTIN_FOLDER.parent / "shapes-v1-canny"),),
 }
-"""The built-in models by kind: their name and diffusers folder (the canny ControlNet for shapes-v1)."""
+"""The built-in models by kind: each one's name and diffusers folder (shapes-v2 has 16 latent channels;
+the canny ControlNet is for shapes-v1)."""
 
 KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints", "Stable-diffusion"),
@@ -259,11 +260,17 @@ class ModelLibrary:
             for parts in sorted(groups):
                 files = sorted(groups[parts], key=lambda item: (ranking.index(item[0]), str(item[1])))
                 candidates.append(_Candidate(order, folder, parts, tuple(files)))
-        name, folder = BUILTIN_MODELS.get(kind, (None, None))
-        if folder is not None and self.builtin and is_folder_model(folder, kind):
+        for name, folder in self.builtin_models(kind):
             builtin = ((FOLDER_MODEL, folder),)
             candidates.append(_Candidate(len(folders), folder.parent, (name,), builtin))
         return candidates
+
+    def builtin_models(self, kind: str) -> list[tuple[str, Path]]:
+        """The built-in models of a kind that this install has (none when built-ins are off)."""
+        if not self.builtin:
+            return []
+        models = BUILTIN_MODELS.get(kind, ())
+        return [(name, folder) for name, folder in models if is_folder_model(folder, kind)]
 
     def _not_found_message(self, kind: str, text: str, candidates: list[_Candidate]) -> str:
         """What was searched, what is close, and how to fix it, in one line."""
@@ -272,8 +279,9 @@ class ModelLibrary:
             for folder in self.folders(kind)
         )
         message = f"no {KIND_LABELS[kind]} named {text!r}; searched {searched}"
-        if kind in BUILTIN_MODELS and self.builtin and BUILTIN_MODELS[kind][1].is_dir():
-            message += f" and the built-in {BUILTIN_MODELS[kind][0]}"
+        builtins = [name for name, _ in self.builtin_models(kind)]
+        if builtins:
+            message += f" and the built-in {', '.join(builtins)}"
         known = {candidate.name for candidate in candidates}
         known |= {candidate.parts[-1] for candidate in candidates}
         close = difflib.get_close_matches(text, sorted(known), n=5, cutoff=0.6)

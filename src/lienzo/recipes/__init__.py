@@ -1,5 +1,5 @@
 """Recipes: whole training runs that compose the training loop with a world, e.g. the built-in model."""
 
-from lienzo.recipes.shapes import ShapesRecipe, run_recipe
+from lienzo.recipes.shapes import RECIPES, ShapesRecipe, run_recipe
 
-__all__ = ["ShapesRecipe", "run_recipe"]
+__all__ = ["RECIPES", "ShapesRecipe", "run_recipe"]

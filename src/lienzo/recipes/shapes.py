@@ -100,6 +100,9 @@ class ShapesRecipe:
     decoder_generalisation: TrainConfig | None = None
     generic_share: float = 0.5
     """Share of generic-shape scenes in the optional decoder generalisation stage's data."""
+    vae_generic_share: float = 0.0
+    """Share of generic-shape scenes (never a star or heart) in the data of both VAE stages; 0 in
+    shapes-v1, whose VAE saw the world's scenes only."""
     scale_images: int = 512
     latent_pool: int = 30000
     text_encoder: CLIPTextConfig = CLIPTextConfig(
@@ -177,6 +180,31 @@ class ShapesRecipe:
         stage = replace(self.decoder_training, steps=steps, optim=optim)
         return replace(self, decoder_generalisation=stage)
 
+    def with_codec_latent(
+        self, latent_channels: int, generic_share: float = 0.5, vae_steps: int | None = None
+    ) -> ShapesRecipe:
+        """This recipe with a `latent_channels`-wide latent whose VAE learns the world's scenes mixed with
+        generic shapes (share `generic_share`) from the start, for `vae_steps` first-stage steps."""
+        vae = replace(self.vae, z_channels=latent_channels, embed_dim=latent_channels)
+        unet = replace(self.unet, in_channels=latent_channels, out_channels=latent_channels)
+        steps = vae_steps or self.vae_training.steps
+        return replace(
+            self,
+            vae=vae,
+            unet=unet,
+            vae_generic_share=generic_share,
+            vae_training=replace(self.vae_training, steps=steps),
+        )
+
+
+RECIPES: dict[str, ShapesRecipe] = {
+    "shapes-v1": ShapesRecipe(),
+    "shapes-v2": ShapesRecipe().with_codec_latent(16, 0.5, vae_steps=6000),
+}
+"""The built-in models' recipes by model name. shapes-v2 widens the latent to 16 channels and teaches its
+VAE generic shapes, so that a 24-pixel star survives the VAE and fine-tuning can teach it
+(docs/training.md)."""
+
 
 def export_files(
     recipe: ShapesRecipe,
@@ -222,12 +250,23 @@ def train_tokenizer(recipe: ShapesRecipe, folder: Path) -> CLIPTokenizer:
     return read_trained_tokenizer(folder)
 
 
+def vae_crops(recipe: ShapesRecipe, offset: int) -> RandomCrops:
+    """Random crops for a VAE stage (seed offset `offset`): of the world's scenes, or of the world's scenes
+    mixed with generic shapes when the recipe's `vae_generic_share` is set."""
+    seed = recipe.data.seed + offset
+    if recipe.vae_generic_share:
+        scenes = CodecShapesDataset(CodecDataConfig(recipe.data, recipe.vae_generic_share, seed=seed))
+    else:
+        scenes = ShapesDataset(recipe.data)
+    return RandomCrops(scenes, recipe.vae_crop, seed=seed)
+
+
 def train_vae(recipe: ShapesRecipe, folder: Path, device: torch.device, progress: bool) -> AutoencoderKL:
     """Stage 2: the autoencoder on random crops (reconstruction + small KL), resumable."""
     torch.manual_seed(recipe.vae_training.seed)
     vae = AutoencoderKL(recipe.vae).to(device)
     config = replace(recipe.vae_training, progress_bar=progress)
-    crops = RandomCrops(ShapesDataset(recipe.data), recipe.vae_crop, seed=recipe.data.seed)
+    crops = vae_crops(recipe, 0)
     objective = VAEObjective(vae, reconstruction=recipe.vae_reconstruction)
     train(config, objective, crops, folder, resume=True, device=device)
     return vae.eval().requires_grad_(False)
@@ -238,7 +277,7 @@ def tune_decoder(
 ) -> AutoencoderKL:
     """Stage 2b: the decoder alone with L1 (sharper edges than MSE), the encoder and latents unchanged."""
     config = replace(recipe.decoder_training, progress_bar=progress)
-    crops = RandomCrops(ShapesDataset(recipe.data), recipe.vae_crop, seed=recipe.data.seed + 1)
+    crops = vae_crops(recipe, 1)
     objective = VAEObjective(vae, reconstruction="l1", train_encoder=False)
     train(config, objective, crops, folder, resume=True, device=device)
     return vae.eval().requires_grad_(False)
