@@ -108,30 +108,44 @@ def averaged_prediction(
     return total / count
 
 
-def regional_denoiser(
-    denoiser: Denoiser,
-    positive: list[RegionalConditioning],
-    negative: list[RegionalConditioning],
-    cfg_scale: float,
-    guidance_rescale: float = 0.0,
-) -> Denoise:
-    """`denoise(x, sigma) -> x0` of conditioning lists with CFG; plain single entries with the same
-    denoiser take the batched `guided_denoiser` path."""
+def batched_pair(
+    positive: list[RegionalConditioning], negative: list[RegionalConditioning], cfg_scale: float
+) -> bool:
+    """Whether the lists are one plain entry per side with the same denoiser (or no guidance), which
+    `regional_denoiser` runs as one batched `guided_denoiser` call per step."""
     first = positive[0] if len(positive) == 1 else None
-    if (
+    return (
         first is not None
         and first.plain
         and (
             cfg_scale == 1
             or (len(negative) == 1 and negative[0].plain and negative[0].denoiser is first.denoiser)
         )
-    ):
+    )
+
+
+def regional_denoiser(
+    denoiser: Denoiser,
+    positive: list[RegionalConditioning],
+    negative: list[RegionalConditioning],
+    cfg_scale: float,
+    guidance_rescale: float = 0.0,
+    sigma_interval: tuple[float, float] = (0.0, math.inf),
+) -> Denoise:
+    """`denoise(x, sigma) -> x0` of conditioning lists with CFG while sigma lies in `sigma_interval` (the
+    positive average alone elsewhere); plain single entries with the same denoiser take the batched
+    `guided_denoiser` path (`batched_pair`)."""
+    if batched_pair(positive, negative, cfg_scale):
+        first = positive[0]
         uncond = negative[0].cond if negative else None
-        return guided_denoiser(first.denoiser or denoiser, first.cond, uncond, cfg_scale, guidance_rescale)
+        return guided_denoiser(
+            first.denoiser or denoiser, first.cond, uncond, cfg_scale, guidance_rescale, sigma_interval
+        )
+    low, high = sigma_interval
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         cond_x0 = averaged_prediction(denoiser, x, sigma, positive)
-        if cfg_scale == 1:
+        if cfg_scale == 1 or not low <= float(sigma.max()) <= high:
             return cond_x0
         uncond_x0 = averaged_prediction(denoiser, x, sigma, negative)
         guided = uncond_x0 + cfg_scale * (cond_x0 - uncond_x0)

@@ -15,10 +15,16 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.graph.environment import resolve_inside, safe_relative
 from lienzo.graph.validation import is_link
 from lienzo.io.atomic import atomic_path
+from lienzo.pipelines.fast_modes import FastModes
 from lienzo.pipelines.metadata import PARAMETERS_KEY, format_parameters
 from lienzo.pipelines.output import create_exclusively, release_paths
 
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
+FAST_MODE_INPUTS = {
+    "TomePatchModel": {"ratio": "tome"},
+    "LienzoFastModes": {"deepcache_interval": "deepcache", "cfg_cutoff": "cfg_cutoff"},
+}
+"""The fast-mode nodes' inputs as FastModes fields (lienzo.graph.nodes.fast_nodes)."""
 MODEL_INPUTS = ("model", "clip")
 COMPRESS_LEVEL = 4
 
@@ -62,6 +68,25 @@ def prompt_text(prompt: dict, sampler: str, name: str) -> str | None:
     return text if isinstance(text, str) else None
 
 
+def fast_record(prompt: dict, sampler: str) -> dict:
+    """The fast modes the sampler's model carries: along the chain of `model` inputs upstream, each
+    mode from the nearest node that sets it (neutral where none does)."""
+    fast = dict(FastModes().to_record())
+    found: set[str] = set()
+    node_id, seen = sampler, {sampler}
+    while True:
+        value = prompt[node_id].get("inputs", {}).get("model")
+        if not is_link(value) or str(value[0]) not in prompt or str(value[0]) in seen:
+            return fast
+        node_id = str(value[0])
+        seen.add(node_id)
+        for name, mode in FAST_MODE_INPUTS.get(prompt[node_id]["class_type"], {}).items():
+            setting = literal(prompt, node_id, name)
+            if mode not in found and setting is not None:
+                fast[mode] = setting
+            found.add(mode)
+
+
 def a1111_record(prompt: dict, node_id: str, image: Image.Image, index: int) -> dict | None:
     """The generation record A1111's `parameters` describe, for batch item `index` of the images a node
     saves: the nearest sampler upstream, its prompts and checkpoint; None without a sampler."""
@@ -86,6 +111,7 @@ def a1111_record(prompt: dict, node_id: str, image: Image.Image, index: int) -> 
         "height": image.height,
         "strength": strength,
         "model": Path(model).stem if isinstance(model, str) else None,
+        "fast": fast_record(prompt, sampler),
     }
 
 

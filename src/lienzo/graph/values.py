@@ -3,12 +3,14 @@ holds them (IMAGE: (B, H, W, 3) floats in [0, 1]; MASK: (B, H, W) floats, 1 = ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from lienzo.errors import InvalidArgumentError
+from lienzo.pipelines.fast_modes import check_fast_modes
 from lienzo.pipelines.images import images_to_tensor, tensor_to_images
 from lienzo.pipelines.pipeline import Pipeline
 from lienzo.text.conditioning import TextEncoders
@@ -27,16 +29,40 @@ class ClipModel:
         return self.pipe.clip
 
 
-def with_lora(pipe: Pipeline, path: Path, unet_strength: float, text_strength: float) -> Pipeline:
-    """A new view of `pipe` with its LoRAs re-applied and one more (the input Pipeline is left as it is)."""
+def model_view(pipe: Pipeline) -> Pipeline:
+    """A new view of `pipe` as a graph node passes MODEL on: its VAE, LoRAs and fast modes carried over
+    (the input Pipeline is left as it is)."""
     view = pipe.view()
-    view.vae, view.vae_name = pipe.vae, pipe.vae_name
+    view.vae, view.vae_name, view.fast = pipe.vae, pipe.vae_name, pipe.fast
     for key, (loaded, unet, text) in pipe.loras.applied.items():
         view.loras.add_file(loaded.path, unet, text_strength=text, key=key)
+    return view
+
+
+def with_lora(pipe: Pipeline, path: Path, unet_strength: float, text_strength: float) -> Pipeline:
+    """A new view of `pipe` with one more LoRA (`model_view`)."""
+    view = model_view(pipe)
     view.loras.add_file(
         path, unet_strength, text_strength=text_strength, key=f"graph:{len(pipe.loras.applied)}:{path.stem}"
     )
     return view
+
+
+def with_fast_modes(pipe: Pipeline, **modes) -> Pipeline:
+    """A new view of `pipe` whose fast modes (lienzo.FastModes fields) are `modes`, the others kept."""
+    view = model_view(pipe)
+    view.fast = replace(pipe.fast, **modes)
+    check_fast_modes(view.fast)
+    return view
+
+
+def require_exact(pipe: Pipeline, node: str) -> None:
+    """Refuse a MODEL with fast modes in a node that samples only on the exact path."""
+    if not pipe.fast.exact:
+        raise InvalidArgumentError(
+            f"{node} samples on the exact path and cannot apply the model's fast modes "
+            f"({pipe.fast}); take its model from before the TomePatchModel or LienzoFastModes node"
+        )
 
 
 SCALE_KEY = "scaling_factor"

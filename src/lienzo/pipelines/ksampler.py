@@ -4,7 +4,8 @@ A graph's CONDITIONING is a list of `PromptCondition`s (text encodings with an o
 and part of the schedule); they become `RegionalConditioning`s at the latent's size and are averaged
 by `regional_denoiser`. The noise follows lienzo's rule (item i from seed + i), the sigmas ComfyUI's
 (`denoise` runs the tail of a longer schedule; start and end steps cut the schedule), and a latent
-noise mask blends in the original latent outside the mask at every step.
+noise mask blends in the original latent outside the mask at every step. The MODEL's fast modes
+(lienzo.pipelines.fast_modes) act on the run as on `sample_latents`' (lienzo.pipelines.fast_sampling).
 """
 
 from __future__ import annotations
@@ -24,13 +25,26 @@ from lienzo.diffusion import (
     parameterization_for,
     partial_denoise_sigmas,
 )
-from lienzo.diffusion.regions import RegionalConditioning, percent_to_sigma, regional_denoiser
+from lienzo.diffusion.regions import (
+    RegionalConditioning,
+    batched_pair,
+    percent_to_sigma,
+    regional_denoiser,
+)
 from lienzo.errors import InvalidArgumentError
+from lienzo.models.feature_reuse import FeatureReuse
 from lienzo.models.specs import FamilySpec
 from lienzo.models.unet import UNetModel, sdxl_vector_conditioning
 from lienzo.pipelines.control_apply import ControlApplier, ControlHint
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import fit_control_image, hint_tensor
+from lienzo.pipelines.fast_modes import FastModes, check_fast_modes
+from lienzo.pipelines.fast_sampling import (
+    feature_reuse,
+    guidance_interval,
+    refreshing_denoiser,
+    token_merging,
+)
 from lienzo.pipelines.masking import latent_mask
 from lienzo.pipelines.options import AESTHETIC_SCORES, GenerationOptions
 from lienzo.pipelines.steps import (
@@ -44,6 +58,8 @@ from lienzo.pipelines.steps import (
 
 SEED_MODULUS = 2**64
 """Seeds wrap around at 2^64 (ComfyUI's seed range), so seed + i stays a valid generator seed."""
+EXACT = FastModes()
+"""No fast mode (the exact path)."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +85,17 @@ DenoiserFor = Callable[[tuple[ControlUnit, ...]], Denoiser | None]
 
 
 def control_denoisers(
-    unet: UNetModel, spec: FamilySpec, width: int, height: int, sigmas: torch.Tensor, batch: int
+    unet: UNetModel,
+    spec: FamilySpec,
+    width: int,
+    height: int,
+    sigmas: torch.Tensor,
+    batch: int,
+    reuse: FeatureReuse | None = None,
 ) -> DenoiserFor:
     """One Denoiser per distinct set of units, each unit's control image fitted to width x height (so a
-    positive and negative that share their units share one Denoiser and one batched call)."""
+    positive and negative that share their units share one Denoiser and one batched call); `reuse` is
+    the run's DeepCache state."""
     sampling = model_sampling(spec.schedule)
     made: dict[tuple[int, ...], Denoiser] = {}
 
@@ -90,7 +113,9 @@ def control_denoisers(
                 for unit in units
             )
             applier = ControlApplier(hints, sigmas, sampling, batch)
-            made[key] = Denoiser(network(unet, applier), parameterization_for(spec.prediction), sampling)
+            made[key] = Denoiser(
+                network(unet, applier, reuse), parameterization_for(spec.prediction), sampling
+            )
         return made[key]
 
     return denoiser_for
@@ -180,8 +205,12 @@ def ksample(
     noise_mask: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     progress: bool = True,
+    fast: FastModes = EXACT,
 ) -> torch.Tensor:
-    """The sampled latent (scaled, float32) from `latent` + noise at sigmas[0] down to sigmas[-1]."""
+    """The sampled latent (scaled, float32) from `latent` + noise at sigmas[0] down to sigmas[-1]; the
+    CFG cutoff counts the steps of this run's `sigmas`, DeepCache needs one full-size conditioning per
+    side (one batched call per step)."""
+    check_fast_modes(fast)
     if len(sigmas) < 2:
         return latent
     batch = latent.shape[0]
@@ -197,17 +226,28 @@ def ksample(
     if not add_noise:
         noise = torch.zeros_like(noise)
     start = latent.to(device).float()
-    denoiser = Denoiser(network(unet), parameterization_for(spec.prediction), model_sampling(spec.schedule))
-    denoiser_for = control_denoisers(unet, spec, width, height, sigmas, batch)
-    denoise = regional_denoiser(
-        denoiser,
-        regional_conditions(spec, positive, width, height, device, denoiser_for),
-        regional_conditions(spec, negative, width, height, device, denoiser_for, negative=True),
-        cfg,
-    )
+    reuse = feature_reuse(fast)
+    sampling = model_sampling(spec.schedule)
+    denoiser = Denoiser(network(unet, reuse=reuse), parameterization_for(spec.prediction), sampling)
+    denoiser_for = control_denoisers(unet, spec, width, height, sigmas, batch, reuse)
+    positive_entries = regional_conditions(spec, positive, width, height, device, denoiser_for)
+    negative_entries = regional_conditions(spec, negative, width, height, device, denoiser_for, negative=True)
+    interval = guidance_interval(fast, sigmas)
+    denoise = regional_denoiser(denoiser, positive_entries, negative_entries, cfg, sigma_interval=interval)
+    if reuse is not None:
+        if not batched_pair(positive_entries, negative_entries, cfg):
+            raise InvalidArgumentError(
+                "DeepCache reuses one UNet call's features per step, so it needs one full-size "
+                "conditioning per side (no areas, timestep ranges or combined conditionings) and the "
+                "same ControlNets on both; set the DeepCache interval to 1 for this workflow"
+            )
+        denoise = refreshing_denoiser(denoise, reuse, fast.deepcache, sigmas)
     if noise_mask is not None:
         mask = F.interpolate(noise_mask.to(device).float(), size=tuple(latent.shape[-2:]), mode="bilinear")
         denoise = inpaint_blend_denoiser(denoise, start, mask, noise)
     x = noise_latent(start, noise, float(sigmas[0]))
     sampler_noise = SeededNoise(generators)
-    return run_sampler(denoise, x, sigmas, options, noise=sampler_noise, callback=callback, progress=progress)
+    with token_merging(unet, fast.tome):
+        return run_sampler(
+            denoise, x, sigmas, options, noise=sampler_noise, callback=callback, progress=progress
+        )

@@ -27,6 +27,7 @@ from lienzo.models.vae import AutoencoderKL
 from lienzo.pipelines.compiling import CompiledUNet, compile_unet
 from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet, resolve_units
 from lienzo.pipelines.depth import depth2img
+from lienzo.pipelines.fast_modes import FastModes
 from lienzo.pipelines.generation import img2img, img2img_size, txt2img
 from lienzo.pipelines.hypernetworks import HypernetworkSet
 from lienzo.pipelines.images import ImageInput, load_image
@@ -57,6 +58,8 @@ class Pipeline:
     ./models).
     Prompts trigger the textual-inversion `embeddings` by name; left None, they are every embedding in
     the library's embeddings folders that fits this model, as A1111 reads its embeddings folder.
+    `fast` holds the fast modes a graph's samplers apply with this Pipeline as their MODEL (set on a view
+    by the TomePatchModel and LienzoFastModes nodes); Pipeline's own methods take theirs per call (`fast=`).
     """
 
     spec: FamilySpec
@@ -70,6 +73,7 @@ class Pipeline:
     library: ModelLibrary | None = field(default=None, repr=False, compare=False)
     embeddings: Embeddings | None = field(default=None, repr=False, compare=False)
     vae_name: str | None = field(default=None, repr=False, compare=False)
+    fast: FastModes = field(default=FastModes(), repr=False, compare=False)
     unet_patcher: ModelPatcher = field(init=False, repr=False, compare=False)
     text_patchers: list[ModelPatcher] = field(init=False, repr=False, compare=False)
     loras: LoraSet = field(init=False, repr=False, compare=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lienzo.graph.nodes import (
     conditioning,
     control,
+    fast_nodes,
     grid_node,
     images,
     latents,
@@ -18,6 +19,7 @@ from lienzo.graph.nodes import (
 __all__ = [
     "conditioning",
     "control",
+    "fast_nodes",
     "grid_node",
     "images",
     "latents",

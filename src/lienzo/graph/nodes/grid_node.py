@@ -53,6 +53,7 @@ def grid(
         text,
         axes,
         callback=on_cell,
+        fast=model.fast,
         **generation_settings(negative, seed, steps, cfg, sampler_name, scheduler, width, height),
     )
     folder, subfolder = reserve_folder(context.environment.output_dir, GRID_FOLDER, filename_prefix)

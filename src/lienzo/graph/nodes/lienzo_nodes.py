@@ -8,7 +8,7 @@ import torch
 
 from lienzo.graph.nodes.sampling import CFG, SAMPLER_ALIASES, SEED, STEPS, sampler_inputs
 from lienzo.graph.registry import Input, NodeType, register
-from lienzo.graph.values import images_to_pil, pil_to_images
+from lienzo.graph.values import images_to_pil, pil_to_images, require_exact
 from lienzo.worlds.scorer import score
 
 
@@ -62,6 +62,7 @@ def attention_map(
 ):  # fmt: skip
     """txt2img with the model's own text encoders while capturing cross-attention; the image, the word's
     map as a MASK (its lowest value 0, its peak 1) and the map as a grey IMAGE."""
+    require_exact(model, "LienzoAttentionMap")
     settings = {
         "seed": seed,
         "steps": steps,

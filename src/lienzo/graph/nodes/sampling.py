@@ -77,6 +77,7 @@ def run_ksampler(
         noise_mask=latent_image.get("noise_mask"),
         callback=step_callback(context, model),
         progress=False,
+        fast=model.fast,
     )
     return ({**latent_image, "samples": samples.cpu(), SCALE_KEY: model.spec.vae.scaling_factor},)
 

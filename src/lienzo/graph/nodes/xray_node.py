@@ -9,7 +9,7 @@ from pathlib import Path
 from lienzo.graph.nodes.sampling import CFG, SEED, STEPS, generation_settings, sampler_inputs, step_callback
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.saving import save_path
-from lienzo.graph.values import pil_to_images
+from lienzo.graph.values import pil_to_images, require_exact
 from lienzo.pipelines.xray.files import ATTENTION_FOLDER, word_file_name
 
 XRAY_FOLDER = "xray"
@@ -49,6 +49,7 @@ def xray(
 ):
     """X-ray one txt2img run of the model (its LoRAs applied) and save the x-ray folder; progress, previews
     and interruption between steps as KSampler has them."""
+    require_exact(model, "LienzoXRay")
     result = model.xray(
         text,
         every=every,
