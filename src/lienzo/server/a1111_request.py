@@ -12,6 +12,7 @@ import binascii
 import io
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.options import HIRES_UPSCALERS, random_seed
 from lienzo.pipelines.requests import validate_request
 from lienzo.server.a1111_controlnet import controlnet_units
+from lienzo.server.a1111_fast import request_fast_modes
 from lienzo.server.files import check_image
 
 log = logging.getLogger("lienzo.server")
@@ -177,8 +179,11 @@ def with_seed(body: dict) -> dict:
     }
 
 
-def read_request(mode: str, body: dict, checkpoint: str | None) -> A1111Request:
-    """Read and check a txt2img or img2img body (seed already fixed by with_seed)."""
+def read_request(
+    mode: str, body: dict, checkpoint: str | None, options: Mapping | None = None
+) -> A1111Request:
+    """Read and check a txt2img or img2img body (seed already fixed by with_seed); `options` are the
+    server's /sdapi/v1/options, which `override_settings` override."""
     if not isinstance(body, dict):
         raise InvalidArgumentError("the request body must be a JSON object")
     note_unused(body)
@@ -211,6 +216,7 @@ def read_request(mode: str, body: dict, checkpoint: str | None) -> A1111Request:
         settings["variation_strength"] = subseed_strength
     if mode == "txt2img" and field(body, "enable_hr", bool, False):
         settings["hires"] = _hires(body)
+    settings["fast"] = request_fast_modes(mode, overrides, options or {}, "hires" in settings)
     init_image = mask = None
     extras: dict = {}
     if mode == "img2img":

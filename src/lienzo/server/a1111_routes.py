@@ -60,7 +60,8 @@ class A1111Handlers:
     async def _generate(self, request: web.Request, mode: str) -> web.Response:
         """Check the body, queue it, wait for the worker, answer with A1111's response."""
         body = with_seed(await read_json(request))
-        await asyncio.to_thread(read_request, mode, body, self.service.options["sd_model_checkpoint"])
+        options = self.service.options
+        await asyncio.to_thread(read_request, mode, body, options["sd_model_checkpoint"], options)
         stored = {key: value for key, value in body.items() if key not in ("init_images", "mask")}
         job_id = self.context.new_job_id()
         waiter = self.context.hub.waiter(job_id)

@@ -18,6 +18,7 @@ from lienzo.pipelines.metadata import SAMPLER_DISPLAY_NAMES, format_parameters, 
 from lienzo.pipelines.options import HiresOptions
 from lienzo.pipelines.output import release_paths, reserve_paths
 from lienzo.pipelines.pipeline import Pipeline, files_signature, load, set_model_cache_size
+from lienzo.server.a1111_fast import FAST_OPTIONS, check_fast_options
 from lienzo.server.a1111_request import A1111Request, read_request
 from lienzo.server.config import ServerConfig
 from lienzo.server.jobs import Job
@@ -32,6 +33,7 @@ DEFAULT_OPTIONS = {
     "samples_format": "png",
     "outdir_samples": "",
     "live_previews_enable": True,
+    **FAST_OPTIONS,
 }
 SUBFOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images"}
 
@@ -57,6 +59,7 @@ class A1111Service:
             if not isinstance(name, str):
                 raise InvalidArgumentError(f"sd_model_checkpoint must be a text, got {name!r}")
             changes = {**changes, "sd_model_checkpoint": self.checkpoint_name(name)}
+        check_fast_options(changes)
         self.options.update(changes)
         with atomic_path(self.path) as temporary:
             temporary.write_text(json.dumps(self.options, indent=1))
@@ -82,7 +85,7 @@ class A1111Service:
         return self._last[1]
 
     def read(self, job: Job) -> A1111Request:
-        return read_request(job.kind, job.request, self.options["sd_model_checkpoint"])
+        return read_request(job.kind, job.request, self.options["sd_model_checkpoint"], self.options)
 
     def run(self, job: Job, worker: Worker) -> Outcome:
         """Draw the request's n_iter batches, save them, and return A1111's response fields."""
