@@ -74,6 +74,7 @@ def test_comfyui_layout_resolves_every_kind_by_stem(tmp_path):
         "controlnet": touch(root / "controlnet" / "canny.safetensors"),
         "vae": touch(root / "vae" / "kl-f8.safetensors"),
         "upscale_models": touch(root / "upscale_models" / "4x.pth"),
+        "vae_approx": touch(root / "vae_approx" / "taesd_decoder.safetensors"),
     }
     library = ModelLibrary(root)
     stems = {"loras": "ink", "vae": "kl-f8"}
@@ -92,8 +93,10 @@ def test_a1111_layout_with_embeddings_beside_the_models_folder(tmp_path):
     vae = touch(root / "VAE" / "vae-ft-mse.safetensors")
     control = touch(root / "ControlNet" / "control_canny.pth")
     hyper = touch(root / "hypernetworks" / "anime.pt")
+    taesd = touch(root / "VAE-approx" / "taesd_decoder.pth")
     embedding = touch(webui / "embeddings" / "easynegative.safetensors")
     library = ModelLibrary(root)
+    assert library.resolve("vae_approx", "taesd_decoder") == taesd
     assert library.resolve("checkpoints", "v1-5-pruned") == checkpoint
     assert library.resolve("loras", "ink") == lora
     assert library.resolve("loras", "loha") == lycoris

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from lienzo.cli.arguments import LIBRARY_FLAGS, add_library_arguments
+from lienzo.graph.previews import PREVIEW_METHODS
 from lienzo.io.library import library_from_config
 from lienzo.pipelines.options import SAFETY_MODES
 from lienzo.server.app import run_server
@@ -67,6 +68,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="NSFW check of A1111 and page images: auto (when the model folder has one), on, off",
     )
+    parser.add_argument(
+        "--preview-method",
+        choices=PREVIEW_METHODS,
+        default="auto",
+        help="live previews of graph samplers: taesd (TAESD's decoder from models/vae_approx/), latent2rgb, "
+        "auto (taesd where its file is there, else latent2rgb), none",
+    )
     add_library_arguments(parser)
 
 
@@ -85,6 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
         model_cache=args.model_cache,
         device=args.device,
         safety_checker=args.safety_checker,
+        preview_method=args.preview_method,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_server(config)

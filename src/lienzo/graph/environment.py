@@ -15,12 +15,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 @dataclass(frozen=True)
 class GraphEnvironment:
-    """The model library (every model name resolves through it) and the folders nodes read and write."""
+    """The model library (every model name resolves through it), the folders nodes read and write, and
+    how samplers draw their previews (lienzo.graph.previews: latent2rgb, taesd, auto or none)."""
 
     library: ModelLibrary
     input_dir: Path
     output_dir: Path
     temp_dir: Path
+    preview_method: str = "latent2rgb"
 
     def folder(self, kind: str) -> Path:
         """The folder of an image type: "input", "output" or "temp" (ComfyUI's `type` field)."""

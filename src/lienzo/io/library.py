@@ -43,6 +43,7 @@ KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": ("controlnet", "ControlNet", "t2i_adapter"),
     "vae": ("vae", "VAE"),
     "upscale_models": ("upscale_models",),
+    "vae_approx": ("vae_approx", "VAE-approx"),
 }
 """Each kind's sub-folders of the models root: ComfyUI's name first, then A1111's. A1111 also keeps
 `embeddings/` beside its models folder, which is searched after these; ComfyUI also reads ControlNets
@@ -61,6 +62,7 @@ KIND_SUFFIXES: dict[str, tuple[str, ...]] = {
     "controlnet": (".safetensors", ".pth", ".pt", ".ckpt", ".bin"),
     "vae": (".safetensors", ".pt", ".ckpt", ".bin"),
     "upscale_models": (".pth", ".pt", ".safetensors"),
+    "vae_approx": (".safetensors", ".pth", ".pt"),
 }
 """File suffixes a kind accepts, most preferred first: with two files of one name, the earlier wins."""
 
@@ -75,6 +77,7 @@ KIND_LABELS = {
     "controlnet": "ControlNet",
     "vae": "VAE",
     "upscale_models": "upscale model",
+    "vae_approx": "preview decoder (TAESD)",
 }
 """How messages name one model of a kind."""
 
@@ -160,6 +163,7 @@ class ModelLibrary:
     controlnet: Path | None = None
     vae: Path | None = None
     upscale_models: Path | None = None
+    vae_approx: Path | None = None
     allow_paths: bool = False
     builtin: bool = field(default=True, repr=False)
     """List and resolve the built-in model as checkpoint `shapes-v1`."""

@@ -48,7 +48,8 @@ def build_context(config: ServerConfig) -> ServerContext:
     config.make_folders()
     store = JobStore(config.database)
     hub = Hub()
-    environment = GraphEnvironment(config.library, config.input_dir, config.output_dir, config.temp_dir)
+    folders = (config.input_dir, config.output_dir, config.temp_dir)
+    environment = GraphEnvironment(config.library, *folders, preview_method=config.preview_method)
     comfy = ComfyService(environment, hub)
     a1111 = A1111Service(config)
     runners = {PROMPT_KIND: comfy.run, "txt2img": a1111.run, "img2img": a1111.run}

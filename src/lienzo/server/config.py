@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lienzo.errors import InvalidArgumentError
+from lienzo.graph.previews import check_preview_method
 from lienzo.io.atomic import atomic_path
 from lienzo.io.library import ModelLibrary
 from lienzo.pipelines.safety import check_safety_mode
@@ -41,9 +42,12 @@ class ServerConfig:
     device: str | None = None
     safety_checker: str = "auto"
     """The safety checker on the images of A1111 and page jobs: auto, on or off (lienzo.pipelines.safety)."""
+    preview_method: str = "auto"
+    """How graph samplers draw websocket previews: auto, latent2rgb, taesd or none (lienzo.graph.previews)."""
 
     def __post_init__(self) -> None:
         check_safety_mode(self.safety_checker)
+        check_preview_method(self.preview_method, self.library)
         object.__setattr__(self, "output_dir", Path(self.output_dir).expanduser().absolute())
         state = self.state_dir if self.state_dir is not None else self.output_dir.parent / STATE_FOLDER
         object.__setattr__(self, "state_dir", Path(state).expanduser().absolute())

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from lienzo.diffusion import SAMPLERS, SCHEDULERS
 from lienzo.graph.nodes.control import with_loaded_controlnets
+from lienzo.graph.previews import sampler_preview
 from lienzo.graph.registry import Input, NodeType, register
 from lienzo.graph.values import SCALE_KEY, latent_for
 from lienzo.pipelines.ksampler import ksample, ksampler_sigmas
-from lienzo.pipelines.preview import latent_preview
 
 SAMPLER_ALIASES = {
     "dpmpp_sde_gpu": "dpmpp_sde",
@@ -48,14 +48,17 @@ def generation_settings(
 
 
 def step_callback(context, pipe):
-    """The sampler's per-step callback: interruption check, progress, and a latent preview when wanted."""
+    """The sampler's per-step callback: interruption check, progress, and a preview by the environment's
+    preview method when wanted."""
+    environment = context.environment
+    method = environment.preview_method
 
     def on_step(state: dict) -> None:
         context.check_interrupt()
         step, total = state["i"] + 1, state["total"]
         context.progress(step, total)
-        if context.previews and (step % PREVIEW_EVERY == 0 or step == total):
-            context.preview(latent_preview(pipe.vae, state["denoised"][0]))
+        if context.previews and method != "none" and (step % PREVIEW_EVERY == 0 or step == total):
+            context.preview(sampler_preview(method, environment.library, pipe, state["denoised"][0]))
 
     return on_step
 
