@@ -108,7 +108,12 @@ def oracle(vae, steps: int, folder: Path) -> None:
 
 
 def scratch(
-    folder: Path, latent_channels: int, levels: int, generic_share: float, vae_steps: int | None = None
+    folder: Path,
+    latent_channels: int,
+    levels: int,
+    generic_share: float,
+    vae_steps: int | None = None,
+    edge_weight: float = 0.0,
 ) -> AutoencoderKL:
     """A new VAE by the recipe's VAE stages (MSE + KL, then the decoder alone with L1), trained from scratch
     on base-world scenes mixed with generic shapes (never a star or heart); resumable in `folder`, and a
@@ -116,7 +121,7 @@ def scratch(
     folder, so `lienzo train recipe --resume` can go on from it with the same recipe."""
     recipe = ShapesRecipe().with_codec_latent(latent_channels, generic_share, vae_steps)
     ch_mult = (*recipe.vae.ch_mult[: levels - 1], recipe.vae.ch_mult[-1])
-    recipe = replace(recipe, vae=replace(recipe.vae, ch_mult=ch_mult))
+    recipe = replace(recipe, vae=replace(recipe.vae, ch_mult=ch_mult), decoder_edge_weight=edge_weight)
     cpu = torch.device("cpu")
     started = time.perf_counter()
     vae = train_vae(recipe, folder / "vae", cpu, False)
@@ -183,6 +188,9 @@ def main() -> None:
     parser.add_argument("--latent-channels", type=int, default=4, help="with --scratch")
     parser.add_argument("--levels", type=int, default=4, help="with --scratch: 4 = 8x downsampling, 3 = 4x")
     parser.add_argument("--vae-steps", type=int, help="with --scratch: first-stage steps")
+    parser.add_argument(
+        "--edge-weight", type=float, default=0.0, help="with --scratch: the decoder stage's edge weight"
+    )
     parser.add_argument("--lr", type=float, default=2e-4, help="the tuning's learning rate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a loaded CPU)")
     parser.add_argument("--save", type=Path, help="write the tuned VAE's diffusers weights (float16) here")
@@ -197,7 +205,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.scratch:
-        vae = scratch(args.scratch, args.latent_channels, args.levels, args.generic_share, args.vae_steps)
+        vae = scratch(
+            args.scratch,
+            args.latent_channels,
+            args.levels,
+            args.generic_share,
+            args.vae_steps,
+            args.edge_weight,
+        )
         report(
             vae,
             f"new VAE, {args.latent_channels} latent channels, {args.levels} levels",

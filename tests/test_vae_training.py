@@ -11,7 +11,7 @@ from lienzo.errors import InvalidArgumentError
 from lienzo.models.vae import AutoencoderKL, VAEConfig
 from lienzo.training import train
 from lienzo.training.checkpoint import CHECKPOINT_NAME, load_training_state
-from lienzo.training.vae_training import VAEObjective, latent_scaling_factor
+from lienzo.training.vae_training import VAEObjective, edge_mask, latent_scaling_factor
 from test_training import SquaresDataset, quick_config
 
 
@@ -98,3 +98,28 @@ def test_mse_reconstruction_is_the_mean_squared_error():
 def test_unknown_reconstruction_loss_is_refused():
     with pytest.raises(InvalidArgumentError, match="l1, mse"):
         VAEObjective(tiny_vae(), reconstruction="huber")
+
+
+def test_edge_mask_marks_a_band_around_edges_only():
+    images = -torch.ones(1, 3, 16, 16)
+    images[:, 0, 6:10, 6:10] = 1.0
+    mask = edge_mask(images)[0, 0]
+    assert mask.shape == (16, 16)
+    assert mask[4:12, 4:12].all() and mask.sum() == 64, "the square and a 2-pixel band around it"
+    assert edge_mask(-torch.ones(1, 3, 8, 8)).sum() == 0, "a flat image has no edges"
+
+
+def test_edge_weight_counts_edge_pixels_more():
+    vae = tiny_vae()
+    images = fixed_images(2)
+    reconstruction = torch.zeros_like(images)
+    mask = edge_mask(images)
+    error = (reconstruction - images).abs()
+    weighted = VAEObjective(vae, edge_weight=4.0).reconstruction_error(reconstruction, images)
+    weights = 1 + 4.0 * mask
+    expected = (error * weights).sum() / (weights.sum() * images.shape[1])
+    torch.testing.assert_close(weighted, expected)
+    plain = VAEObjective(vae).reconstruction_error(reconstruction, images)
+    torch.testing.assert_close(plain, error.mean())
+    assert 0 < mask.mean() < 1 and not torch.isclose(weighted, plain)
+    assert VAEObjective(vae, edge_weight=4.0).describe()["edge_weight"] == 4.0

@@ -100,6 +100,9 @@ class ShapesRecipe:
     decoder_generalisation: TrainConfig | None = None
     generic_share: float = 0.5
     """Share of generic-shape scenes in the optional decoder generalisation stage's data."""
+    decoder_edge_weight: float = 0.0
+    """Extra weight of pixels near edges in the decoder stage's L1 (VAEObjective's edge_weight); 0 in
+    shapes-v1."""
     vae_generic_share: float = 0.0
     """Share of generic-shape scenes (never a star or heart) in the data of both VAE stages; 0 in
     shapes-v1, whose VAE saw the world's scenes only."""
@@ -199,7 +202,7 @@ class ShapesRecipe:
 
 RECIPES: dict[str, ShapesRecipe] = {
     "shapes-v1": ShapesRecipe(),
-    "shapes-v2": ShapesRecipe().with_codec_latent(16, 0.5, vae_steps=6000),
+    "shapes-v2": ShapesRecipe().with_codec_latent(16, 0.5, vae_steps=5600),
 }
 """The built-in models' recipes by model name. shapes-v2 widens the latent to 16 channels and teaches its
 VAE generic shapes, so that a 24-pixel star survives the VAE and fine-tuning can teach it
@@ -278,7 +281,9 @@ def tune_decoder(
     """Stage 2b: the decoder alone with L1 (sharper edges than MSE), the encoder and latents unchanged."""
     config = replace(recipe.decoder_training, progress_bar=progress)
     crops = vae_crops(recipe, 1)
-    objective = VAEObjective(vae, reconstruction="l1", train_encoder=False)
+    objective = VAEObjective(
+        vae, reconstruction="l1", train_encoder=False, edge_weight=recipe.decoder_edge_weight
+    )
     train(config, objective, crops, folder, resume=True, device=device)
     return vae.eval().requires_grad_(False)
 
