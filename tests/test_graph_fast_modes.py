@@ -15,7 +15,7 @@ import lienzo
 from lienzo.diffusion import Conditioning
 from lienzo.diffusion.regions import RegionalConditioning, regional_denoiser
 from lienzo.errors import InvalidArgumentError
-from lienzo.graph import Executor, GraphEnvironment, NodeExecutionError, PromptError
+from lienzo.graph import ExecutionHooks, Executor, GraphEnvironment, NodeExecutionError, PromptError
 from lienzo.graph.values import model_view, with_fast_modes
 from lienzo.io.library import ModelLibrary
 from lienzo.pipelines.metadata import parse_parameters
@@ -180,3 +180,23 @@ def test_conditioning_lists_drop_guidance_outside_the_sigma_interval():
     assert torch.allclose(guided, 2 * regional_denoiser(constant, positive, [], 1.0)(x, torch.tensor([5.0])))
     assert torch.equal(unguided, regional_denoiser(constant, positive, [], 1.0)(x, torch.tensor([0.5])))
     assert not torch.allclose(guided, unguided)
+
+
+class ThreadCounts(ExecutionHooks):
+    def __init__(self):
+        self.counts = []
+
+    def progress(self, prompt_id, node_id, value, maximum):
+        self.counts.append(torch.get_num_threads())
+
+
+def test_the_graph_sampler_runs_small_cpu_work_on_one_thread_and_the_count_comes_back(executor):
+    hooks = ThreadCounts()
+    torch.set_num_threads(2)
+    try:
+        prompt = workflow(("TomePatchModel", {"ratio": 0.5}), prefix="threads")
+        prompt["3"]["inputs"]["seed"] = 9
+        executor.execute(prompt, prompt_id="threads", hooks=hooks)
+        assert hooks.counts == [1] * STEPS and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lienzo.devices import cpu_threads_for
 from lienzo.diffusion import (
     Conditioning,
     Denoiser,
@@ -209,7 +210,7 @@ def ksample(
 ) -> torch.Tensor:
     """The sampled latent (scaled, float32) from `latent` + noise at sigmas[0] down to sigmas[-1]; the
     CFG cutoff counts the steps of this run's `sigmas`, DeepCache needs one full-size conditioning per
-    side (one batched call per step)."""
+    side (one batched call per step). Small CPU work samples on one thread, as in `sample_latents`."""
     check_fast_modes(fast)
     if len(sigmas) < 2:
         return latent
@@ -247,7 +248,8 @@ def ksample(
         denoise = inpaint_blend_denoiser(denoise, start, mask, noise)
     x = noise_latent(start, noise, float(sigmas[0]))
     sampler_noise = SeededNoise(generators)
-    with token_merging(unet, fast.tome):
+    threads = cpu_threads_for(device, shape[1] * shape[2], unet.config.model_channels)
+    with threads, token_merging(unet, fast.tome):
         return run_sampler(
             denoise, x, sigmas, options, noise=sampler_noise, callback=callback, progress=progress
         )
