@@ -114,6 +114,7 @@ def scratch(
     generic_share: float,
     vae_steps: int | None = None,
     edge_weight: float = 0.0,
+    decoder_steps: int | None = None,
 ) -> AutoencoderKL:
     """A new VAE by the recipe's VAE stages (MSE + KL, then the decoder alone with L1), trained from scratch
     on base-world scenes mixed with generic shapes (never a star or heart); resumable in `folder`, and a
@@ -121,7 +122,9 @@ def scratch(
     folder, so `lienzo train recipe --resume` can go on from it with the same recipe."""
     recipe = ShapesRecipe().with_codec_latent(latent_channels, generic_share, vae_steps)
     ch_mult = (*recipe.vae.ch_mult[: levels - 1], recipe.vae.ch_mult[-1])
-    recipe = replace(recipe, vae=replace(recipe.vae, ch_mult=ch_mult), decoder_edge_weight=edge_weight)
+    decoder = replace(recipe.decoder_training, steps=decoder_steps or recipe.decoder_training.steps)
+    vae = replace(recipe.vae, ch_mult=ch_mult)
+    recipe = replace(recipe, vae=vae, decoder_edge_weight=edge_weight, decoder_training=decoder)
     cpu = torch.device("cpu")
     started = time.perf_counter()
     vae = train_vae(recipe, folder / "vae", cpu, False)
@@ -188,6 +191,7 @@ def main() -> None:
     parser.add_argument("--latent-channels", type=int, default=4, help="with --scratch")
     parser.add_argument("--levels", type=int, default=4, help="with --scratch: 4 = 8x downsampling, 3 = 4x")
     parser.add_argument("--vae-steps", type=int, help="with --scratch: first-stage steps")
+    parser.add_argument("--decoder-steps", type=int, help="with --scratch: decoder-stage steps")
     parser.add_argument(
         "--edge-weight", type=float, default=0.0, help="with --scratch: the decoder stage's edge weight"
     )

@@ -202,7 +202,7 @@ class ShapesRecipe:
 
 RECIPES: dict[str, ShapesRecipe] = {
     "shapes-v1": ShapesRecipe(),
-    "shapes-v2": ShapesRecipe().with_codec_latent(16, 0.5, vae_steps=5600),
+    "shapes-v2": replace(ShapesRecipe().with_codec_latent(16, 0.5, vae_steps=5600), decoder_edge_weight=10.0),
 }
 """The built-in models' recipes by model name. shapes-v2 widens the latent to 16 channels and teaches its
 VAE generic shapes, so that a 24-pixel star survives the VAE and fine-tuning can teach it
