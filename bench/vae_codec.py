@@ -216,6 +216,7 @@ def main() -> None:
             args.generic_share,
             args.vae_steps,
             args.edge_weight,
+            args.decoder_steps,
         )
         report(
             vae,
