@@ -12,12 +12,10 @@ import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
+from same_weights import same_weight_unets
 
-from lienzo.io.keymaps.unet import unet_config_to_diffusers, unet_diffusers_to_ldm
 from lienzo.models.conditioning import Conditioning
 from lienzo.models.specs import SD1
-from lienzo.models.unet import UNetModel
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,17 +31,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_models(dtype: torch.dtype) -> tuple[UNetModel, UNet2DConditionModel]:
-    """The SD 1.5 UNet in lienzo and in diffusers with identical random weights, channels_last."""
-    torch.manual_seed(0)
-    reference = UNet2DConditionModel.from_config(unet_config_to_diffusers(SD1.unet)).eval()
-    ours = UNetModel(SD1.unet).eval()
-    ours.load_state_dict(unet_diffusers_to_ldm(reference.state_dict()), strict=True)
-    reference.to(dtype, memory_format=torch.channels_last)
-    ours.to(dtype, memory_format=torch.channels_last)
-    return ours, reference
-
-
 def timed(run) -> float:
     """Seconds one call of `run` takes."""
     start = time.perf_counter()
@@ -55,7 +42,7 @@ def main() -> None:
     """Warm up, then time both models alternately and print medians and their ratio."""
     args = parse_args()
     dtype = getattr(torch, args.dtype)
-    ours, reference = build_models(dtype)
+    ours, reference = same_weight_unets(SD1.unet, device="cpu", dtype=dtype)
     generator = torch.Generator().manual_seed(1)
     size = args.latent_size
     x = torch.randn(args.batch, 4, size, size, generator=generator).to(

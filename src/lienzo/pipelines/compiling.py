@@ -62,8 +62,9 @@ class CompiledUNet:
         return out
 
 
-def compile_unet(unet: UNetModel) -> CompiledUNet:
-    """Make `unet`'s forward a torch.compile of UNetModel.forward (compiled on first call, per input shape).
+def compile_unet(unet: UNetModel, mode: str | None = None) -> CompiledUNet:
+    """Make `unet`'s forward a torch.compile of UNetModel.forward (compiled on first call, per input shape);
+    `mode` is torch.compile's ("reduce-overhead" adds CUDA graphs; None: inductor's default).
 
     The compiled function takes the module as its argument, so views of the network made later (which
     copy the bound forward to the copy) and patched weights (LoRA) run through it with their own tensors:
@@ -71,7 +72,7 @@ def compile_unet(unet: UNetModel) -> CompiledUNet:
     device = next(unet.parameters()).device
     check_compiler(device)
     os.environ.setdefault(CACHE_ENVIRONMENT, str(inductor_cache_dir()))
-    compiled = torch.compile(UNetModel.forward)
+    compiled = torch.compile(UNetModel.forward, mode=mode)
     timer = CompiledUNet()
 
     def forward(module: UNetModel, *args, **kwargs):
