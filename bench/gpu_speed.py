@@ -3,16 +3,18 @@ weights, same run, eager and torch.compile'd, under a hard time budget.
 
 One step is what the A1111 / ComfyUI progress bar counts: one UNet forward on the CFG batch (cond and
 uncond rows, 2 for one image) at 64x64 latents (SD 1.5, 512x512) or 128x128 (SDXL, 1024x1024, with the
-pooled text embedding and size/crop ids). Random seeded weights, identical in both libraries; fp16
-(--dtype bf16), channels_last, SDPA attention in both, cuDNN autotuning on. After warm-up, each round
-times --steps back-to-back steps between torch.cuda.synchronize calls; rounds interleave the libraries
-(order alternating); the table gives median it/s, every round, the first call's seconds of a compiled
-variant (compiling), lienzo / diffusers of the medians (above 1 = lienzo faster) and the largest output
-difference. Compiled variants: lienzo through `Pipeline.compile()`'s path (lienzo.pipelines.compiling),
-diffusers through torch.compile(unet, mode=..., fullgraph=True) as its docs show; "reduce-overhead"
-adds CUDA graphs. Before each variant the clock is checked against --budget: a variant whose estimate
-(ESTIMATES, scaled up when earlier variants took longer than theirs) would not fit is skipped and the
-table says so. The table goes to stdout and, rewritten after every variant, to --out.
+pooled text embedding and size/crop ids; lienzo's vector y is made once per image, as its sampler does,
+diffusers embeds the ids inside every step, as its pipeline does). Random seeded weights, identical in
+both libraries; fp16 (--dtype bf16), channels_last, SDPA attention in both, cuDNN autotuning on. After
+warm-up, each round times --steps back-to-back steps between torch.cuda.synchronize calls; rounds
+interleave the libraries (order alternating); the table gives median it/s, every round, the first
+call's seconds of a compiled variant (compiling), lienzo / diffusers of the medians (above 1 = lienzo
+faster) and the largest output difference. Compiled variants: lienzo through `Pipeline.compile()`'s
+path (lienzo.pipelines.compiling), diffusers through torch.compile(unet, mode=..., fullgraph=True) as
+its docs show; "reduce-overhead" adds CUDA graphs. Before each variant the clock is checked against
+--budget: a variant whose estimate (ESTIMATES, scaled up when earlier variants took longer than theirs)
+would not fit is skipped and the table says so; one still running --grace seconds past the budget is
+cut off (exit status 3). The table goes to stdout and, rewritten after every variant, to --out.
 
 On a GPU machine with network access, from the repository root:
   pip install -c <(python -c 'import torch; print("torch==" + torch.__version__)') -e '.[test]'
@@ -253,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: pass --device cpu (with --tiny for a smoke test)")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     reference, why_not = (None, "") if args.no_diffusers else diffusers_version()
     if reference is None and not args.no_diffusers:
