@@ -120,11 +120,17 @@ def scratch(
     on base-world scenes mixed with generic shapes (never a star or heart); resumable in `folder`, and a
     finished first stage extends to a larger `vae_steps` on resume. `folder` is laid out as a recipe run's
     folder, so `lienzo train recipe --resume` can go on from it with the same recipe."""
-    recipe = ShapesRecipe().with_codec_latent(latent_channels, generic_share, vae_steps)
+    recipe = ShapesRecipe().with_codec_latent(latent_channels, generic_share)
     ch_mult = (*recipe.vae.ch_mult[: levels - 1], recipe.vae.ch_mult[-1])
-    decoder = replace(recipe.decoder_training, steps=decoder_steps or recipe.decoder_training.steps)
-    vae = replace(recipe.vae, ch_mult=ch_mult)
-    recipe = replace(recipe, vae=vae, decoder_edge_weight=edge_weight, decoder_training=decoder)
+    recipe = replace(
+        recipe,
+        vae=replace(recipe.vae, ch_mult=ch_mult),
+        vae_training=replace(recipe.vae_training, steps=vae_steps or recipe.vae_training.steps),
+        decoder_training=replace(
+            recipe.decoder_training, steps=decoder_steps or recipe.decoder_training.steps
+        ),
+        decoder_edge_weight=edge_weight,
+    )
     cpu = torch.device("cpu")
     started = time.perf_counter()
     vae = train_vae(recipe, folder / "vae", cpu, False)

@@ -201,6 +201,7 @@ def test_min_snr_gamma_weights_the_loss_per_sample():
 def test_shapes_v2_recipe_in_miniature_has_a_16_channel_latent_and_a_codec_vae(tmp_path):
     recipe = RECIPES["shapes-v2"]
     assert (recipe.vae.embed_dim, recipe.unet.in_channels, recipe.unet.out_channels) == (16, 16, 16)
+    assert recipe.decoder_edge_weight == 10.0 and ShapesRecipe().decoder_edge_weight == 0.0
     assert RECIPES["shapes-v1"] == ShapesRecipe() and RECIPES["shapes-v1"].vae.embed_dim == 4
     generic = vae_crops(recipe, 0).dataset
     assert isinstance(generic, CodecShapesDataset) and generic.config.generic_share == 0.5

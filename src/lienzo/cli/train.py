@@ -7,7 +7,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lienzo.cli.train_controlnet import CONTROLNET_EPILOG, add_controlnet_arguments, run_train_controlnet
@@ -94,7 +94,8 @@ def run_train_recipe(args: argparse.Namespace) -> int:
     name = "shapes-v1" if args.recipe == "shapes" else args.recipe
     recipe = RECIPES[name]
     if args.miniature:
-        recipe = ShapesRecipe.miniature().with_codec_latent(recipe.vae.embed_dim, recipe.vae_generic_share)
+        latent = ShapesRecipe.miniature().with_codec_latent(recipe.vae.embed_dim, recipe.vae_generic_share)
+        recipe = replace(latent, decoder_edge_weight=recipe.decoder_edge_weight)
     if args.generalise_decoder < 0:
         raise InvalidArgumentError(
             f"--generalise-decoder takes a number of steps (0 = off), got {args.generalise_decoder}"
