@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import lienzo
+from controlnet_models import one_thread  # noqa: F401  (the module's one-thread fixture)
 from lienzo.diffusion import Conditioning
 from lienzo.diffusion.regions import RegionalConditioning, regional_denoiser
 from lienzo.errors import InvalidArgumentError
@@ -45,15 +46,6 @@ def workflow(*patches: tuple[str, dict], prefix: str = "fast") -> dict:
         model = [node, 0]
     prompt["3"]["inputs"]["model"] = model
     return prompt
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

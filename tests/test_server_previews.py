@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from controlnet_models import one_thread  # noqa: F401  (the module's one-thread fixture)
 from lienzo.errors import InvalidArgumentError
 from lienzo.graph import ExecutionHooks, Executor, GraphEnvironment
 from lienzo.io.library import ModelLibrary
@@ -27,15 +28,6 @@ LATENT = SIZE // 8
 """EmptyLatentImage's latent side (1/8 of the image's, as in ComfyUI, for any model)."""
 TAESD = 8 * LATENT
 """TAESD's previews: 8 pixels per latent cell."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
