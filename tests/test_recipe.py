@@ -212,3 +212,7 @@ def test_shapes_v2_recipe_in_miniature_has_a_16_channel_latent_and_a_codec_vae(t
     unet = json.loads((out / "model" / "unet" / "config.json").read_text())
     vae = json.loads((out / "model" / "vae" / "config.json").read_text())
     assert unet["in_channels"] == unet["out_channels"] == vae["latent_channels"] == 16
+    pipe = lienzo.load(out / "model")
+    assert pipe.family == "sd1" and pipe.spec.vae.embed_dim == 16
+    (image,) = pipe.generate("a red circle", steps=2, width=64, height=64, seed=1, progress=False)
+    assert image.size == (64, 64) and len(set(image.getdata())) > 1

@@ -13,12 +13,13 @@ from lienzo.models.specs import (
     SD1,
     SDXL,
     SDXL_REFINER,
-    VARIANT_IN_CHANNELS,
+    VARIANTS,
     VECTOR_VALUES,
     FamilyName,
     NoiseScheduleConfig,
     family_spec,
     parse_family,
+    variant_in_channels,
 )
 
 KNOWN = "use one of sd1, sd2, sd2-v, sdxl, sdxl-refiner, optionally with an -inpaint or -depth suffix"
@@ -46,12 +47,13 @@ def test_unknown_family_names_say_which_exist(name):
         family_layout(name)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANT_IN_CHANNELS))
-def test_variants_take_their_input_channels_from_one_table(variant):
+@pytest.mark.parametrize(("variant", "in_channels"), [("inpaint", 9), ("depth", 5)])
+def test_variants_take_their_input_channels_from_the_latent_width(variant, in_channels):
     spec = family_spec(f"sd2-v-{variant}")
     assert spec.name == f"sd2-v-{variant}" and spec.variant == variant and spec.prediction == "v"
-    assert spec.unet.in_channels == VARIANT_IN_CHANNELS[variant]
-    assert spec.concat_channels == VARIANT_IN_CHANNELS[variant] - spec.vae.embed_dim
+    assert spec.unet.in_channels == in_channels == variant_in_channels(variant, 4)
+    assert spec.concat_channels == in_channels - spec.vae.embed_dim
+    assert variant in VARIANTS
     assert family_spec("sd2-v").variant is None
 
 
@@ -72,3 +74,7 @@ def test_every_beta_schedule_has_a_diffusers_name_and_a_summary():
     assert SD1.schedule.summary() == "scaled_linear betas 0.00085 to 0.012, 1000 timesteps"
     zsnr = NoiseScheduleConfig(linear_end=0.0125, zero_terminal_snr=True)
     assert zsnr.summary().endswith("0.0125, 1000 timesteps, zero terminal SNR")
+
+
+def test_variant_widths_follow_a_wider_latent():
+    assert [variant_in_channels(variant, 16) for variant in (None, *VARIANTS)] == [16, 33, 17]

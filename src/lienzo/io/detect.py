@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from lienzo.errors import CorruptCheckpointError, ModelNotFoundError, UnknownArchitectureError
-from lienzo.io.layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY
-from lienzo.models.specs import KNOWN_FAMILIES, VARIANT_IN_CHANNELS, FamilyName
+from lienzo.io.layouts import LAYOUTS, UNET_PREFIX, V_PREDICTION_KEY, VAE_PREFIX
+from lienzo.models.specs import KNOWN_FAMILIES, VARIANTS, FamilyName, variant_in_channels
 
 METADATA_FAMILY_KEY = "lienzo.family"
 UNET_INPUT_CONV = "input_blocks.0.0.weight"
@@ -21,8 +21,8 @@ MODEL_FOLDER_HINT = (
     "a model folder must be in diffusers layout: model_index.json plus unet/, vae/, text_encoder/ "
     "(and text_encoder_2/ for SDXL) with config.json and weights; or give a .safetensors/.ckpt file"
 )
-VARIANT_BY_IN_CHANNELS = {channels: variant for variant, channels in VARIANT_IN_CHANNELS.items()}
-DEFAULT_IN_CHANNELS = 4
+DEFAULT_LATENT_CHANNELS = 4
+VAE_QUANT_CONV = "quant_conv.weight"
 SCHEDULER_CONFIG = Path("scheduler", "scheduler_config.json")
 
 
@@ -34,7 +34,9 @@ def detect_checkpoint_family(
         return metadata[METADATA_FAMILY_KEY]
     base = _checkpoint_base(state_dict)
     in_channels = state_dict[UNET_PREFIX + UNET_INPUT_CONV].shape[1]
-    variant = _variant_for(in_channels, describe=f"a UNet with {in_channels} input channels")
+    quant_conv = state_dict.get(VAE_PREFIX + VAE_QUANT_CONV)
+    latent = DEFAULT_LATENT_CHANNELS if quant_conv is None else quant_conv.shape[0] // 2
+    variant = _variant_for(in_channels, latent, describe=f"a UNet with {in_channels} input channels")
     if V_PREDICTION_KEY in state_dict:
         base = V_PREDICTION_FAMILIES.get(base, base)
     return FamilyName(base, variant).name
@@ -50,11 +52,12 @@ def detect_folder_family(folder: Path) -> str:
             f"supported families: {KNOWN_FAMILIES}"
         )
     unet = read_json(folder / "unet" / "config.json")
-    in_channels = int(unet.get("in_channels", DEFAULT_IN_CHANNELS))
+    in_channels = int(unet.get("in_channels", DEFAULT_LATENT_CHANNELS))
+    latent = int(read_json(folder / "vae" / "config.json").get("latent_channels", DEFAULT_LATENT_CHANNELS))
     variant = (
         "depth"
         if "Depth2Img" in class_name
-        else _variant_for(in_channels, describe=f"{folder}: a UNet with {in_channels} input channels")
+        else _variant_for(in_channels, latent, describe=f"{folder}: a UNet with {in_channels} input channels")
     )
     if unet.get("addition_embed_type") == "text_time":
         has_first_encoder = _has_component(index, "text_encoder")
@@ -120,14 +123,18 @@ def _has_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> bool:
     return any(key.startswith(prefix) for key in state_dict)
 
 
-def _variant_for(in_channels: int, *, describe: str) -> str | None:
-    if in_channels == DEFAULT_IN_CHANNELS:
-        return None
-    if in_channels in VARIANT_BY_IN_CHANNELS:
-        return VARIANT_BY_IN_CHANNELS[in_channels]
-    known = ", ".join(f"{channels} ({variant})" for channels, variant in VARIANT_BY_IN_CHANNELS.items())
+def _variant_for(in_channels: int, latent_channels: int, *, describe: str) -> str | None:
+    """The variant whose UNet input is `in_channels` wide over a `latent_channels` latent (None: base)."""
+    for variant in (None, *VARIANTS):
+        if variant_in_channels(variant, latent_channels) == in_channels:
+            return variant
+    known = ", ".join(
+        f"{variant_in_channels(variant, latent_channels)} ({variant or 'base'})"
+        for variant in (None, *VARIANTS)
+    )
     raise UnknownArchitectureError(
-        f"{describe} is not supported; known input channels: 4 (base), {known}; supported: {KNOWN_FAMILIES}"
+        f"{describe} is not supported over a {latent_channels}-channel latent; "
+        f"known input channels: {known}; supported: {KNOWN_FAMILIES}"
     )
 
 

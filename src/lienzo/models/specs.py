@@ -145,10 +145,10 @@ SDXL_REFINER = FamilySpec(
 )
 
 BASE_FAMILIES = {spec.name: spec for spec in (SD1, SD2, SD2_V, SDXL, SDXL_REFINER)}
-VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5}
+VARIANTS = ("inpaint", "depth")
 VECTOR_VALUES = {"sdxl": 6, "sdxl-refiner": 5}
 """How many size/crop/score values each vector conditioning embeds after the pooled text embedding."""
-KNOWN_FAMILIES = f"{', '.join(BASE_FAMILIES)}, optionally with an -{' or -'.join(VARIANT_IN_CHANNELS)} suffix"
+KNOWN_FAMILIES = f"{', '.join(BASE_FAMILIES)}, optionally with an -{' or -'.join(VARIANTS)} suffix"
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class FamilyName:
 def parse_family(name: str) -> FamilyName:
     """Split a family name such as `sd2-v-depth` into base family and variant; unknown names are refused."""
     base, variant = name, None
-    for suffix in VARIANT_IN_CHANNELS:
+    for suffix in VARIANTS:
         if name.endswith(f"-{suffix}"):
             base, variant = name[: -len(suffix) - 1], suffix
     if base not in BASE_FAMILIES:
@@ -181,5 +181,11 @@ def family_spec(name: str) -> FamilySpec:
     spec = BASE_FAMILIES[family.base]
     if family.variant is None:
         return spec
-    unet = replace(spec.unet, in_channels=VARIANT_IN_CHANNELS[family.variant])
+    unet = replace(spec.unet, in_channels=variant_in_channels(family.variant, spec.vae.embed_dim))
     return replace(spec, name=name, unet=unet, variant=family.variant)
+
+
+def variant_in_channels(variant: str | None, latent_channels: int) -> int:
+    """UNet input channels: the latent, plus the mask and masked-image latent (inpaint) or the depth map."""
+    extra = {None: 0, "inpaint": latent_channels + 1, "depth": 1}
+    return latent_channels + extra[variant]
