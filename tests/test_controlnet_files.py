@@ -15,7 +15,12 @@ import lienzo
 from controlnet_models import controlnet_file, controlnet_folder, ldm_weights, one_thread, tiny_controlnet
 from lienzo.adapters.patcher import WeightPatch
 from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
-from lienzo.io.controlnet_files import DIFFERENCE_KEY, family_of_weights, read_controlnet
+from lienzo.io.controlnet_files import (
+    DIFFERENCE_KEY,
+    check_controlnet_fits,
+    family_of_weights,
+    read_controlnet,
+)
 from lienzo.io.formats import write_safetensors
 from lienzo.io.keymaps.controlnet import (
     controlnet_config_from_diffusers,
@@ -108,6 +113,15 @@ def test_a_controlnet_of_another_family_is_refused():
             height=32,
             controlnets=[ControlUnit(loaded, Image.new("RGB", (32, 32)))],
         )
+
+
+def test_a_controlnet_for_another_latent_width_is_refused():
+    spec = tiny_pipe().spec
+    config = read_controlnet(controlnet_file("sd1", 1), base=spec).config
+    check_controlnet_fits(config, spec)
+    wider = replace(spec, vae=replace(spec.vae, embed_dim=16, z_channels=16))
+    with pytest.raises(InvalidArgumentError, match="reads 4-channel latents but .* 16 channels"):
+        check_controlnet_fits(config, wider)
 
 
 def test_published_families_come_from_the_shapes_and_other_files_are_refused(tmp_path):

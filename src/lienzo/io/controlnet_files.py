@@ -237,8 +237,8 @@ def _describe(context_dim: int, adm: int | None) -> str:
 def check_controlnet_fits(
     config: ControlNetConfig | T2IAdapterConfig, spec: FamilySpec, name: str = "the ControlNet"
 ) -> None:
-    """Refuse a ControlNet whose encoder differs from the model's UNet or whose hint block does not match
-    the model's VAE factor (or a T2I-Adapter whose features do not fit), naming both families."""
+    """Refuse a ControlNet whose encoder or latent width differs from the model's or whose hint block does
+    not match the model's VAE factor (or a T2I-Adapter whose features do not fit), naming both families."""
     if isinstance(config, T2IAdapterConfig):
         check_t2i_adapter_fits(config, spec, name)
         return
@@ -255,6 +255,11 @@ def check_controlnet_fits(
         raise InvalidArgumentError(
             f"{name} has encoder blocks {shape} (channels, multipliers, blocks per level) but the "
             f"{spec.name} model's UNet has {expected}; use a ControlNet made for this model"
+        )
+    if unet.in_channels != spec.vae.embed_dim:
+        raise InvalidArgumentError(
+            f"{name} reads {unet.in_channels}-channel latents but the {spec.name} model's latents have "
+            f"{spec.vae.embed_dim} channels; use a ControlNet made for this model"
         )
     if config.downscale_factor != spec.vae.downscale_factor:
         raise InvalidArgumentError(
