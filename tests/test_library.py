@@ -12,6 +12,7 @@ import pytest
 from lienzo.cli import main
 from lienzo.cli.arguments import add_library_arguments, library_from_args
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
+from lienzo.io import library as library_module
 from lienzo.io.library import (
     BUILTIN_FOLDER,
     BUILTIN_NAME,
@@ -269,6 +270,24 @@ def test_the_builtin_model_is_the_checkpoint_shapes_v1(tmp_path):
     assert library.resolve("checkpoints", BUILTIN_NAME) == mine  # the user's own folders come first
     with pytest.raises(ModelNotFoundError):
         ModelLibrary(tmp_path / "models", builtin=False).resolve("checkpoints", "shapes")
+
+
+def test_builtin_files_resolve_by_name_and_yield_to_the_users_own(tmp_path, monkeypatch):
+    shipped = tmp_path / "builtin" / "star.safetensors"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"weights")
+    monkeypatch.setitem(
+        library_module.BUILTIN_MODELS, "loras", (("star", shipped), ("gone", tmp_path / "x.pt"))
+    )
+    library = ModelLibrary(tmp_path / "models")
+    assert library.resolve("loras", "star") == shipped
+    assert [entry.name for entry in library.list("loras")] == ["star"]
+    mine = tmp_path / "models" / "loras" / "star.safetensors"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    assert library.resolve("loras", "star") == mine
+    with pytest.raises(ModelNotFoundError):
+        ModelLibrary(tmp_path / "other", builtin=False).resolve("loras", "star")
 
 
 def test_unknown_kinds_and_empty_names(tmp_path):

@@ -24,16 +24,20 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the `tomli` d
     except ModuleNotFoundError:
         tomllib = None
 
-BUILTIN_FOLDER = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"
-"""The built-in model's diffusers folder (the same folder as lienzo.pipelines.pipeline.BUILTIN_MODEL)."""
+BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "builtin"
+"""The installed package's folder of built-in models and example adapters."""
+BUILTIN_FOLDER = BUILTIN_ROOT / "shapes-v1"
+"""The shapes-v1 model's diffusers folder."""
 BUILTIN_NAME = "shapes-v1"
-"""The built-in model's checkpoint name."""
+"""The shapes-v1 model's checkpoint name."""
 BUILTIN_MODELS: dict[str, tuple[tuple[str, Path], ...]] = {
-    "checkpoints": ((BUILTIN_NAME, BUILTIN_FOLDER), ("shapes-v2", BUILTIN_FOLDER.parent / "shapes-v2")),
-    "controlnet": (("shapes-v1-canny", BUILTIN_FOLDER.parent / "shapes-v1-canny"),),
+    "checkpoints": ((BUILTIN_NAME, BUILTIN_FOLDER), ("shapes-v2", BUILTIN_ROOT / "shapes-v2")),
+    "controlnet": (("shapes-v1-canny", BUILTIN_ROOT / "shapes-v1-canny"),),
+    "loras": (("star", BUILTIN_ROOT / "examples" / "star.safetensors"),),
+    "embeddings": (("star-embedding", BUILTIN_ROOT / "examples" / "star-embedding.safetensors"),),
 }
-"""The built-in models by kind: each one's name and diffusers folder (shapes-v2 has 16 latent channels;
-the canny ControlNet is for shapes-v1)."""
+"""The built-in models by kind: each one's name and diffusers folder or file (shapes-v2 has 16 latent
+channels; the canny ControlNet is for shapes-v1, the star LoRA and embedding for shapes-v2)."""
 
 KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints", "Stable-diffusion"),
@@ -264,9 +268,9 @@ class ModelLibrary:
             for parts in sorted(groups):
                 files = sorted(groups[parts], key=lambda item: (ranking.index(item[0]), str(item[1])))
                 candidates.append(_Candidate(order, folder, parts, tuple(files)))
-        for name, folder in self.builtin_models(kind):
-            builtin = ((FOLDER_MODEL, folder),)
-            candidates.append(_Candidate(len(folders), folder.parent, (name,), builtin))
+        for name, path in self.builtin_models(kind):
+            builtin = ((path.suffix.lower() if path.is_file() else FOLDER_MODEL, path),)
+            candidates.append(_Candidate(len(folders), path.parent, (name,), builtin))
         return candidates
 
     def builtin_models(self, kind: str) -> list[tuple[str, Path]]:
@@ -274,7 +278,7 @@ class ModelLibrary:
         if not self.builtin:
             return []
         models = BUILTIN_MODELS.get(kind, ())
-        return [(name, folder) for name, folder in models if is_folder_model(folder, kind)]
+        return [(name, path) for name, path in models if path.is_file() or is_folder_model(path, kind)]
 
     def _not_found_message(self, kind: str, text: str, candidates: list[_Candidate]) -> str:
         """What was searched, what is close, and how to fix it, in one line."""

@@ -121,8 +121,8 @@ class Pipeline:
         )
 
     def prompt_embeddings(self) -> Embeddings | None:
-        """`embeddings` when set, else the fitting files of the library's embeddings folders (read again
-        only when those files change); plus the embeddings bundled in the applied LoRA files."""
+        """`embeddings` when set, else the fitting files of the library's embeddings folders and built-in
+        embeddings (read again only when those files change); plus those bundled in the applied LoRAs."""
         chosen = self.embeddings if self.embeddings is not None else self._folder_embeddings()
         bundled = self.loras.embeddings()
         if not bundled.entries:
@@ -132,6 +132,7 @@ class Pipeline:
     def _folder_embeddings(self) -> Embeddings | None:
         library = self.model_library()
         folders = [folder for folder in library.folders("embeddings") if folder.is_dir()]
+        folders += [path for _, path in library.builtin_models("embeddings")]
         signature = tuple(files_signature(folder) for folder in folders)
         if signature != self._library_embeddings[0]:
             widths = [encoder.config.hidden_size for encoder in self.text_encoders]
