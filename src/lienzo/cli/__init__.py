@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -226,10 +227,17 @@ def report_unexpected(error: Exception, command: str) -> None:
     )
 
 
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one `warning:` line on stderr, like errors (--debug keeps Python's form)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `lienzo` command line; a failure prints one `error:` line and returns 1, Ctrl+C returns 130."""
     args = build_parser().parse_args(argv)
     debug = debug_requested(args)
+    if not debug:
+        warnings.showwarning = print_warning
     try:
         status = args.run(args)
         sys.stdout.flush()

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from lienzo.adapters import ModelPatcher
-from lienzo.devices import default_device, default_dtype
+from lienzo.devices import default_device, default_dtype, warn_if_emulated
 from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io import ModelFiles, read_model
 from lienzo.io.embedding_files import load_embeddings
@@ -422,6 +422,8 @@ def load(
         path = BUILTIN_MODEL
     path = Path(path)
     device = torch.device(device) if device is not None else default_device()
+    if dtype is not None:
+        warn_if_emulated(device, dtype)
     dtype = dtype or default_dtype(device)
     key = (str(path.resolve()), files_signature(path), str(device), str(dtype), family)
     if cache and key in _LOADED:

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from lienzo.devices import cpu_has_bf16
+from lienzo.devices import cpu_has_bf16, warn_if_emulated
 from lienzo.errors import InvalidArgumentError
 
 
@@ -19,6 +19,7 @@ def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
             raise InvalidArgumentError("fp16 mixed precision needs a CUDA device; use bf16 or no on CPU")
         return torch.float16
     if mode == "bf16":
+        warn_if_emulated(device, torch.bfloat16)
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
