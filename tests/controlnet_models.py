@@ -8,7 +8,6 @@ from pathlib import Path
 
 import diffusers
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -18,16 +17,6 @@ from lienzo.models.specs import FamilySpec
 from tiny_models import randomize_parameters, session_folder, tiny_pipeline_folder, tiny_spec
 
 CONTROL_PREFIX = "control_model."
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread for the module: the tiny networks run many times faster on a busy 2-core
-    machine than with threads contending (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def hint_widths(spec: FamilySpec) -> tuple[int, ...]:

@@ -8,20 +8,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from lienzo.cli import main
 from test_graph_nodes import UI_TXT2IMG, txt2img
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lienzo_run_applies_settings_and_prints_the_files(tmp_path, capsys):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from controlnet_models import control_image, controlnet_file, one_thread
+from controlnet_models import control_image, controlnet_file
 from lienzo.cli import main
 from lienzo.pipelines.metadata import parse_parameters, read_parameters
 from tiny_models import tiny_pipeline_folder
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = ("--size", "32x32", "--steps", "2", "--seed", "3", "--sampler", "euler")
 
 

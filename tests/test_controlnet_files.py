@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import lienzo
-from controlnet_models import controlnet_file, controlnet_folder, ldm_weights, one_thread, tiny_controlnet
+from controlnet_models import controlnet_file, controlnet_folder, ldm_weights, tiny_controlnet
 from lienzo.adapters.patcher import WeightPatch
 from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
 from lienzo.io.controlnet_files import (
@@ -38,7 +38,7 @@ from lienzo.pipelines.metadata import format_parameters, parse_parameters
 from lienzo.pipelines.options import resolve_options
 from tiny_models import TINY_UNET, randomize_parameters, tiny_pipeline_folder, tiny_spec
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pipe(family: str = "sd1"):

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import lienzo
-from controlnet_models import control_image, controlnet_file, one_thread, tiny_controlnet
+from controlnet_models import control_image, controlnet_file, tiny_controlnet
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.options import resolve_options
 from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from tiny_models import tiny_pipeline_folder
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOLERANCE = 1e-3
 SIZE = 32
 STEPS = 4

@@ -24,6 +24,8 @@ from lienzo.pipelines.pipeline import BUILTIN_MODEL
 from lienzo.training.extract_lora import lora_modules
 from lienzo.worlds.shapes import Scene, SceneObject, render
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPT = "a red circle on a white background"
 SETTINGS = {"seed": 5, "steps": 5, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
 
@@ -77,15 +79,6 @@ def write_lora(folder, generator: torch.Generator) -> None:
         tensors[f"{module.key}.alpha"] = torch.tensor(2.0)
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "wobble.safetensors"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from controlnet_models import one_thread  # noqa: F401  (the module's one-thread fixture)
 from lienzo.errors import InvalidArgumentError
 from lienzo.graph import ExecutionHooks, Executor, GraphEnvironment
 from lienzo.io.library import ModelLibrary
 from lienzo.models.taesd import TinyDecoder
 from server_client import api_workflow, run_over_websocket, serve, server_config
 from tiny_models import tiny_pipeline_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 3
 SIZE = 64

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lienzo
-from controlnet_models import control_image, controlnet_file, one_thread
+from controlnet_models import control_image, controlnet_file
 from lienzo.errors import InvalidArgumentError, UnknownArchitectureError
 from lienzo.io.controlnet_files import read_controlnet
 from lienzo.io.formats import write_safetensors
@@ -39,7 +39,8 @@ from t2i_adapter_models import (
 )
 from tiny_models import randomize_parameters, tiny_pipeline_folder
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SETTINGS = {"width": 32, "height": 32, "steps": 3, "cfg": 5.0, "sampler": "euler", "seed": 5}
 
 

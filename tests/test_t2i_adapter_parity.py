@@ -11,14 +11,15 @@ import pytest
 import torch
 
 import lienzo
-from controlnet_models import control_image, one_thread
+from controlnet_models import control_image
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.options import resolve_options
 from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from t2i_adapter_models import adapter_folder, reference_adapter, sdxl_three_level_folder
 from tiny_models import tiny_pipeline_folder
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE, STEPS, CFG = 32, 4, 6.0
 PROMPT, NEGATIVE = "a red circle", "blurry"
 SETTINGS = {"sampler": "euler", "scheduler": "karras", "width": SIZE, "height": SIZE, "steps": STEPS}

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 import lienzo
-from controlnet_models import one_thread
 from lienzo.cli import main
 from lienzo.graph import Executor, GraphEnvironment
 from lienzo.io.library import ModelLibrary
@@ -23,7 +22,8 @@ from lienzo.pipelines.metadata import read_parameters
 from server_client import call, serve
 from tiny_models import randomize_parameters, tiny_pipeline_folder
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BUILTIN_ADAPTER = {
     "adapter_type": "full_adapter_xl",
     "channels": [64, 128, 128, 128],

@@ -23,14 +23,7 @@ from lienzo.worlds.scorer import score
 from lienzo.worlds.shapes import POSITION_PHRASES, caption, render, sample_scene
 from tiny_models import tiny_pipeline_folder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the small networks run faster on a busy 2-core machine without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_scenes(folder, count: int, *, pairs: bool = False, seed: int = 0):

@@ -22,17 +22,10 @@ from lienzo.training.ema import EMA
 from lienzo.training.logging import CSV_NAME, PLOT_NAME, read_loss_csv
 from lienzo.training.objective import drop_captions
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 COLOURS = {"red": (1.0, -0.6, -0.6), "green": (-0.6, 0.6, -0.6), "blue": (-0.6, -0.6, 1.0)}
 PLACES = {"left": 2, "right": 18}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SquaresDataset:

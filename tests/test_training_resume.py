@@ -14,14 +14,7 @@ from lienzo.training.checkpoint import CHECKPOINT_NAME, load_training_state
 from lienzo.training.logging import CSV_NAME, read_loss_csv
 from test_training import SquaresDataset, quick_config, tiny_objective
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupted(Exception):

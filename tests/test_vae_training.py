@@ -14,14 +14,7 @@ from lienzo.training.checkpoint import CHECKPOINT_NAME, load_training_state
 from lienzo.training.vae_training import VAEObjective, edge_mask, latent_scaling_factor
 from test_training import SquaresDataset, quick_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
