@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lienzo.models.attention import attention
+from lienzo.models.upsampling import FoldedKernel, upsample_conv
 
 NORM_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
@@ -192,17 +193,18 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
     """Nearest-neighbour upsampling, 2x or to `output_size` (the skip connection's size, which is odd
-    where the downsampling rounded up), followed by a 3x3 convolution."""
+    where the downsampling rounded up), followed by a 3x3 convolution (as a sub-pixel convolution at 2x)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.folded = FoldedKernel()
 
     def forward(
         self, x: Tensor, emb: Tensor, context: Tensor | None, output_size: tuple[int, int] | None = None
     ) -> Tensor:
-        if output_size is None:
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if output_size is None or tuple(output_size) == (2 * x.shape[-2], 2 * x.shape[-1]):
+            return upsample_conv(x, self.conv, self.folded)
         return self.conv(F.interpolate(x, size=output_size, mode="nearest"))
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lienzo.models.attention import attention
+from lienzo.models.upsampling import FoldedKernel, upsample_conv
 
 GROUP_NORM_EPS = 1e-6
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -119,14 +120,16 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double the resolution: nearest-neighbour upsampling, then a 3x3 convolution."""
+    """Double the resolution: nearest-neighbour upsampling, then a 3x3 convolution (as a sub-pixel
+    convolution, lienzo.models.upsampling)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.folded = FoldedKernel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(x, self.conv, self.folded)
 
 
 class MidBlock(nn.Module):

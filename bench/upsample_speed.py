@@ -1,0 +1,103 @@
+"""Time nearest 2x upsampling + 3x3 convolution in its plain and its sub-pixel form, interleaved, at the
+upsampler shapes of the SD 1.5 UNet and VAE decoder.
+
+Usage: PYTHONPATH=src python bench/upsample_speed.py [--repeats 5] [--dtype float32] [--batch 2]
+       PYTHONPATH=src python bench/upsample_speed.py --vae-decode 256 [--repeats 3]
+Each case is channels x input cells; the folded kernel is cached (lienzo.models.upsampling.FoldedKernel)
+as in sampling, so the times are the convolutions alone. Prints the medians and their ratio; the ratio
+decides lienzo.models.upsampling.SUBPIXEL_MIN_CELLS. `--vae-decode SIZE` instead times whole decodes of
+one SIZE x SIZE image by an SD 1.5-architecture VAE (seeded random weights, channels_last) with the
+sub-pixel form switched off and on (the threshold set out of reach and back), interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lienzo.models.upsampling as upsampling
+from lienzo.models.specs import SD1
+from lienzo.models.upsampling import FoldedKernel, upsample_conv
+from lienzo.models.vae import AutoencoderKL
+
+CASES = ((1280, 4), (1280, 8), (1280, 16), (1280, 32), (640, 32), (640, 64), (512, 16), (512, 32), (512, 64))
+"""(channels, input side): the SD 1.5 UNet's upsamplers (1280 and 640 channels) at 256-1024 px and the VAE
+decoder's (512 channels) at 128-512 px."""
+
+
+def time_case(channels: int, side: int, batch: int, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
+    """Median seconds of the plain and the sub-pixel form on one input, calls interleaved."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    folded = FoldedKernel()
+    forms = (
+        lambda: conv(F.interpolate(x, scale_factor=2.0, mode="nearest")),
+        lambda: upsample_conv(x, conv, folded),
+    )
+    times: list[list[float]] = [[], []]
+    with torch.no_grad():
+        for round_ in range(repeats + 1):
+            for index, call in enumerate(forms):
+                started = time.perf_counter()
+                call()
+                if round_:
+                    times[index].append(time.perf_counter() - started)
+    plain, subpixel = (statistics.median(runs) for runs in times)
+    return plain, subpixel
+
+
+def time_vae_decode(size: int, dtype: torch.dtype, repeats: int) -> None:
+    """Print the median decode seconds of the SD 1.5 VAE with the sub-pixel form off and on."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(SD1.vae).eval().to(dtype=dtype, memory_format=torch.channels_last)
+    latents = torch.randn(1, SD1.vae.embed_dim, size // 8, size // 8, dtype=dtype)
+    thresholds = {"plain": float("inf"), "sub-pixel": upsampling.SUBPIXEL_MIN_CELLS}
+    times: dict[str, list[float]] = {name: [] for name in thresholds}
+    with torch.no_grad():
+        for round_ in range(repeats + 1):
+            for name, threshold in thresholds.items():
+                upsampling.SUBPIXEL_MIN_CELLS = threshold
+                started = time.perf_counter()
+                vae.decode(latents)
+                if round_:
+                    times[name].append(time.perf_counter() - started)
+    upsampling.SUBPIXEL_MIN_CELLS = thresholds["sub-pixel"]
+    for name, runs in times.items():
+        print(
+            f"VAE decode {size}x{size}, {name}: median {statistics.median(runs):.2f} s (runs: "
+            + ", ".join(f"{run:.2f}" for run in runs)
+            + ")"
+        )
+    print(
+        f"sub-pixel / plain: {statistics.median(times['sub-pixel']) / statistics.median(times['plain']):.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each form (interleaved)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--vae-decode", type=int, metavar="SIZE", help="time whole VAE decodes instead")
+    args = parser.parse_args()
+    if args.vae_decode:
+        time_vae_decode(args.vae_decode, getattr(torch, args.dtype), args.repeats)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, channels_last")
+    print("| channels | input | plain ms | sub-pixel ms | sub-pixel / plain |")
+    print("| --- | --- | --- | --- | --- |")
+    for channels, side in CASES:
+        plain, subpixel = time_case(channels, side, args.batch, getattr(torch, args.dtype), args.repeats)
+        row = f"| {channels} | {side}x{side} | {plain * 1e3:.1f} | {subpixel * 1e3:.1f} |"
+        print(f"{row} {subpixel / plain:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
