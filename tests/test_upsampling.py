@@ -131,3 +131,16 @@ def test_the_upsampler_modules_fold_from_the_threshold_on_and_match_the_plain_fo
         torch.testing.assert_close(unet_up(x, None, None), plain_form(x, unet_up.conv), rtol=1e-5, atol=1e-5)
     folded = side * side >= SUBPIXEL_MIN_CELLS
     assert (vae_up.folded.kernel is not None) is folded and (unet_up.folded.kernel is not None) is folded
+
+
+def test_a_kernel_folded_under_inference_mode_serves_a_later_backward_pass(every_size):
+    conv = conv_layer(4, 4).requires_grad_(False)
+    folded = FoldedKernel()
+    x = torch.randn(1, 4, 3, 3)
+    with torch.inference_mode():
+        upsample_conv(x, conv, folded)
+    trained = x.clone().requires_grad_()
+    upsample_conv(trained, conv, folded).sum().backward()
+    expected = x.clone().requires_grad_()
+    plain_form(expected, conv).sum().backward()
+    torch.testing.assert_close(trained.grad, expected.grad, rtol=1e-5, atol=1e-5)

@@ -50,7 +50,9 @@ def plain_conv(conv: nn.Module) -> bool:
 class FoldedKernel:
     """A convolution's folded kernel, kept until its weight changes: a new tensor (its storage is held, so
     no other tensor can take its address) or an in-place write (the version counter). Weights that train or
-    are computed on each access (parametrizations) and traced code get a fresh fold every call."""
+    are computed on each access (parametrizations) and traced code get a fresh fold every call. The kept
+    kernel is an ordinary tensor even when folded under inference mode, so a later pass that trains
+    something else (an embedding through a frozen UNet) can save it for backward."""
 
     def __init__(self) -> None:
         self.source: Tensor | None = None
@@ -73,7 +75,9 @@ class FoldedKernel:
             or weight.data_ptr() != self.source.data_ptr()
             or weight._version != self.version
         ):
-            self.source, self.version, self.kernel = weight.detach(), weight._version, folded_kernel(weight)
+            with torch.inference_mode(False), torch.no_grad():
+                kernel = folded_kernel(weight)
+            self.source, self.version, self.kernel = weight.detach(), weight._version, kernel
         return self.kernel
 
 
