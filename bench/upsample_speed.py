@@ -6,8 +6,9 @@ Usage: PYTHONPATH=src python bench/upsample_speed.py [--repeats 5] [--dtype floa
 Each case is channels x input cells; the folded kernel is cached (lienzo.models.upsampling.FoldedKernel)
 as in sampling, so the times are the convolutions alone. Prints the medians and their ratio; the ratio
 decides lienzo.models.upsampling.SUBPIXEL_MIN_CELLS. `--vae-decode SIZE` instead times whole decodes of
-one SIZE x SIZE image by an SD 1.5-architecture VAE (seeded random weights, channels_last) with the
-sub-pixel form switched off and on (the threshold set out of reach and back), interleaved.
+one SIZE x SIZE image by an SD 1.5-architecture VAE (seeded random weights, channels_last), and the time
+spent inside its upsamplers, with the sub-pixel form switched off and on (the threshold set out of reach
+and back), interleaved.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 import lienzo.models.upsampling as upsampling
 from lienzo.models.specs import SD1
 from lienzo.models.upsampling import FoldedKernel, upsample_conv
-from lienzo.models.vae import AutoencoderKL
+from lienzo.models.vae import AutoencoderKL, Upsample
 
 CASES = ((1280, 4), (1280, 8), (1280, 16), (1280, 32), (640, 32), (640, 64), (512, 16), (512, 32), (512, 64))
 """(channels, input side): the SD 1.5 UNet's upsamplers (1280 and 640 channels) at 256-1024 px and the VAE
@@ -51,31 +52,52 @@ def time_case(channels: int, side: int, batch: int, dtype: torch.dtype, repeats:
     return plain, subpixel
 
 
+class UpsamplerClock:
+    """Seconds spent inside a network's VAE upsamplers, by hooks on the Upsample modules (their
+    convolutions stay hook-free, so the sub-pixel form still applies)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        self.seconds = 0.0
+        self.started = 0.0
+        for module in vae.modules():
+            if isinstance(module, Upsample):
+                module.register_forward_pre_hook(self.start)
+                module.register_forward_hook(self.stop)
+
+    def start(self, module: nn.Module, inputs: tuple) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.seconds += time.perf_counter() - self.started
+
+
 def time_vae_decode(size: int, dtype: torch.dtype, repeats: int) -> None:
-    """Print the median decode seconds of the SD 1.5 VAE with the sub-pixel form off and on."""
+    """Print the median seconds of whole decodes by the SD 1.5 VAE, and of its upsamplers within them,
+    with the sub-pixel form off and on."""
     torch.manual_seed(0)
     vae = AutoencoderKL(SD1.vae).eval().to(dtype=dtype, memory_format=torch.channels_last)
     latents = torch.randn(1, SD1.vae.embed_dim, size // 8, size // 8, dtype=dtype)
+    clock = UpsamplerClock(vae)
     thresholds = {"plain": float("inf"), "sub-pixel": upsampling.SUBPIXEL_MIN_CELLS}
-    times: dict[str, list[float]] = {name: [] for name in thresholds}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in thresholds}
     with torch.no_grad():
         for round_ in range(repeats + 1):
             for name, threshold in thresholds.items():
                 upsampling.SUBPIXEL_MIN_CELLS = threshold
+                clock.seconds = 0.0
                 started = time.perf_counter()
                 vae.decode(latents)
                 if round_:
-                    times[name].append(time.perf_counter() - started)
+                    times[name].append((time.perf_counter() - started, clock.seconds))
     upsampling.SUBPIXEL_MIN_CELLS = thresholds["sub-pixel"]
+    medians = {}
     for name, runs in times.items():
-        print(
-            f"VAE decode {size}x{size}, {name}: median {statistics.median(runs):.2f} s (runs: "
-            + ", ".join(f"{run:.2f}" for run in runs)
-            + ")"
-        )
-    print(
-        f"sub-pixel / plain: {statistics.median(times['sub-pixel']) / statistics.median(times['plain']):.3f}"
-    )
+        medians[name] = statistics.median(total for total, _ in runs)
+        upsamplers = statistics.median(inside for _, inside in runs)
+        listed = ", ".join(f"{total:.2f}" for total, _ in runs)
+        heading = f"VAE decode {size}x{size}, {name}"
+        print(f"{heading}: median {medians[name]:.2f} s (runs: {listed}), upsamplers {upsamplers:.2f} s")
+    print(f"sub-pixel / plain, whole decode: {medians['sub-pixel'] / medians['plain']:.3f}")
 
 
 def main() -> None:
