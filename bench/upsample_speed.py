@@ -26,9 +26,21 @@ from lienzo.models.specs import SD1
 from lienzo.models.upsampling import FoldedKernel, upsample_conv
 from lienzo.models.vae import AutoencoderKL, Upsample
 
-CASES = ((1280, 4), (1280, 8), (1280, 16), (1280, 32), (640, 32), (640, 64), (512, 16), (512, 32), (512, 64))
+CASES = (
+    (1280, 4),
+    (1280, 8),
+    (1280, 16),
+    (1280, 32),
+    (640, 32),
+    (640, 64),
+    (512, 16),
+    (512, 32),
+    (512, 64),
+    (512, 128),
+    (256, 256),
+)
 """(channels, input side): the SD 1.5 UNet's upsamplers (1280 and 640 channels) at 256-1024 px and the VAE
-decoder's (512 channels) at 128-512 px."""
+decoder's (512 and 256 channels) at 128-512 px."""
 
 
 def time_case(channels: int, side: int, batch: int, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
