@@ -45,7 +45,7 @@ def cpu_runs_natively(dtype: torch.dtype) -> bool:
 
 def warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
     """Warn when bf16 or fp16 is asked for on a CPU without instructions for it: torch then emulates the
-    type, and a 2-core AVX2 CPU ran a bf16 matmul 25x and a bf16 convolution 46x slower than in fp32."""
+    type, and a 2-core AVX2 CPU ran a bf16 matmul 24x and a bf16 convolution 44x slower than in fp32."""
     if device.type == "cpu" and not cpu_runs_natively(dtype):
         name = str(dtype).removeprefix("torch.")
         warnings.warn(
