@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from same_weights import interleaved_rounds, wall_seconds
 
 from lienzo.devices import CPU_BF16_FLAGS, CPU_FP16_FLAGS, cpu_flags, cpu_runs_natively
 
@@ -58,15 +58,11 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, half-precision flags: {flags or 'none'}")
     cases = {dtype: operations(dtype) for dtype in DTYPES}
-    times: dict[tuple[str, torch.dtype], list[float]] = {}
+    runs = {
+        (name, dtype): wall_seconds(call) for dtype, ops in cases.items() for name, (call, _) in ops.items()
+    }
     with torch.no_grad():
-        for round_ in range(args.repeats + 1):
-            for dtype, ops in cases.items():
-                for name, (call, _) in ops.items():
-                    started = time.perf_counter()
-                    call()
-                    if round_:
-                        times.setdefault((name, dtype), []).append(time.perf_counter() - started)
+        times = {case: seconds[1:] for case, seconds in interleaved_rounds(runs, args.repeats + 1).items()}
     print("| operation | dtype | native | median ms | GFLOP/s | time / float32 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, (_, flop) in cases[torch.float32].items():

@@ -1,16 +1,20 @@
-"""Benchmark helpers: one UNet with seeded random weights in lienzo and in diffusers, and interleaved rounds.
+"""Benchmark helpers: one UNet with seeded random weights in lienzo and in diffusers, interleaved rounds.
 
 diffusers is the parity oracle and a test-only dependency, so it is imported here only when asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 
 from lienzo.io.keymaps.unet import unet_config_to_diffusers, unet_diffusers_to_ldm
 from lienzo.models.unet import UNetConfig, UNetModel
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def diffusers_version() -> tuple[str | None, str]:
@@ -51,12 +55,23 @@ def same_weight_unets(
     )
 
 
-def interleaved_rounds(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+def interleaved_rounds(runs: dict[Key, Callable[[], float]], repeats: int) -> dict[Key, list[float]]:
     """Call each measurement `repeats` times, alternating the order every round so that a drift in the
     machine's speed (clocks, other load) reaches every entry alike; returns each entry's results in order."""
-    results: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[Key, list[float]] = {name: [] for name in runs}
     order = list(runs.items())
     for repeat in range(repeats):
         for name, run in order if repeat % 2 == 0 else reversed(order):
             results[name].append(run())
     return results
+
+
+def wall_seconds(call: Callable[[], object]) -> Callable[[], float]:
+    """A measurement for interleaved_rounds: the wall-clock seconds of one `call()`."""
+
+    def measure() -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
+    return measure

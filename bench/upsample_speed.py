@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from same_weights import interleaved_rounds, wall_seconds
 from torch import nn
 
 import lienzo.models.upsampling as upsampling
@@ -44,24 +46,18 @@ decoder's (512 and 256 channels) at 128-512 px."""
 
 
 def time_case(channels: int, side: int, batch: int, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
-    """Median seconds of the plain and the sub-pixel form on one input, calls interleaved."""
+    """Median seconds of the plain and the sub-pixel form on one input, after one warm-up call of each,
+    calls interleaved."""
     conv = nn.Conv2d(channels, channels, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
     x = torch.randn(batch, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
     folded = FoldedKernel()
-    forms = (
-        lambda: conv(F.interpolate(x, scale_factor=2.0, mode="nearest")),
-        lambda: upsample_conv(x, conv, folded),
-    )
-    times: list[list[float]] = [[], []]
+    forms = {
+        "plain": wall_seconds(lambda: conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))),
+        "sub-pixel": wall_seconds(lambda: upsample_conv(x, conv, folded)),
+    }
     with torch.no_grad():
-        for round_ in range(repeats + 1):
-            for index, call in enumerate(forms):
-                started = time.perf_counter()
-                call()
-                if round_:
-                    times[index].append(time.perf_counter() - started)
-    plain, subpixel = (statistics.median(runs) for runs in times)
-    return plain, subpixel
+        times = interleaved_rounds(forms, repeats + 1)
+    return statistics.median(times["plain"][1:]), statistics.median(times["sub-pixel"][1:])
 
 
 class UpsamplerClock:
@@ -90,24 +86,30 @@ def time_vae_decode(size: int, dtype: torch.dtype, repeats: int) -> None:
     vae = AutoencoderKL(SD1.vae).eval().to(dtype=dtype, memory_format=torch.channels_last)
     latents = torch.randn(1, SD1.vae.embed_dim, size // 8, size // 8, dtype=dtype)
     clock = UpsamplerClock(vae)
-    thresholds = {"plain": float("inf"), "sub-pixel": upsampling.SUBPIXEL_MIN_CELLS}
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in thresholds}
+    inside: dict[str, list[float]] = {"plain": [], "sub-pixel": []}
+
+    def decode(name: str, threshold: float) -> Callable[[], float]:
+        def measure() -> float:
+            upsampling.SUBPIXEL_MIN_CELLS = threshold
+            clock.seconds = 0.0
+            total = wall_seconds(lambda: vae.decode(latents))()
+            inside[name].append(clock.seconds)
+            return total
+
+        return measure
+
+    threshold = upsampling.SUBPIXEL_MIN_CELLS
     with torch.no_grad():
-        for round_ in range(repeats + 1):
-            for name, threshold in thresholds.items():
-                upsampling.SUBPIXEL_MIN_CELLS = threshold
-                clock.seconds = 0.0
-                started = time.perf_counter()
-                vae.decode(latents)
-                if round_:
-                    times[name].append((time.perf_counter() - started, clock.seconds))
-    upsampling.SUBPIXEL_MIN_CELLS = thresholds["sub-pixel"]
+        totals = interleaved_rounds(
+            {"plain": decode("plain", float("inf")), "sub-pixel": decode("sub-pixel", threshold)}, repeats + 1
+        )
+    upsampling.SUBPIXEL_MIN_CELLS = threshold
     medians = {}
-    for name, runs in times.items():
-        medians[name] = statistics.median(total for total, _ in runs)
-        upsamplers = statistics.median(inside for _, inside in runs)
-        listed = ", ".join(f"{total:.2f}" for total, _ in runs)
+    for name, runs in totals.items():
+        medians[name] = statistics.median(runs[1:])
+        listed = ", ".join(f"{total:.2f}" for total in runs[1:])
         heading = f"VAE decode {size}x{size}, {name}"
+        upsamplers = statistics.median(inside[name][1:])
         print(f"{heading}: median {medians[name]:.2f} s (runs: {listed}), upsamplers {upsamplers:.2f} s")
     print(f"sub-pixel / plain, whole decode: {medians['sub-pixel'] / medians['plain']:.3f}")
 
