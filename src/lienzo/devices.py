@@ -32,15 +32,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(cpuinfo.read_text(errors="ignore").split())
 
 
-def cpu_has_bf16() -> bool:
-    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bf16 matmul far faster than fp32)."""
-    return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
-
-
 def cpu_runs_natively(dtype: torch.dtype) -> bool:
     """True for float32, and for bf16 / fp16 where the CPU has AMX or AVX-512 instructions for them."""
     flags = {torch.bfloat16: CPU_BF16_FLAGS, torch.float16: CPU_FP16_FLAGS}.get(dtype)
     return flags is None or any(flag in cpu_flags() for flag in flags)
+
+
+def cpu_has_bf16() -> bool:
+    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bf16 matmul far faster than fp32)."""
+    return cpu_runs_natively(torch.bfloat16)
 
 
 def warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
