@@ -144,3 +144,14 @@ def test_a_kernel_folded_under_inference_mode_serves_a_later_backward_pass(every
     expected = x.clone().requires_grad_()
     plain_form(expected, conv).sum().backward()
     torch.testing.assert_close(trained.grad, expected.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_made_under_inference_mode_fold_on_every_call(every_size):
+    with torch.inference_mode():
+        conv = conv_layer(4, 4)
+        folded = FoldedKernel()
+        x = torch.randn(1, 4, 3, 3)
+        torch.testing.assert_close(upsample_conv(x, conv, folded), plain_form(x, conv), rtol=1e-5, atol=1e-5)
+        conv.weight.mul_(2.0)
+        torch.testing.assert_close(upsample_conv(x, conv, folded), plain_form(x, conv), rtol=1e-5, atol=1e-5)
+    assert folded.kernel is None

@@ -49,8 +49,9 @@ def plain_conv(conv: nn.Module) -> bool:
 
 class FoldedKernel:
     """A convolution's folded kernel, kept until its weight changes: a new tensor (its storage is held, so
-    no other tensor can take its address) or an in-place write (the version counter). Weights that train or
-    are computed on each access (parametrizations) and traced code get a fresh fold every call. The kept
+    no other tensor can take its address) or an in-place write (the version counter). Weights that train, are
+    computed on each access (parametrizations) or were made under inference mode (which keeps no version
+    counter), and traced code, get a fresh fold every call. The kept
     kernel is an ordinary tensor even when folded under inference mode, so a later pass that trains
     something else (an embedding through a frozen UNet) can save it for backward."""
 
@@ -67,6 +68,7 @@ class FoldedKernel:
         if (
             torch.compiler.is_compiling()
             or not isinstance(weight, nn.Parameter)
+            or weight.is_inference()
             or (weight.requires_grad and torch.is_grad_enabled())
         ):
             return folded_kernel(weight)
