@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lienzo.models.attention import attention
 from lienzo.models.upsampling import FoldedKernel, upsample_conv
+from lienzo.models.winograd import Conv3x3
 
 NORM_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
@@ -32,11 +33,8 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return embedding
 
 
-class InputConv(nn.Conv2d):
+class InputConv(Conv3x3):
     """3x3 convolution that opens the UNet, callable like the other blocks."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
         return super().forward(x)
@@ -50,14 +48,14 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(
             nn.GroupNorm(groups, channels, eps=NORM_EPS),
             nn.SiLU(inplace=True),
-            nn.Conv2d(channels, out_channels, 3, padding=1),
+            Conv3x3(channels, out_channels),
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
             nn.GroupNorm(groups, out_channels, eps=NORM_EPS),
             nn.SiLU(inplace=True),
             nn.Dropout(0.0),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv3x3(out_channels, out_channels),
         )
         self.skip_connection = (
             nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -197,7 +195,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv3x3(channels, channels)
         self.folded = FoldedKernel()
 
     def forward(
