@@ -1,12 +1,13 @@
-"""Time 3x3 convolutions in the direct form (PyTorch's oneDNN kernel) and by Winograd's F(2x2, 3x3), at the
-shapes of the SD 1.5 UNet and VAE decoder, float32, channels_last, interleaved.
+"""Time 3x3 convolutions in the direct form (PyTorch's oneDNN kernel) and by Winograd's F(2x2, 3x3) and
+F(4x4, 3x3), at the shapes of the SD 1.5 UNet and VAE decoder, float32, channels_last, interleaved.
 
 Usage: PYTHONPATH=src python bench/winograd_speed.py [--repeats 5]
        PYTHONPATH=src python bench/winograd_speed.py --unet [--repeats 3]
        PYTHONPATH=src python bench/winograd_speed.py --vae-decode 512 [--repeats 3]
-The table gives each form's median, their ratio and each form's largest difference to a float64
-convolution; the Winograd time includes transforming the filter, as every call in lienzo does. The ratios
-decide lienzo.models.winograd's WINOGRAD_MIN_CHANNELS and WINOGRAD_MIN_TILES. `--unet` times whole SD 1.5
+The table gives the direct form's median, each Winograd tile size's time as a ratio to it, the form lienzo
+picks, and each form's largest difference to a float64 convolution (direct, F(2x2), F(4x4)); the Winograd
+times include transforming the filter, as every call in lienzo does. The ratios decide
+lienzo.models.winograd's WINOGRAD_MIN_CHANNELS and WINOGRAD_MIN_TILES. `--unet` times whole SD 1.5
 UNet calls (batch 2, 64x64 latents, seeded random weights) and `--vae-decode SIZE` whole decodes of one
 SIZE x SIZE image, each with the Winograd form switched off (the channel threshold out of reach) and on.
 """
@@ -47,11 +48,9 @@ CASES = (
 its VAE decoder's at 512 px."""
 
 
-def time_case(
-    in_channels: int, out_channels: int, side: int, batch: int, repeats: int
-) -> tuple[float, float, float, float]:
-    """Median seconds of the direct and the Winograd form, after a warm-up call of each, and each form's
-    largest difference to float64."""
+def time_case(in_channels: int, out_channels: int, side: int, batch: int, repeats: int) -> dict[str, tuple]:
+    """Each form's median seconds, after a warm-up call of each, calls interleaved, and its largest
+    difference to a float64 convolution; keyed "direct", "F(2x2)" and "F(4x4)"."""
     generator = torch.Generator().manual_seed(0)
     scale = (9 * in_channels) ** -0.5
     weight = (torch.randn(out_channels, in_channels, 3, 3, generator=generator) * scale).contiguous(
@@ -61,19 +60,17 @@ def time_case(
     x = torch.randn(batch, in_channels, side, side, generator=generator).contiguous(
         memory_format=torch.channels_last
     )
+    forms = {
+        "direct": lambda: F.conv2d(x, weight, bias, padding=1),
+        "F(2x2)": lambda: winograd.winograd_conv3x3(x, weight, bias, 2),
+        "F(4x4)": lambda: winograd.winograd_conv3x3(x, weight, bias, 4),
+    }
     with torch.no_grad():
         exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-        errors = [
-            (form(x, weight, bias).double() - exact).abs().max().item()
-            for form in (lambda *a: F.conv2d(*a, padding=1), winograd.winograd_conv3x3)
-        ]
+        errors = {name: (form().double() - exact).abs().max().item() for name, form in forms.items()}
         del exact
-        forms = {
-            "direct": wall_seconds(lambda: F.conv2d(x, weight, bias, padding=1)),
-            "winograd": wall_seconds(lambda: winograd.winograd_conv3x3(x, weight, bias)),
-        }
-        times = interleaved_rounds(forms, repeats + 1)
-    return statistics.median(times["direct"][1:]), statistics.median(times["winograd"][1:]), *errors
+        times = interleaved_rounds({name: wall_seconds(form) for name, form in forms.items()}, repeats + 1)
+    return {name: (statistics.median(times[name][1:]), errors[name]) for name in forms}
 
 
 @contextmanager
@@ -127,13 +124,20 @@ def main() -> None:
         size = f"{args.vae_decode}x{args.vae_decode}"
         compare_off_and_on(f"SD 1.5 VAE decode {size}", lambda: vae.decode(latents), args.repeats)
         return
-    print("| in | out | input | batch | direct ms | Winograd ms | ratio | error direct | error Winograd |")
+    columns = "in | out | input | batch | direct ms | F(2x2) | F(4x4) | lienzo uses | errors"
+    print(f"| {columns} |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for in_channels, out_channels, side, batch in CASES:
-        direct, fast, *errors = time_case(in_channels, out_channels, side, batch, args.repeats)
+        results = time_case(in_channels, out_channels, side, batch, args.repeats)
+        direct = results["direct"][0]
+        conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1).requires_grad_(False)
+        x = torch.empty(batch, in_channels, side, side).contiguous(memory_format=torch.channels_last)
+        tile = winograd.winograd_tile(conv, x)
+        chosen = f"F({tile}x{tile})" if tile else "direct"
+        ratios = " | ".join(f"{results[name][0] / direct:.2f}" for name in ("F(2x2)", "F(4x4)"))
+        errors = ", ".join(f"{error:.1e}" for _, error in results.values())
         shape = f"{in_channels} | {out_channels} | {side}x{side} | {batch}"
-        times = f"{direct * 1e3:.1f} | {fast * 1e3:.1f} | {fast / direct:.2f}"
-        print(f"| {shape} | {times} | {errors[0]:.1e} | {errors[1]:.1e} |")
+        print(f"| {shape} | {direct * 1e3:.1f} | {ratios} | {chosen} | {errors} |")
 
 
 if __name__ == "__main__":

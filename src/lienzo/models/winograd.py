@@ -1,13 +1,15 @@
-"""3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016): each 2x2 output tile
-is computed from its 4x4 input tile as A^T [(G g G^T) * (B^T d B)] A, so the 36 multiply-adds per output
-pixel and channel pair of the direct form become 16 per tile, 4 per pixel, done as 16 batched matrix
-products over all tiles. The transforms only add, subtract and halve, so in float32 the result is as
-accurate as the direct convolution (it agrees with a float64 reference to about 3e-6, oneDNN's direct
-kernel to about 2e-5; bench/winograd_speed.py).
+"""3x3 convolutions by Winograd's minimal filtering (Lavin & Gray 2016): F(m x m, 3 x 3) computes each
+m x m output tile from its (m + 2) x (m + 2) input tile as A^T [(G g G^T) * (B^T d B)] A, so the 9
+multiply-adds per output pixel and channel pair of the direct form become (m + 2)^2 / m^2 of them (4 for
+F(2x2, 3x3), 2.25 for F(4x4, 3x3)), done as (m + 2)^2 batched matrix products over all tiles. F(2x2, 3x3)'s
+transforms only add, subtract and halve: in float32 it agrees with a float64 reference to about 3e-6, closer
+than oneDNN's direct kernel (about 2e-5). F(4x4, 3x3)'s transforms scale by up to 8 and 1/24: about 5e-5.
+Both stay far below bfloat16's rounding (4e-3 relative).
 
-lienzo uses it for float32 inference on the CPU with channels_last inputs (its inference layout) where it
-measured faster: at least WINOGRAD_MIN_CHANNELS channels in and out and WINOGRAD_MIN_TILES output tiles.
-Everything else (bf16, CUDA, autograd, torch.compile, small layers) takes PyTorch's convolution."""
+lienzo uses them for float32 inference on the CPU with channels_last inputs (its inference layout) where
+they measured faster (bench/winograd_speed.py): at least WINOGRAD_MIN_CHANNELS channels in and out, and
+F(4x4, 3x3) from WINOGRAD_MIN_TILES 4x4 output tiles, else F(2x2, 3x3) from as many 2x2 tiles. Everything
+else (bf16, CUDA, autograd, torch.compile, small layers) takes PyTorch's convolution."""
 
 from __future__ import annotations
 
@@ -19,25 +21,56 @@ WINOGRAD_MIN_CHANNELS = 256
 """Input and output channels from which the Winograd form is used (below, its transforms cost more than
 the products they save; bench/winograd_speed.py)."""
 WINOGRAD_MIN_TILES = 128
-"""Output tiles (batch x tile rows x tile columns) from which it is used: below, transforming the filter on
-every call costs more than the products save."""
+"""Output tiles (batch x tile rows x tile columns) from which a tile size is used: below, transforming the
+filter on every call costs more than the products save."""
 
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-FILTER_TRANSFORM = torch.kron(_G, _G)
-"""(16, 9): row 4 i + j of G g G^T from the 9 taps of g, row-major."""
+G_2X2 = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+"""F(2x2, 3x3)'s filter transform G (interpolation points 0, 1, -1, infinity)."""
+B_4X4 = torch.tensor(
+    [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ]
+)
+"""F(4x4, 3x3)'s input transform B^T (interpolation points 0, 1, -1, 2, -2, infinity)."""
+G_4X4 = torch.tensor(
+    [
+        [1 / 4, 0.0, 0.0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0.0, 0.0, 1.0],
+    ]
+)
+"""F(4x4, 3x3)'s filter transform G."""
+A_4X4 = torch.tensor(
+    [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ]
+)
+"""F(4x4, 3x3)'s output transform A^T."""
 
 
-def filter_transform(weight: Tensor) -> Tensor:
-    """(C_out, C_in, 3, 3) -> (C_out, 16, C_in): G g G^T for every channel pair (one small matrix product
-    per output channel; a free view for channels_last weights)."""
+def filter_transform(weight: Tensor, g: Tensor = G_2X2) -> Tensor:
+    """(C_out, C_in, 3, 3) -> (C_out, a^2, C_in): G g G^T for every channel pair, row-major (one small
+    matrix product per output channel; a free view for channels_last weights)."""
     out_channels, in_channels = weight.shape[:2]
     taps = weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)
-    return torch.matmul(FILTER_TRANSFORM.to(weight.dtype), taps)
+    return torch.matmul(torch.kron(g, g).to(weight.dtype), taps)
 
 
-def winograd_applies(conv: nn.Conv2d, x: Tensor) -> bool:
-    """True where lienzo computes `conv(x)` by F(2x2, 3x3): a plain 3x3, stride-1, zero-padded float32
-    convolution on the CPU, outside autograd and torch.compile, channels_last input, and large enough."""
+def winograd_tile(conv: nn.Conv2d, x: Tensor) -> int | None:
+    """The output tile size m with which lienzo computes `conv(x)` by F(m x m, 3 x 3), or None for the
+    direct form: Winograd takes plain 3x3, stride-1, zero-padded float32 convolutions on the CPU, outside
+    autograd and torch.compile, with channels_last input, and large enough."""
     if (
         conv.kernel_size != (3, 3)
         or conv.stride != (1, 1)
@@ -54,15 +87,23 @@ def winograd_applies(conv: nn.Conv2d, x: Tensor) -> bool:
         or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
         or not x.is_contiguous(memory_format=torch.channels_last)
     ):
-        return False
+        return None
     batch, _, height, width = x.shape
-    return batch * ((height + 1) // 2) * ((width + 1) // 2) >= WINOGRAD_MIN_TILES
+    for tile in (4, 2):
+        if batch * -(-height // tile) * -(-width // tile) >= WINOGRAD_MIN_TILES:
+            return tile
+    return None
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """conv2d(x, weight, bias, padding=1) by F(2x2, 3x3) on an (N, C, H, W) input; the output is
-    channels_last. Works on the NHWC view: input tiles B^T d B, 16 batched products with the transformed
-    filter, output tiles A^T m A."""
+def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, tile: int = 2) -> Tensor:
+    """conv2d(x, weight, bias, padding=1) by F(tile x tile, 3 x 3), tile 2 or 4, on an (N, C, H, W) input;
+    the output is channels_last."""
+    return _f2x2(x, weight, bias) if tile == 2 else _f4x4(x, weight, bias)
+
+
+def _f2x2(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F(2x2, 3x3) on the NHWC view, its transforms written out as sums and differences: input tiles
+    B^T d B, 16 batched products with the transformed filter, output tiles A^T m A."""
     batch, channels, height, width = x.shape
     rows, cols = (height + 1) // 2, (width + 1) // 2
     nhwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1 + width % 2, 1, 1 + height % 2))
@@ -87,14 +128,39 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def _f4x4(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F(4x4, 3x3) on the NHWC view, each transform a matrix product with the tile axis: the rows, then
+    the columns of the 6x6 input tiles by B^T, 36 batched products with the transformed filter, then the
+    6x6 products' rows and columns by A^T."""
+    batch, channels, height, width = x.shape
+    rows, cols = -(-height // 4), -(-width // 4)
+    b_t, a_t = B_4X4.to(x.dtype), A_4X4.to(x.dtype)
+    nhwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 4 * cols + 1 - width, 1, 4 * rows + 1 - height))
+    by_row = torch.stack([nhwc[:, k : k + 4 * rows : 4] for k in range(6)])
+    by_row = torch.matmul(b_t, by_row.view(6, -1)).view(by_row.shape)
+    tiles = torch.stack([by_row[:, :, :, k : k + 4 * cols : 4] for k in range(6)], dim=1)
+    tiles = torch.matmul(b_t, tiles.view(6, 6, -1))
+    products = torch.bmm(tiles.view(36, -1, channels), filter_transform(weight, G_4X4).permute(1, 2, 0))
+    out_channels = products.shape[-1]
+    out = torch.matmul(a_t, products.view(6, 6, -1))
+    out = torch.matmul(a_t, out.view(6, -1)).view(4, 4, batch, rows, cols, out_channels)
+    out = out.permute(2, 3, 0, 4, 1, 5).reshape(batch, 4 * rows, 4 * cols, out_channels)
+    if bias is not None:
+        out.add_(bias)
+    if (height, width) != (4 * rows, 4 * cols):
+        out = out[:, :height, :width].contiguous()
+    return out.permute(0, 3, 1, 2)
+
+
 class Conv3x3(nn.Conv2d):
-    """A 3x3, stride-1, zero-padded convolution that runs as F(2x2, 3x3) where `winograd_applies`; the
-    same parameters (and state-dict keys) as nn.Conv2d."""
+    """A 3x3, stride-1, zero-padded convolution that runs by Winograd's algorithm where `winograd_tile`
+    picks a tile size; the same parameters (and state-dict keys) as nn.Conv2d."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if winograd_applies(self, x):
-            return winograd_conv3x3(x, self.weight, self.bias)
-        return super().forward(x)
+        tile = winograd_tile(self, x)
+        if tile is None:
+            return super().forward(x)
+        return winograd_conv3x3(x, self.weight, self.bias, tile)
