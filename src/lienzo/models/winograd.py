@@ -98,7 +98,7 @@ def winograd_tile(conv: nn.Conv2d, x: Tensor) -> int | None:
 def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, tile: int = 2) -> Tensor:
     """conv2d(x, weight, bias, padding=1) by F(tile x tile, 3 x 3), tile 2 or 4, on an (N, C, H, W) input;
     the output is channels_last."""
-    return _f2x2(x, weight, bias) if tile == 2 else _f4x4(x, weight, bias)
+    return {2: _f2x2, 4: _f4x4}[tile](x, weight, bias)
 
 
 def _f2x2(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
