@@ -32,9 +32,8 @@ def folded_kernel(weight: Tensor) -> Tensor:
     return torch.cat(phases).to(weight.dtype)
 
 
-def plain_conv(conv: nn.Module) -> bool:
-    """True for a 3x3, stride-1, zero-padded Conv2d without hooks (parametrizations such as a LoRA being
-    trained are fine: they show in `conv.weight`)."""
+def same_size_3x3(conv: nn.Module) -> bool:
+    """True for a 3x3, stride-1, zero-padded, ungrouped Conv2d: output the size of its input."""
     return (
         isinstance(conv, nn.Conv2d)
         and conv.kernel_size == (3, 3)
@@ -43,8 +42,13 @@ def plain_conv(conv: nn.Module) -> bool:
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
-        and not (conv._forward_hooks or conv._forward_pre_hooks)
     )
+
+
+def plain_conv(conv: nn.Module) -> bool:
+    """True for a same-size 3x3 Conv2d without hooks (parametrizations such as a LoRA being trained are
+    fine: they show in `conv.weight`)."""
+    return same_size_3x3(conv) and not (conv._forward_hooks or conv._forward_pre_hooks)
 
 
 class FoldedKernel:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lienzo.models.upsampling import same_size_3x3
+
 WINOGRAD_MIN_CHANNELS = 256
 """Input and output channels from which the Winograd form is used (below, its transforms cost more than
 the products they save; bench/winograd_speed.py)."""
@@ -72,12 +74,7 @@ def winograd_tile(conv: nn.Conv2d, x: Tensor) -> int | None:
     direct form: Winograd takes plain 3x3, stride-1, zero-padded float32 convolutions on the CPU, outside
     autograd and torch.compile, with channels_last input, and large enough."""
     if (
-        conv.kernel_size != (3, 3)
-        or conv.stride != (1, 1)
-        or conv.padding != (1, 1)
-        or conv.dilation != (1, 1)
-        or conv.groups != 1
-        or conv.padding_mode != "zeros"
+        not same_size_3x3(conv)
         or min(conv.in_channels, conv.out_channels) < WINOGRAD_MIN_CHANNELS
         or x.dim() != 4
         or x.device.type != "cpu"
