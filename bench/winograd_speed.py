@@ -130,7 +130,7 @@ def main() -> None:
     for in_channels, out_channels, side, batch in CASES:
         results = time_case(in_channels, out_channels, side, batch, args.repeats)
         direct = results["direct"][0]
-        conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1).requires_grad_(False)
+        conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, device="meta").requires_grad_(False)
         x = torch.empty(batch, in_channels, side, side).contiguous(memory_format=torch.channels_last)
         tile = winograd.winograd_tile(conv, x)
         chosen = f"F({tile}x{tile})" if tile else "direct"
