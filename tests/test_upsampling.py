@@ -115,7 +115,7 @@ def test_the_folded_kernel_is_kept_until_the_weight_changes_and_copies_start_emp
         torch.testing.assert_close(second, 2.0 * first)
         conv.weight = nn.Parameter(torch.zeros_like(conv.weight))
         assert folded(conv.weight).abs().max() == 0
-    assert copy.deepcopy(folded).kernel is None
+    assert copy.deepcopy(folded).value is None
     with torch.enable_grad():
         assert folded(conv.weight) is not folded(conv.weight)
 
@@ -130,7 +130,7 @@ def test_the_upsampler_modules_fold_from_the_threshold_on_and_match_the_plain_fo
         torch.testing.assert_close(vae_up(x), plain_form(x, vae_up.conv), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(unet_up(x, None, None), plain_form(x, unet_up.conv), rtol=1e-5, atol=1e-5)
     folded = side * side >= SUBPIXEL_MIN_CELLS
-    assert (vae_up.folded.kernel is not None) is folded and (unet_up.folded.kernel is not None) is folded
+    assert (vae_up.folded.value is not None) is folded and (unet_up.folded.value is not None) is folded
 
 
 def test_a_kernel_folded_under_inference_mode_serves_a_later_backward_pass(every_size):
@@ -154,4 +154,4 @@ def test_weights_made_under_inference_mode_fold_on_every_call(every_size):
         torch.testing.assert_close(upsample_conv(x, conv, folded), plain_form(x, conv), rtol=1e-5, atol=1e-5)
         conv.weight.mul_(2.0)
         torch.testing.assert_close(upsample_conv(x, conv, folded), plain_form(x, conv), rtol=1e-5, atol=1e-5)
-    assert folded.kernel is None
+    assert folded.value is None

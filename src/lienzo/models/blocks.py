@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lienzo.models.attention import attention
+from lienzo.models.norms import GroupNorm
+from lienzo.models.packed_conv import PackedConv2d
 from lienzo.models.upsampling import FoldedKernel, upsample_conv
 from lienzo.models.winograd import Conv3x3
 
@@ -46,19 +48,19 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(groups, channels, eps=NORM_EPS),
+            GroupNorm(groups, channels, eps=NORM_EPS),
             nn.SiLU(inplace=True),
             Conv3x3(channels, out_channels),
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(groups, out_channels, eps=NORM_EPS),
+            GroupNorm(groups, out_channels, eps=NORM_EPS),
             nn.SiLU(inplace=True),
             nn.Dropout(0.0),
             Conv3x3(out_channels, out_channels),
         )
         self.skip_connection = (
-            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+            nn.Identity() if out_channels == channels else PackedConv2d(channels, out_channels, 1)
         )
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
@@ -157,7 +159,7 @@ class SpatialTransformer(nn.Module):
     ) -> None:
         super().__init__()
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(groups, channels, eps=TRANSFORMER_NORM_EPS)
+        self.norm = GroupNorm(groups, channels, eps=TRANSFORMER_NORM_EPS)
         if use_linear:
             self.proj_in: nn.Module = nn.Linear(channels, inner)
             self.proj_out: nn.Module = nn.Linear(inner, channels)
@@ -183,7 +185,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = PackedConv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
         return self.op(x)

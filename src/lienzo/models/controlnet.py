@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from lienzo.models.conditioning import Conditioning, ControlResiduals
+from lienzo.models.packed_conv import PackedConv2d
 from lienzo.models.unet import UNetConfig, UNetEncoder
 
 HINT_CHANNELS = (16, 32, 96, 256)
@@ -48,11 +49,11 @@ def hint_block(config: ControlNetConfig) -> nn.Sequential:
     """ldm's `input_hint_block`: conv, SiLU, then per width step a conv and a strided conv (each with
     SiLU), and a final conv to the UNet's model channels (zero at initialisation)."""
     widths = config.hint_block_channels
-    layers: list[nn.Module] = [nn.Conv2d(config.hint_channels, widths[0], 3, padding=1), nn.SiLU()]
+    layers: list[nn.Module] = [PackedConv2d(config.hint_channels, widths[0], 3, padding=1), nn.SiLU()]
     for channels, wider in zip(widths, widths[1:], strict=False):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU()]
-        layers += [nn.Conv2d(channels, wider, 3, padding=1, stride=2), nn.SiLU()]
-    layers.append(nn.Conv2d(widths[-1], config.unet.model_channels, 3, padding=1))
+        layers += [PackedConv2d(channels, channels, 3, padding=1), nn.SiLU()]
+        layers += [PackedConv2d(channels, wider, 3, padding=1, stride=2), nn.SiLU()]
+    layers.append(PackedConv2d(widths[-1], config.unet.model_channels, 3, padding=1))
     return nn.Sequential(*layers)
 
 
@@ -64,10 +65,10 @@ class ControlNet(UNetEncoder):
         self.controlnet_config = config
         self.input_hint_block = hint_block(config)
         self.zero_convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, 1)) for channels in self.skip_channels
+            nn.Sequential(PackedConv2d(channels, channels, 1)) for channels in self.skip_channels
         )
         middle = self.skip_channels[-1]
-        self.middle_block_out = nn.Sequential(nn.Conv2d(middle, middle, 1))
+        self.middle_block_out = nn.Sequential(PackedConv2d(middle, middle, 1))
 
     def forward(self, x: Tensor, hint: Tensor, t: Tensor, cond: Conditioning) -> ControlResiduals:
         """Residuals for latents x (B, C, h, w) at timesteps t (B,), the control image `hint`

@@ -19,6 +19,8 @@ from lienzo.models.blocks import (
 )
 from lienzo.models.conditioning import Conditioning
 from lienzo.models.feature_reuse import FeatureReuse
+from lienzo.models.norms import GroupNorm
+from lienzo.models.packed_conv import PackedConv2d
 
 
 @dataclass(frozen=True)
@@ -209,9 +211,9 @@ class UNetModel(UNetEncoder):
                 self.output_blocks.append(TimestepEmbedSequential(layers))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(groups, channels, eps=NORM_EPS),
+            GroupNorm(groups, channels, eps=NORM_EPS),
             nn.SiLU(inplace=True),
-            nn.Conv2d(mc, config.out_channels, 3, padding=1),
+            PackedConv2d(mc, config.out_channels, 3, padding=1),
         )
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning, reuse: FeatureReuse | None = None) -> Tensor:

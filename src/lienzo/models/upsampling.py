@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lienzo.models.weight_cache import WeightCache, cacheable
+
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 """(row parity, column parity) of the output pixels, in the order the folded kernel stacks them."""
 SUBPIXEL_MIN_CELLS = 256
@@ -51,40 +53,15 @@ def plain_conv(conv: nn.Module) -> bool:
     return same_size_3x3(conv) and not (conv._forward_hooks or conv._forward_pre_hooks)
 
 
-class FoldedKernel:
-    """A convolution's folded kernel, kept until its weight changes: a new tensor (its storage is held, so
-    no other tensor can take its address) or an in-place write (the version counter). Weights that train, are
-    computed on each access (parametrizations) or were made under inference mode (which keeps no version
-    counter), and traced code, get a fresh fold every call. The kept
-    kernel is an ordinary tensor even when folded under inference mode, so a later pass that trains
-    something else (an embedding through a frozen UNet) can save it for backward."""
+class FoldedKernel(WeightCache):
+    """A convolution's folded kernel, kept until its weight changes (WeightCache); weights that cannot be
+    kept (`cacheable`) get a fresh fold every call."""
 
     def __init__(self) -> None:
-        self.source: Tensor | None = None
-        self.version = -1
-        self.kernel: Tensor | None = None
-
-    def __deepcopy__(self, memo: dict) -> FoldedKernel:
-        """An empty cache: a copied network (a pipeline view) folds its own weights when first used."""
-        return FoldedKernel()
+        super().__init__(folded_kernel)
 
     def __call__(self, weight: Tensor) -> Tensor:
-        if (
-            torch.compiler.is_compiling()
-            or not isinstance(weight, nn.Parameter)
-            or weight.is_inference()
-            or (weight.requires_grad and torch.is_grad_enabled())
-        ):
-            return folded_kernel(weight)
-        if (
-            self.source is None
-            or weight.data_ptr() != self.source.data_ptr()
-            or weight._version != self.version
-        ):
-            with torch.inference_mode(False), torch.no_grad():
-                kernel = folded_kernel(weight)
-            self.source, self.version, self.kernel = weight.detach(), weight._version, kernel
-        return self.kernel
+        return super().__call__(weight) if cacheable(weight) else folded_kernel(weight)
 
 
 def upsample_conv(x: Tensor, conv: nn.Module, kernel: FoldedKernel) -> Tensor:

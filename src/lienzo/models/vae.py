@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lienzo.models.attention import attention
+from lienzo.models.norms import GroupNorm
+from lienzo.models.packed_conv import PackedConv2d
 from lienzo.models.upsampling import FoldedKernel, upsample_conv
 from lienzo.models.winograd import Conv3x3
 
@@ -61,8 +63,8 @@ class DiagonalGaussian:
         return 0.5 * kl_map.sum(dim=(1, 2, 3))
 
 
-def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS, affine=True)
+def _group_norm(channels: int, groups: int) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=GROUP_NORM_EPS, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -75,7 +77,7 @@ class ResnetBlock(nn.Module):
         self.norm2 = _group_norm(out_channels, groups)
         self.conv2 = Conv3x3(out_channels, out_channels)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.nin_shortcut = PackedConv2d(in_channels, out_channels, 1)
         else:
             self.nin_shortcut = None
 
@@ -92,10 +94,10 @@ class SpatialSelfAttention(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
         self.norm = _group_norm(channels, groups)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = PackedConv2d(channels, channels, 1)
+        self.k = PackedConv2d(channels, channels, 1)
+        self.v = PackedConv2d(channels, channels, 1)
+        self.proj_out = PackedConv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -114,7 +116,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = PackedConv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -187,7 +189,7 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         groups, widths = config.norm_groups, [config.ch * mult for mult in config.ch_mult]
-        self.conv_in = nn.Conv2d(config.in_channels, config.ch, 3, padding=1)
+        self.conv_in = PackedConv2d(config.in_channels, config.ch, 3, padding=1)
         inputs = [config.ch, *widths[:-1]]
         self.down = nn.ModuleList(
             DownLevel(inputs[index], width, config.num_res_blocks, groups, downsample=index < len(widths) - 1)
@@ -195,7 +197,7 @@ class Encoder(nn.Module):
         )
         self.mid = MidBlock(widths[-1], groups)
         self.norm_out = _group_norm(widths[-1], groups)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * config.z_channels, 3, padding=1)
+        self.conv_out = PackedConv2d(widths[-1], 2 * config.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -211,7 +213,7 @@ class Decoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         groups, widths = config.norm_groups, [config.ch * mult for mult in config.ch_mult]
-        self.conv_in = nn.Conv2d(config.z_channels, widths[-1], 3, padding=1)
+        self.conv_in = PackedConv2d(config.z_channels, widths[-1], 3, padding=1)
         self.mid = MidBlock(widths[-1], groups)
         inputs = [*widths[1:], widths[-1]]
         self.up = nn.ModuleList(
@@ -219,7 +221,7 @@ class Decoder(nn.Module):
             for index, width in enumerate(widths)
         )
         self.norm_out = _group_norm(widths[0], groups)
-        self.conv_out = nn.Conv2d(widths[0], config.out_channels, 3, padding=1)
+        self.conv_out = PackedConv2d(widths[0], config.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -236,8 +238,8 @@ class AutoencoderKL(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.quant_conv = PackedConv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
+        self.post_quant_conv = PackedConv2d(config.embed_dim, config.z_channels, 1)
 
     @property
     def downscale_factor(self) -> int:

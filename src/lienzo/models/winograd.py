@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lienzo.models.packed_conv import PackedConv2d
 from lienzo.models.upsampling import same_size_3x3
 
 WINOGRAD_MIN_CHANNELS = 256
@@ -149,9 +150,9 @@ def _f4x4(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-class Conv3x3(nn.Conv2d):
+class Conv3x3(PackedConv2d):
     """A 3x3, stride-1, zero-padded convolution that runs by Winograd's algorithm where `winograd_tile`
-    picks a tile size; the same parameters (and state-dict keys) as nn.Conv2d."""
+    picks a tile size, else as a PackedConv2d; the same parameters (and state-dict keys) as nn.Conv2d."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1)
