@@ -37,6 +37,8 @@ def test_the_float32_route_matches_a_float32_reference_to_bfloat16_rounding() ->
         assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(got, exact.bfloat16(), rtol=0, atol=0)
         torch.testing.assert_close(got.float(), reference_norm(x).float(), rtol=2**-7, atol=2**-7)
+        alone = norm(x[-1:].contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got[-1:], alone, rtol=0, atol=0)
 
 
 def test_other_inputs_take_nn_group_norm_and_gradients_flow() -> None:

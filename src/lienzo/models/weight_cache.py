@@ -24,21 +24,22 @@ def cacheable(weight: Tensor) -> bool:
 
 
 class WeightCache:
-    """`derive(weight, *args)`, kept until the weight changes: a new tensor (its storage is held, so no other
-    tensor can take its address) or an in-place write (the version counter). Callers check `cacheable`
-    first. The kept tensor is an ordinary tensor even when derived under inference mode, so a later pass
-    that trains something else (an embedding through a frozen UNet) can save it for backward."""
+    """`derive(weight, *args)`, kept until the weight changes, a new tensor (its storage is held, so no other
+    tensor can take its address) or an in-place write (the version counter), or `args` do. Callers check
+    `cacheable` first. The kept tensor is an ordinary tensor even when derived under inference mode, so a
+    later pass that trains something else (an embedding through a frozen UNet) can save it for backward."""
 
     def __init__(self, derive: Callable[..., Tensor]) -> None:
         self.derive = derive
         self.source: Tensor | None = None
         self.version = -1
+        self.args: tuple = ()
         self.value: Tensor | None = None
 
     def __deepcopy__(self, memo: dict) -> WeightCache:
         """An empty cache: a copied network (a pipeline view) derives from its own weights when first used."""
         fresh = copy.copy(self)
-        fresh.source, fresh.version, fresh.value = None, -1, None
+        fresh.source, fresh.version, fresh.args, fresh.value = None, -1, (), None
         return fresh
 
     def __call__(self, weight: Tensor, *args) -> Tensor:
@@ -46,8 +47,9 @@ class WeightCache:
             self.value is None
             or weight.data_ptr() != self.source.data_ptr()
             or weight._version != self.version
+            or args != self.args
         ):
             with torch.inference_mode(False), torch.no_grad():
                 value = self.derive(weight, *args)
-            self.source, self.version, self.value = weight.detach(), weight._version, value
+            self.source, self.version, self.args, self.value = weight.detach(), weight._version, args, value
         return self.value
