@@ -3,9 +3,10 @@
 "off" runs every PackedConv2d as nn.Conv2d (the weight reordered by oneDNN on every call) and every
 GroupNorm as nn.GroupNorm; "convs" packs the convolutions only; "on" is lienzo's default (both). Cases:
 the built-in model's UNet at its default sampling shape (batch 2, 16x16 latent, one thread, as lienzo runs
-it), its VAE decode, and a random SD 1.5 UNet (batch 2, 64x64 latent, every thread). bf16 where oneDNN
-has bf16 kernels for this CPU, else float32. Prints the median of each variant, the ratio to "off" and the
-largest output difference to "off"; a second table times GroupNorm alone at small maps.
+it), its VAE decode, and a random SD 1.5 UNet (batch 2, 64x64 latent, every thread), all in bf16 (both
+changes are bf16-only; the script needs a CPU for which oneDNN has bf16 kernels). Prints the median of
+each variant, the ratio to "off" and the largest output difference to "off"; a second table times
+GroupNorm alone at small maps.
 
     PYTHONPATH=src python bench/packed_conv_speed.py --repeats 15
 """
@@ -23,7 +24,7 @@ from torch import nn
 from lienzo import load
 from lienzo.models.conditioning import Conditioning
 from lienzo.models.norms import GroupNorm
-from lienzo.models.packed_conv import PackedConv2d, packed_dtypes
+from lienzo.models.packed_conv import PackedConv2d, bf16_kernels
 from lienzo.models.specs import SD1
 from lienzo.models.unet import UNetModel
 
@@ -115,7 +116,9 @@ def main() -> None:
     parser.add_argument("--sd-repeats", type=int, default=3, help="timed rounds for the SD 1.5 UNet")
     parser.add_argument("--skip-sd", action="store_true", help="leave out the SD 1.5 UNet")
     args = parser.parse_args()
-    dtype = torch.bfloat16 if torch.bfloat16 in packed_dtypes() else torch.float32
+    if not bf16_kernels():
+        raise SystemExit("oneDNN has no bf16 kernels for this CPU: lienzo packs no convolutions here")
+    dtype = torch.bfloat16
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {dtype}, channels_last, inference mode; {threads} threads")
     print()
@@ -126,8 +129,7 @@ def main() -> None:
     if not args.skip_sd:
         for name, (run, threads, calls) in sd_case(dtype).items():
             compare(name, run, threads, calls, args.sd_repeats)
-    if dtype == torch.bfloat16:
-        group_norm_table(dtype, args.repeats)
+    group_norm_table(dtype, args.repeats)
 
 
 if __name__ == "__main__":

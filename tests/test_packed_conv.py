@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lienzo.models.packed_conv import PackedConv2d, bf16_kernels, packable
+from lienzo.adapters.patcher import module_view
+from lienzo.models.packed_conv import PACKED_WEIGHTS, PackedConv2d, bf16_kernels, packable
 
 LAYERS = {
     "3x3": dict(kernel_size=3, padding=1),
@@ -41,29 +42,32 @@ def test_packed_convolutions_are_nn_conv2d_bit_for_bit_at_every_input_size(layer
             x = channels_last(*size)
             assert packable(conv, x)
             got = conv(x)
-            assert conv.packed.args == (conv, size)
+            entry = PACKED_WEIGHTS.entries[id(conv.weight)]
+            assert entry.args == (conv.padding, conv.stride, conv.dilation, conv.groups, size)
             assert got.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(got, reference(conv, x), rtol=0, atol=0)
 
 
 @needs_bf16_kernels
-def test_the_packed_weight_is_kept_until_the_weight_changes_and_copies_start_empty() -> None:
+def test_the_packed_weight_is_kept_until_the_weight_changes_and_views_share_it() -> None:
     torch.manual_seed(0)
     conv = PackedConv2d(8, 8, 3, padding=1).bfloat16()
     x = channels_last(1, 8, 6, 6)
     with torch.no_grad():
         conv(x)
-        first = conv.packed.value
+        first = PACKED_WEIGHTS.kept(conv.weight)
         conv(x)
-        assert conv.packed.value is first
+        assert PACKED_WEIGHTS.kept(conv.weight) is first
+        view = module_view(conv)
+        view(x)
+        assert PACKED_WEIGHTS.kept(view.weight) is first
         conv.weight.mul_(2.0)
         torch.testing.assert_close(conv(x), reference(conv, x), rtol=0, atol=0)
-        assert conv.packed.value is not first
+        assert PACKED_WEIGHTS.kept(conv.weight) is not first
         conv.weight = nn.Parameter(torch.zeros_like(conv.weight))
         torch.testing.assert_close(conv(x), conv.bias[:, None, None].expand(1, 8, 6, 6))
         duplicate = copy.deepcopy(conv)
-    assert duplicate.packed.value is None and conv.packed.value is not None
-    with torch.no_grad():
+        assert PACKED_WEIGHTS.kept(duplicate.weight) is None
         torch.testing.assert_close(duplicate(x), conv(x))
 
 
@@ -92,7 +96,7 @@ def test_training_float32_other_layouts_and_parametrized_weights_take_nn_conv2d(
         x = channels_last(1, 4, 5, 5)
         assert not packable(conv, x)
         torch.testing.assert_close(conv(x), reference(conv, x))
-    assert conv.packed.value is None
+    assert PACKED_WEIGHTS.kept(conv.weight) is None
 
 
 def test_weights_made_under_inference_mode_are_not_packed() -> None:
@@ -102,7 +106,7 @@ def test_weights_made_under_inference_mode_are_not_packed() -> None:
         x = channels_last(1, 4, 3, 3)
         assert not packable(conv, x)
         torch.testing.assert_close(conv(x), reference(conv, x))
-    assert conv.packed.value is None
+    assert PACKED_WEIGHTS.kept(conv.weight) is None
 
 
 def test_state_dict_keys_are_those_of_nn_conv2d() -> None:

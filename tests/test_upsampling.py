@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +10,7 @@ from torch.nn.utils import parametrize
 
 import lienzo.models.upsampling as upsampling
 from lienzo.models.blocks import Upsample as UNetUpsample
-from lienzo.models.upsampling import SUBPIXEL_MIN_CELLS, FoldedKernel, plain_conv, upsample_conv
+from lienzo.models.upsampling import FOLDED_KERNELS, SUBPIXEL_MIN_CELLS, plain_conv, upsample_conv
 from lienzo.models.vae import Upsample as VAEUpsample
 
 
@@ -37,7 +35,7 @@ def test_values_match_the_plain_form(every_size, height, width, bias):
     conv = conv_layer(6, 5, bias=bias)
     x = torch.randn(2, 6, height, width, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected, got = plain_form(x, conv), upsample_conv(x, conv, FoldedKernel())
+        expected, got = plain_form(x, conv), upsample_conv(x, conv)
     assert got.shape == (2, 5, 2 * height, 2 * width)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -46,7 +44,7 @@ def test_channels_last_input_gives_a_channels_last_output_of_the_same_values(eve
     conv = conv_layer(8, 8)
     x = torch.randn(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        got = upsample_conv(x, conv, FoldedKernel())
+        got = upsample_conv(x, conv)
         expected = plain_form(x, conv)
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -57,7 +55,7 @@ def test_gradients_match_the_plain_form(every_size):
     x = torch.randn(1, 4, 5, 6, requires_grad=True)
     target = torch.randn(1, 4, 10, 12)
     grads = []
-    for form in (plain_form, lambda x, conv: upsample_conv(x, conv, FoldedKernel())):
+    for form in (plain_form, upsample_conv):
         conv.zero_grad()
         x.grad = None
         ((form(x, conv) - target) ** 2).sum().backward()
@@ -70,7 +68,7 @@ def test_bfloat16_stays_within_its_rounding(every_size):
     conv = conv_layer(16, 16).to(torch.bfloat16)
     x = torch.randn(1, 16, 8, 8).to(torch.bfloat16)
     with torch.no_grad():
-        expected, got = plain_form(x, conv).float(), upsample_conv(x, conv, FoldedKernel()).float()
+        expected, got = plain_form(x, conv).float(), upsample_conv(x, conv).float()
     assert got.dtype == torch.float32 and (got - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
@@ -85,14 +83,12 @@ def test_a_parametrized_weight_is_used_and_a_hooked_conv_takes_the_plain_path(ev
     parametrize.register_parametrization(conv, "weight", AddOne())
     assert plain_conv(conv)
     with torch.no_grad():
-        torch.testing.assert_close(
-            upsample_conv(x, conv, FoldedKernel()), plain_form(x, conv), rtol=1e-5, atol=1e-5
-        )
+        torch.testing.assert_close(upsample_conv(x, conv), plain_form(x, conv), rtol=1e-5, atol=1e-5)
     seen = []
     conv.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
     assert not plain_conv(conv)
     with torch.no_grad():
-        upsample_conv(x, conv, FoldedKernel())
+        upsample_conv(x, conv)
     assert seen == [(1, 3, 8, 8)]
 
 
@@ -103,21 +99,23 @@ def test_other_convolutions_take_the_plain_path():
     assert plain_conv(nn.Conv2d(3, 3, 3, padding=1))
 
 
-def test_the_folded_kernel_is_kept_until_the_weight_changes_and_copies_start_empty():
+def test_the_folded_kernel_is_kept_until_the_weight_changes():
     conv = conv_layer(4, 4)
-    folded = FoldedKernel()
+    x = torch.randn(1, 4, 16, 16)
     with torch.no_grad():
-        first = folded(conv.weight)
-        assert folded(conv.weight) is first
+        upsample_conv(x, conv)
+        first = FOLDED_KERNELS.kept(conv.weight)
+        assert first is not None
+        upsample_conv(x, conv)
+        assert FOLDED_KERNELS.kept(conv.weight) is first
         conv.weight.mul_(2.0)
-        second = folded(conv.weight)
+        torch.testing.assert_close(upsample_conv(x, conv), plain_form(x, conv), rtol=1e-5, atol=1e-5)
+        second = FOLDED_KERNELS.kept(conv.weight)
         assert second is not first
         torch.testing.assert_close(second, 2.0 * first)
         conv.weight = nn.Parameter(torch.zeros_like(conv.weight))
-        assert folded(conv.weight).abs().max() == 0
-    assert copy.deepcopy(folded).value is None
-    with torch.enable_grad():
-        assert folded(conv.weight) is not folded(conv.weight)
+        upsample_conv(x, conv)
+        assert FOLDED_KERNELS.kept(conv.weight).abs().max() == 0
 
 
 @pytest.mark.parametrize("side", [4, 16])
@@ -130,17 +128,18 @@ def test_the_upsampler_modules_fold_from_the_threshold_on_and_match_the_plain_fo
         torch.testing.assert_close(vae_up(x), plain_form(x, vae_up.conv), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(unet_up(x, None, None), plain_form(x, unet_up.conv), rtol=1e-5, atol=1e-5)
     folded = side * side >= SUBPIXEL_MIN_CELLS
-    assert (vae_up.folded.value is not None) is folded and (unet_up.folded.value is not None) is folded
+    for up in (vae_up, unet_up):
+        assert (FOLDED_KERNELS.kept(up.conv.weight) is not None) is folded
 
 
 def test_a_kernel_folded_under_inference_mode_serves_a_later_backward_pass(every_size):
     conv = conv_layer(4, 4).requires_grad_(False)
-    folded = FoldedKernel()
     x = torch.randn(1, 4, 3, 3)
     with torch.inference_mode():
-        upsample_conv(x, conv, folded)
+        upsample_conv(x, conv)
+    assert FOLDED_KERNELS.kept(conv.weight) is not None
     trained = x.clone().requires_grad_()
-    upsample_conv(trained, conv, folded).sum().backward()
+    upsample_conv(trained, conv).sum().backward()
     expected = x.clone().requires_grad_()
     plain_form(expected, conv).sum().backward()
     torch.testing.assert_close(trained.grad, expected.grad, rtol=1e-5, atol=1e-5)
@@ -149,9 +148,8 @@ def test_a_kernel_folded_under_inference_mode_serves_a_later_backward_pass(every
 def test_weights_made_under_inference_mode_fold_on_every_call(every_size):
     with torch.inference_mode():
         conv = conv_layer(4, 4)
-        folded = FoldedKernel()
         x = torch.randn(1, 4, 3, 3)
-        torch.testing.assert_close(upsample_conv(x, conv, folded), plain_form(x, conv), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(upsample_conv(x, conv), plain_form(x, conv), rtol=1e-5, atol=1e-5)
         conv.weight.mul_(2.0)
-        torch.testing.assert_close(upsample_conv(x, conv, folded), plain_form(x, conv), rtol=1e-5, atol=1e-5)
-    assert folded.value is None
+        torch.testing.assert_close(upsample_conv(x, conv), plain_form(x, conv), rtol=1e-5, atol=1e-5)
+    assert FOLDED_KERNELS.kept(conv.weight) is None

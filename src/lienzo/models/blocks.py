@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lienzo.models.attention import attention
 from lienzo.models.norms import GroupNorm
 from lienzo.models.packed_conv import PackedConv2d
-from lienzo.models.upsampling import FoldedKernel, upsample_conv
+from lienzo.models.upsampling import upsample_conv
 from lienzo.models.winograd import Conv3x3
 
 NORM_EPS = 1e-5
@@ -198,13 +198,12 @@ class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = Conv3x3(channels, channels)
-        self.folded = FoldedKernel()
 
     def forward(
         self, x: Tensor, emb: Tensor, context: Tensor | None, output_size: tuple[int, int] | None = None
     ) -> Tensor:
         if output_size is None or tuple(output_size) == (2 * x.shape[-2], 2 * x.shape[-1]):
-            return upsample_conv(x, self.conv, self.folded)
+            return upsample_conv(x, self.conv)
         return self.conv(F.interpolate(x, size=output_size, mode="nearest"))
 
 

@@ -21,12 +21,18 @@ def bf16_kernels() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def packed_weight(weight: Tensor, conv: nn.Conv2d, input_size: tuple[int, ...]) -> Tensor:
+def packed_weight(
+    weight: Tensor, padding: tuple, stride: tuple, dilation: tuple, groups: int, input_size: tuple
+) -> Tensor:
     """The weight reordered into the layout oneDNN's kernel picks for this convolution at `input_size`
     (an opaque oneDNN tensor)."""
     return torch.ops.mkldnn._reorder_convolution_weight(
-        weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(input_size)
+        weight, list(padding), list(stride), list(dilation), groups, list(input_size)
     )
+
+
+PACKED_WEIGHTS = WeightCache(packed_weight)
+"""Each packed weight with the convolution's settings and the input size it was packed for."""
 
 
 def packable(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -51,19 +57,17 @@ def packable(conv: nn.Conv2d, x: Tensor) -> bool:
 
 class PackedConv2d(nn.Conv2d):
     """nn.Conv2d (the same parameters and state-dict keys) that runs CPU inference with its weight packed
-    once for oneDNN (`packed_weight`), repacked when the weight or the input size changes (WeightCache);
-    training, float32, other devices and data types take nn.Conv2d's path."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.packed = WeightCache(packed_weight)
+    once for oneDNN (`packed_weight`, kept in PACKED_WEIGHTS and shared by the network views that share
+    the weight), repacked when the weight or the input size changes; training, float32, other devices
+    and data types take nn.Conv2d's path."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not packable(self, x):
             return super().forward(x)
+        settings = (self.padding, self.stride, self.dilation, self.groups)
         return torch.ops.mkldnn._convolution_pointwise(
             x,
-            self.packed(self.weight, self, tuple(x.shape)),
+            PACKED_WEIGHTS(self.weight, *settings, tuple(x.shape)),
             self.bias,
             list(self.padding),
             list(self.stride),

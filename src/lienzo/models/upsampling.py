@@ -53,18 +53,11 @@ def plain_conv(conv: nn.Module) -> bool:
     return same_size_3x3(conv) and not (conv._forward_hooks or conv._forward_pre_hooks)
 
 
-class FoldedKernel(WeightCache):
-    """A convolution's folded kernel, kept until its weight changes (WeightCache); weights that cannot be
-    kept (`cacheable`) get a fresh fold every call."""
-
-    def __init__(self) -> None:
-        super().__init__(folded_kernel)
-
-    def __call__(self, weight: Tensor) -> Tensor:
-        return super().__call__(weight) if cacheable(weight) else folded_kernel(weight)
+FOLDED_KERNELS = WeightCache(folded_kernel)
+"""The folded kernel of each weight that can be kept (`cacheable`); others are folded on every call."""
 
 
-def upsample_conv(x: Tensor, conv: nn.Module, kernel: FoldedKernel) -> Tensor:
+def upsample_conv(x: Tensor, conv: nn.Module) -> Tensor:
     """conv(nearest 2x upsampling of x), by the sub-pixel form when `conv` is a plain 3x3 convolution and x
     has at least SUBPIXEL_MIN_CELLS cells (below, reading the 16/9 larger folded kernel costs more)."""
     batch, _, height, width = x.shape
@@ -72,7 +65,8 @@ def upsample_conv(x: Tensor, conv: nn.Module, kernel: FoldedKernel) -> Tensor:
         return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     channels = conv.out_channels
     bias = conv.bias.repeat(len(PHASES)) if conv.bias is not None else None
-    phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel(conv.weight), bias)
+    kernel = FOLDED_KERNELS(conv.weight) if cacheable(conv.weight) else folded_kernel(conv.weight)
+    phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, bias)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     size = (batch, channels, 2 * height, 2 * width)

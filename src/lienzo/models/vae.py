@@ -11,7 +11,7 @@ from torch import nn
 from lienzo.models.attention import attention
 from lienzo.models.norms import GroupNorm
 from lienzo.models.packed_conv import PackedConv2d
-from lienzo.models.upsampling import FoldedKernel, upsample_conv
+from lienzo.models.upsampling import upsample_conv
 from lienzo.models.winograd import Conv3x3
 
 GROUP_NORM_EPS = 1e-6
@@ -129,10 +129,9 @@ class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = Conv3x3(channels, channels)
-        self.folded = FoldedKernel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample_conv(x, self.conv, self.folded)
+        return upsample_conv(x, self.conv)
 
 
 class MidBlock(nn.Module):
