@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 SMALL_MAP_CELLS = 256
 """Height x width up to which bfloat16 channels_last inputs are normalised in float32: there PyTorch's
-channels_last bfloat16 kernel takes 2-7x as long as casting to float32 and back (16x16 and smaller; above,
+channels_last bfloat16 kernel takes 2-5x as long as casting to float32 and back (16x16 and smaller; above,
 it is the faster one; bench/packed_conv_speed.py)."""
 
 
