@@ -4,20 +4,26 @@ then score star prompts and base-world prompts with the result loaded.
 Usage: PYTHONPATH=src python bench/finetune_proof.py --method lora [--images 300] [--prompts 40] [--out DIR]
        PYTHONPATH=src python bench/finetune_proof.py --method textual-inversion [--threads 1]
        PYTHONPATH=src python bench/finetune_proof.py --method lora --model shapes-v2   # another base model
+       PYTHONPATH=src python bench/finetune_proof.py --method none    # the base model as it is: the baseline
+       PYTHONPATH=src python bench/finetune_proof.py --method lora --train-args "--steps 600" --out runs/s600
+       PYTHONPATH=src python bench/finetune_proof.py --method lora --prior   # with class images
 
 Renders `--images` one-object star scenes with the world's renderer and captions into OUT/data, runs
 `lienzo train <method>` on them with its defaults (only --data/--out, --cache-latents, which encodes each
-image once instead of every step, and --token/--init-word for textual inversion) and times it. Then it
+image once instead of every step, --token/--init-word for textual inversion, and for DreamBooth (or with
+--prior) class prompts: 50 one-object base-world captions) and times it. Then it
 generates `--prompts` one-object star prompts (every colour, position and size, none from the training
-set) and as many one-object base-world prompts with the adapter loaded, scores them with
-lienzo.worlds.scorer and prints one row of the table in docs/fine-tuning.md; a contact sheet of the star
-prompts lands in OUT/<method>/star_sheet.png. The last column scores the star test scenes themselves after
-a round trip through the model's VAE: neither method changes the VAE, so that is their ceiling.
+set) and as many one-object base-world prompts with the adapter loaded (nothing for `none`), scores them
+with lienzo.worlds.scorer and prints one row of the table in docs/fine-tuning.md; contact sheets of both
+prompt sets land in OUT/<method>/star_sheet.png and base_sheet.png. The last column scores the star test
+scenes themselves after a round trip through the model's VAE: no method changes the VAE, so that is their
+ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -36,6 +42,7 @@ from lienzo.worlds.scorer import score as score_image
 from lienzo.worlds.shapes import caption, render
 
 METHOD_FILES = {
+    "none": "",
     "lora": "star.safetensors",
     "textual-inversion": "star.pt",
     "dreambooth": "star-model",
@@ -43,6 +50,7 @@ METHOD_FILES = {
     "hypernetwork": "star.pt",
 }
 METHOD_ARGUMENTS = {
+    "none": [],
     "lora": [],
     "textual-inversion": ["--token", "star", "--init-word", "square"],
     "dreambooth": ["--instance-prompt", "a star"],
@@ -52,7 +60,7 @@ METHOD_ARGUMENTS = {
 COMMANDS = {"dreambooth-no-prior": "dreambooth"}
 """Proof variants that run another method's command (DreamBooth without its class images)."""
 CLASS_PROMPTS = 50
-"""DreamBooth's class prompts: one-object base-world captions (none of them a test prompt), in turn."""
+"""Prior preservation's class prompts: one-object base-world captions (no test prompt), in turn."""
 
 
 def class_prompt_arguments(out: Path) -> list[str]:
@@ -62,8 +70,9 @@ def class_prompt_arguments(out: Path) -> list[str]:
     return ["--class-prompt", f"@{path}"]
 
 
-def train(method: str, data: Path, out: Path, model: str | None) -> float:
-    """Run `lienzo train <method>` with its defaults; the wall-clock seconds it took."""
+def train(method: str, data: Path, out: Path, model: str | None, extra: list[str], prior: bool) -> float:
+    """Run `lienzo train <method>` with its defaults (changed by `extra`; with class images when `prior`);
+    the wall-clock seconds it took."""
     started = time.perf_counter()
     arguments = [
         *(["--model", model] if model else []),
@@ -74,8 +83,9 @@ def train(method: str, data: Path, out: Path, model: str | None) -> float:
         "--cache-latents",
         "--quiet",
         *METHOD_ARGUMENTS[method],
+        *extra,
     ]
-    if method == "dreambooth":
+    if prior:
         arguments += class_prompt_arguments(out.parent.parent)
     status = main(["train", COMMANDS.get(method, method), *arguments])
     if status:
@@ -83,7 +93,7 @@ def train(method: str, data: Path, out: Path, model: str | None) -> float:
     return time.perf_counter() - started
 
 
-def score(method: str, base: Path | None, adapter: Path, prompts: list[str], sheet: Path | None) -> float:
+def score(method: str, base: Path | None, adapter: Path, prompts: list[str], name: str, sheet: Path) -> float:
     """Share of prompts the scorer matches, generated with the adapter loaded on the model at `base` (None:
     the built-in model), or with the trained model for DreamBooth (seed i for prompt i)."""
     pipe = load(adapter if method.startswith("dreambooth") else base)
@@ -96,10 +106,9 @@ def score(method: str, base: Path | None, adapter: Path, prompts: list[str], she
     generate = lambda prompt, seed: pipe.generate(prompt, seed=seed, progress=False)[0]  # noqa: E731
     report = evaluate(generate, prompts, list(range(len(prompts))))
     matched = [item.result.matched for item in report.items]
-    if sheet is not None:
-        write_png_atomically(contact_sheet(list(report.images), prompts, matched), sheet)
-        attributes = report.attribute_accuracy()
-        print("star prompts by attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in attributes.items()))
+    write_png_atomically(contact_sheet(list(report.images), prompts, matched), sheet)
+    attributes = report.attribute_accuracy()
+    print(f"{name} prompts by attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in attributes.items()))
     return sum(matched) / len(matched)
 
 
@@ -125,17 +134,30 @@ def main_proof() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/finetune_proof"))
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy shared machine)")
     parser.add_argument("--model", help="the base model, a name or path (default: the built-in model)")
+    parser.add_argument(
+        "--prior",
+        action="store_true",
+        help="class images (prior preservation) for lora or hypernetwork; dreambooth always has them",
+    )
+    parser.add_argument(
+        "--train-args", default="", help='settings other than the defaults, e.g. "--steps 600 --rank 16"'
+    )
     args = parser.parse_args()
     base = library_from_config(allow_paths=True).resolve("checkpoints", args.model) if args.model else None
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = args.out / args.method
+    folder.mkdir(parents=True, exist_ok=True)
     data = write_concept_folder(args.out / "data", "star", args.images)
     adapter = folder / METHOD_FILES[args.method]
-    seconds = train(args.method, data, adapter, args.model) if not adapter.is_file() else float("nan")
+    trained = args.method == "none" or adapter.exists()
+    extra = shlex.split(args.train_args)
+    prior = args.method == "dreambooth" or args.prior
+    seconds = float("nan") if trained else train(args.method, data, adapter, args.model, extra, prior)
     stars = concept_prompts("star", args.prompts)
-    star = score(args.method, base, adapter, stars, folder / "star_sheet.png")
-    kept = score(args.method, base, adapter, evaluation_prompts(args.prompts, seed=3, kind="single"), None)
+    star = score(args.method, base, adapter, stars, "star", folder / "star_sheet.png")
+    bases = evaluation_prompts(args.prompts, seed=3, kind="single")
+    kept = score(args.method, base, adapter, bases, "base-world", folder / "base_sheet.png")
     ceiling = vae_ceiling(base, args.prompts)
     print("| method | training time | star accuracy | base kept | VAE round trip of the star scenes |")
     print("| --- | --- | --- | --- | --- |")

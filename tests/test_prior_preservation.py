@@ -1,14 +1,25 @@
-"""DreamBooth prior preservation: one batch dict holds the instance and class halves; the loss is the instance
-loss plus the weighted class loss, each the base objective's loss of its half."""
+"""Prior preservation (DreamBooth's, and LoRA's and hypernetworks' with class images): one batch dict holds
+the instance and class halves; the loss is the instance loss plus the weighted class loss, each the base
+objective's loss of its half."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from PIL import Image
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.training.batch import collate
-from lienzo.training.prior_preservation import PriorPreservationDataset, PriorPreservationObjective
+from lienzo.training.captioned_dataset import CaptionedDataset, DataConfig
+from lienzo.training.method_run import RunOptions
+from lienzo.training.prior_preservation import (
+    ClassImages,
+    PriorPreservationDataset,
+    PriorPreservationObjective,
+    with_prior,
+)
 
 
 class Items:
@@ -78,3 +89,32 @@ def test_a_batch_without_class_images_says_what_is_missing():
     objective = PriorPreservationObjective(MeanObjective(), prior_loss_weight=1.0)
     with pytest.raises(InvalidArgumentError, match="class_image"):
         objective.loss(collate([Items("star", 0.0, 1)[0]]), torch.Generator(), {})
+
+
+def class_folder(folder, prompts: list[str]):
+    """A class image folder as lienzo.recipes.class_images writes it: NNNNN.png, its prompt in NNNNN.txt."""
+    folder.mkdir()
+    for index, prompt in enumerate(prompts):
+        Image.new("RGB", (16, 16), (index * 60, 0, 0)).save(folder / f"{index:05d}.png")
+        (folder / f"{index:05d}.txt").write_text(prompt + "\n")
+    return folder
+
+
+def test_with_prior_pairs_the_class_images_and_weights_their_loss(tmp_path):
+    options = RunOptions(
+        DataConfig(class_folder(tmp_path / "stars", ["a star"] * 2), resolution=16), batch_size=2
+    )
+    instances = CaptionedDataset(options.data, options.batch_size)
+    base = MeanObjective()
+    classes = ClassImages(class_folder(tmp_path / "classes", ["a circle", "a square"]), weight=0.5)
+    assert with_prior(options, None, instances, base, None, tmp_path) == (instances, base)
+    assert with_prior(options, None, instances, base, replace(classes, weight=0.0), tmp_path) == (
+        instances,
+        base,
+    )
+    dataset, objective = with_prior(options, None, instances, base, classes, tmp_path)
+    assert isinstance(dataset, PriorPreservationDataset) and dataset.instances is instances
+    assert isinstance(objective, PriorPreservationObjective) and objective.prior_loss_weight == 0.5
+    items = [dataset[index] for index in range(2)]
+    assert sorted(item["class_caption"] for item in items) == ["a circle", "a square"]
+    assert {item["caption"] for item in items} == {"a star"}

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lienzo.adapters.hypernetwork import ACTIVATIONS
+from lienzo.cli.prior_arguments import PRIOR_HELP, add_prior_arguments, prior_preservation
 from lienzo.cli.train_arguments import (
     MethodDefaults,
     add_training_arguments,
@@ -14,13 +15,14 @@ from lienzo.cli.train_arguments import (
 )
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.hypernetwork_writer import WEIGHT_INITIALIZATIONS, HypernetworkSettings
+from lienzo.recipes.class_images import draw_class_images
 from lienzo.recipes.fine_tuning import sample_writer
 from lienzo.training.hypernetwork_training import HypernetworkConfig, train_hypernetwork
 from lienzo.training.method_run import check_output_file
 
 HYPERNETWORK_DEFAULTS = MethodDefaults(steps=300, batch_size=8, learning_rate=3e-4)
 
-HYPERNETWORK_EPILOG = """examples:
+HYPERNETWORK_EPILOG = f"""examples:
   lienzo train hypernetwork --data stars/ --out models/hypernetworks/star.pt
   lienzo train hypernetwork --data art/ --model sd15.safetensors --layer-structure 1,2,2,1 \\
       --activation relu --layer-norm --dropout --out art.pt
@@ -28,6 +30,8 @@ HYPERNETWORK_EPILOG = """examples:
 Networks are made for every width the model's attention layers read (SD 1.x: 768, 320, 640, 1280), or
 --widths. Use the file as <hypernet:NAME:1> in a prompt (with the file in models/hypernetworks), in lienzo
 or A1111. The run's state, loss.csv, loss.png and samples/ go to OUT-training/ beside the file.
+
+{PRIOR_HELP}
 """
 
 
@@ -59,6 +63,7 @@ def add_hypernetwork_arguments(parser: argparse.ArgumentParser) -> None:
         "--weight-init", choices=WEIGHT_INITIALIZATIONS, default="Normal", help="initialization (Normal)"
     )
     network.add_argument("--widths", type=numbers, help="attention widths to train (default: all)")
+    add_prior_arguments(parser)
     add_training_arguments(parser, HYPERNETWORK_DEFAULTS)
 
 
@@ -86,6 +91,7 @@ def run_train_hypernetwork(args: argparse.Namespace) -> int:
     check_output_file(args.out, (".pt",))
     check_new_output(args.out, args.resume)
     config = hypernetwork_config(args)
+    prior = prior_preservation(args)
 
     def train(options, pipe):
         train_hypernetwork(
@@ -93,6 +99,7 @@ def run_train_hypernetwork(args: argparse.Namespace) -> int:
             config,
             pipe,
             args.out,
+            classes=draw_class_images(pipe, prior, options.data.resolution, options.progress),
             resume=args.resume,
             sample_fn=sample_writer(pipe, options),
             device=pipe.device,

@@ -8,16 +8,42 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.checkpoints import staged_output
-from lienzo.pipelines.pipeline import Pipeline
+from lienzo.io.model_hash import model_identity
+from lienzo.pipelines.pipeline import Pipeline, load
+from lienzo.training.prior_preservation import ClassImages
 
 KEY_DIGITS = 16
 CLASS_IMAGE_SUFFIX = ".png"
+DEFAULT_CLASS_IMAGES = 100
+
+
+@dataclass(frozen=True)
+class PriorPreservation:
+    """Prior preservation (DreamBooth's; kohya's regularisation images): the base model draws `count` class
+    images from `prompts` (taken in turn; `steps` sampling steps, None: the model's), cached under `cache`
+    (None: default_class_cache()), and their loss is added at `weight`. No prompts or weight 0: off."""
+
+    prompts: tuple[str, ...] = ()
+    count: int = DEFAULT_CLASS_IMAGES
+    weight: float = 1.0
+    cache: Path | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise InvalidArgumentError(f"--prior-loss-weight must be 0 or more, got {self.weight}")
+
+    @property
+    def active(self) -> bool:
+        """Whether class images are drawn and trained on."""
+        return bool(self.prompts) and self.weight > 0
 
 
 def default_class_cache() -> Path:
@@ -90,3 +116,24 @@ def class_images(
             image.save(staged / f"{index:05d}{CLASS_IMAGE_SUFFIX}")
             (staged / f"{index:05d}.txt").write_text(prompt + "\n", encoding="utf-8")
     return folder
+
+
+def draw_class_images(
+    pipe: Pipeline, prior: PriorPreservation, size: int, progress: bool
+) -> ClassImages | None:
+    """The class images for `pipe`'s model at `size` pixels with the prior's weight (None when `prior` is
+    off): drawn by the model loaded afresh in its default generation dtype (bf16 or fp16 where the device
+    has it), as `lienzo generate` draws, or reused from the cache; under torchrun rank 0 draws and the other
+    ranks wait for the finished folder."""
+    if not prior.active:
+        return None
+    identity = model_identity(pipe.path)
+    cache = prior.cache or default_class_cache()
+    if int(os.environ.get("RANK", "0")) != 0:
+        expected = class_image_folder(identity, prior.prompts, prior.count, size, cache, prior.steps)
+        return ClassImages(wait_for_class_images(expected, prior.count), prior.weight)
+    drawer = load(pipe.path, device=pipe.device, family=pipe.family, cache=False)
+    folder = class_images(
+        drawer, identity, list(prior.prompts), prior.count, size, cache, steps=prior.steps, progress=progress
+    )
+    return ClassImages(folder, prior.weight)

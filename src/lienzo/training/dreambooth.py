@@ -3,7 +3,7 @@ images the base model drew (lienzo.recipes.class_images makes them); the result 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +23,21 @@ from lienzo.training.image_folder import CAPTION_SUFFIX, IMAGE_SUFFIXES, unreada
 from lienzo.training.latent_cache import CACHE_FOLDER, cache_latents
 from lienzo.training.loop import SampleFn
 from lienzo.training.method_run import RunOptions, check_trainable_family, diffusion_objective
-from lienzo.training.prior_preservation import PriorPreservationDataset, PriorPreservationObjective
+from lienzo.training.prior_preservation import ClassImages, with_prior
 
 
 @dataclass(frozen=True)
 class DreamBoothConfig:
     """A DreamBooth run: images without a caption file are captioned `instance_prompt` (a caption file wins,
-    as in kohya's DreamBooth folders); with class images their loss is added at `prior_loss_weight`;
-    `finetune` says what is trained and kept (text encoder, EMA, save precision)."""
+    as in kohya's DreamBooth folders); `finetune` says what is trained and kept (text encoder, EMA, save
+    precision)."""
 
     instance_prompt: str
-    prior_loss_weight: float = 1.0
     finetune: FinetuneConfig = FinetuneConfig()
 
     def __post_init__(self) -> None:
         if not self.instance_prompt.strip():
             raise InvalidArgumentError("--instance-prompt is empty; describe the instance, e.g. 'a star'")
-        if self.prior_loss_weight < 0:
-            raise InvalidArgumentError(f"--prior-loss-weight must be 0 or more, got {self.prior_loss_weight}")
 
 
 def instance_examples(data: DataConfig, instance_prompt: str) -> list[Example]:
@@ -71,23 +68,15 @@ def instance_examples(data: DataConfig, instance_prompt: str) -> list[Example]:
     return examples
 
 
-def dreambooth_dataset(
-    options: RunOptions, config: DreamBoothConfig, model: Any, class_folder: Path | None, run_folder: Path
-) -> CaptionedDataset | PriorPreservationDataset:
-    """The instance items, paired with the class folder's items (its `.txt` prompts) under prior
-    preservation; both VAE-encoded once into the run folder with `cache_latents`."""
+def instance_dataset(
+    options: RunOptions, config: DreamBoothConfig, model: Any, run_folder: Path
+) -> CaptionedDataset:
+    """The instance items, VAE-encoded once into the run folder with `cache_latents`."""
     data = options.data
     instances = CaptionedDataset(data, options.batch_size, instance_examples(data, config.instance_prompt))
-    datasets = [instances]
-    if class_folder is not None:
-        class_data = replace(
-            data, folder=Path(class_folder), repeats=1, shuffle_tags=False, seed=data.seed + 1
-        )
-        datasets.append(CaptionedDataset(class_data, options.batch_size))
     if options.cache_latents:
-        for dataset in datasets:
-            cache_latents(dataset, model.vae, run_folder / CACHE_FOLDER)
-    return instances if class_folder is None else PriorPreservationDataset(*datasets)
+        cache_latents(instances, model.vae, run_folder / CACHE_FOLDER)
+    return instances
 
 
 def train_dreambooth(
@@ -96,29 +85,24 @@ def train_dreambooth(
     model: Any,
     out: str | Path,
     *,
-    class_folder: str | Path | None = None,
+    classes: ClassImages | None = None,
     resume: bool = False,
     sample_fn: SampleFn | None = None,
     device: torch.device | str | None = None,
 ) -> Path:
-    """Fine-tune `model` (loaded in float32) on the instance images, plus `prior_loss_weight` times the loss
-    of `class_folder`'s images when given, and write the model to `out` (diffusers folder, or `.safetensors`);
-    state, loss log and samples go to `model_run_folder(out)`."""
+    """Fine-tune `model` (loaded in float32) on the instance images, plus the weighted loss of the class
+    images when given (prior preservation), and write the model to `out` (diffusers folder, or
+    `.safetensors`); state, loss log and samples go to `model_run_folder(out)`."""
     out = Path(out)
     check_trainable_family(model.spec, "DreamBooth")
     check_model_output(out, resume)
-    prior = class_folder is not None and config.prior_loss_weight > 0
-    dataset = dreambooth_dataset(
-        options, config, model, Path(class_folder) if prior else None, model_run_folder(out)
-    )
+    run = model_run_folder(out)
+    instances = instance_dataset(options, config, model, run)
     model.unet.requires_grad_(True).train()
     base = diffusion_objective(
-        options,
-        model,
-        dataset.instances if prior else dataset,
-        train_text_encoder=config.finetune.train_text_encoder,
+        options, model, instances, train_text_encoder=config.finetune.train_text_encoder
     )
-    objective = PriorPreservationObjective(base, config.prior_loss_weight if prior else 0.0)
+    dataset, objective = with_prior(options, model, instances, base, classes, run)
     return train_model_weights(
         options,
         config.finetune,

@@ -40,6 +40,7 @@ from lienzo.training.method_run import (
     train_config,
 )
 from lienzo.training.objective import LatentDiffusionObjective, Networks, ParamGroup, param_group
+from lienzo.training.prior_preservation import ClassImages, with_prior
 
 HOOK_KEY = "hypernet:training"
 
@@ -206,12 +207,14 @@ def train_hypernetwork(
     model: Any,
     out: str | Path,
     *,
+    classes: ClassImages | None = None,
     resume: bool = False,
     sample_fn: SampleFn | None = None,
     device: torch.device | str | None = None,
 ) -> Path:
     """Train new hypernetworks over `model` (loaded in float32, frozen) on `options.data` and write them to
-    `out` (.pt, A1111's layout, atomically); state, loss log and samples go to `run_folder(out)`."""
+    `out` (.pt, A1111's layout, atomically); state, loss log and samples go to `run_folder(out)`. With
+    `classes` their weighted loss is added (prior preservation)."""
     out = Path(out)
     check_trainable_family(model.spec, "hypernetwork")
     check_output_file(out, (".pt",))
@@ -222,11 +225,12 @@ def train_hypernetwork(
     unet_device = next(model.unet.parameters()).device
     network = new_hypernetwork(widths, config.settings, seed=options.seed).to(unet_device)
     objective = HypernetworkObjective(base, network, config.settings, getattr(model, "unet_patcher", None))
+    items, loss = with_prior(options, model, dataset, objective, classes, folder)
     try:
         result = train(
             train_config(options),
-            objective,
-            dataset,
+            loss,
+            items,
             folder,
             resume=resume,
             device=device,

@@ -28,6 +28,7 @@ from lienzo.training.method_run import (
     train_config,
 )
 from lienzo.training.objective import LatentDiffusionObjective
+from lienzo.training.prior_preservation import ClassImages, PriorPreservationDataset, with_prior
 
 UNET_PREFIX = "lora_unet_"
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
@@ -78,8 +79,11 @@ def kohya_metadata(
     output_name: str,
     started: float,
     steps: int,
+    classes: CaptionedDataset | None = None,
+    prior_loss_weight: float = 1.0,
 ) -> dict[str, str]:
-    """kohya sd-scripts' training metadata (train_network.py's `ss_*` keys), as strings."""
+    """kohya sd-scripts' training metadata (train_network.py's `ss_*` keys), as strings; `classes` are the
+    class images of prior preservation (kohya's regularisation images)."""
     text_trained = bool(options.text_encoder_lr)
     network_args = (
         {} if config.network == "lora" else {"algo": "lora" if config.network == "dora" else config.network}
@@ -102,7 +106,7 @@ def kohya_metadata(
         "ss_unet_lr": str(options.unet_lr if options.unet_lr is not None else options.learning_rate),
         "ss_text_encoder_lr": str(options.text_encoder_lr or 0.0),
         "ss_num_train_images": str(sum(example.repeats for example in dataset.examples)),
-        "ss_num_reg_images": "0",
+        "ss_num_reg_images": str(len(classes.examples) if classes is not None else 0),
         "ss_num_batches_per_epoch": str(dataset.batches_per_epoch),
         "ss_num_epochs": str(-(-steps // dataset.batches_per_epoch)),
         "ss_epoch": str(-(-steps // dataset.batches_per_epoch)),
@@ -144,7 +148,7 @@ def kohya_metadata(
         "ss_bucket_info": json.dumps({"buckets": dataset.bucket_counts()}),
         "ss_dataset_dirs": json.dumps(folders),
         "ss_tag_frequency": json.dumps(dataset.tag_frequency()),
-        "ss_prior_loss_weight": "1.0",
+        "ss_prior_loss_weight": str(prior_loss_weight),
         "ss_sd_model_name": str(options.model or "shapes-v1"),
         "ss_training_comment": "trained with lienzo",
     }
@@ -157,6 +161,7 @@ def train_lora(
     model,
     out: str | Path,
     *,
+    classes: ClassImages | None = None,
     resume: bool = False,
     sample_fn: Callable[[int, Path], None] | None = None,
     device: torch.device | str | None = None,
@@ -164,7 +169,8 @@ def train_lora(
     """Train a LoRA/LyCORIS network on `options.data` over `model` (a loaded model, float32, frozen) and
     write it to `out` (.safetensors, kohya layout); state, loss log and samples go to `run_folder(out)`.
 
-    The text encoder gets adapters too when `options.text_encoder_lr` is above 0.
+    The text encoder gets adapters too when `options.text_encoder_lr` is above 0. With `classes` their
+    weighted loss is added (prior preservation: kohya's regularisation images).
     """
     out = Path(out)
     check_trainable_family(model.spec, "LoRA")
@@ -179,13 +185,22 @@ def train_lora(
     if train_text:
         networks["text_encoder"] = text_network(model.text_encoders[0], config)
     objective.use_networks(networks, {"unet": options.unet_lr, "text_encoder": options.text_encoder_lr})
+    items, loss = with_prior(options, model, dataset, objective, classes, folder)
     started = time.time()
     result = train(
-        train_config(options), objective, dataset, folder, resume=resume, device=device, sample_fn=sample_fn
+        train_config(options), loss, items, folder, resume=resume, device=device, sample_fn=sample_fn
     )
     if is_main_process():
         metadata = kohya_metadata(
-            options, config, model.spec, dataset, output_name=out.stem, started=started, steps=result.step
+            options,
+            config,
+            model.spec,
+            dataset,
+            output_name=out.stem,
+            started=started,
+            steps=result.step,
+            classes=items.classes if isinstance(items, PriorPreservationDataset) else None,
+            prior_loss_weight=classes.weight if classes is not None else 1.0,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         write_safetensors(out, adapter_state_dict(networks, model.spec), metadata)

@@ -4,6 +4,8 @@ images plus a weighted loss of images the base model drew for the class, from on
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +13,18 @@ from torch import nn
 
 from lienzo.errors import InvalidArgumentError
 from lienzo.training.batch import Batch, batch_value
+from lienzo.training.captioned_dataset import CaptionedDataset
+from lienzo.training.latent_cache import CACHE_FOLDER, cache_latents
+from lienzo.training.method_run import RunOptions
 from lienzo.training.objective import LatentDiffusionObjective, Networks, ParamGroup
+
+
+@dataclass(frozen=True)
+class ClassImages:
+    """A folder of class images (each `NAME.png` with its prompt in `NAME.txt`) and their loss's weight."""
+
+    folder: Path
+    weight: float = 1.0
 
 
 class PriorPreservationDataset:
@@ -62,3 +75,33 @@ class PriorPreservationObjective:
         instance, prior = self.halves(batch)
         instance_loss = self.base.loss(instance, generator, networks)
         return instance_loss + self.prior_loss_weight * self.base.loss(prior, generator, networks)
+
+
+def with_class_images(
+    options: RunOptions, model: Any, instances: CaptionedDataset, classes: ClassImages, cache_folder: Path
+) -> PriorPreservationDataset:
+    """The instance items paired with the class folder's items (its `.txt` prompts, no repeats or tag
+    shuffling), the class images VAE-encoded once into `cache_folder` when the run caches latents."""
+    data = replace(
+        options.data, folder=classes.folder, repeats=1, shuffle_tags=False, seed=options.data.seed + 1
+    )
+    class_items = CaptionedDataset(data, options.batch_size)
+    if options.cache_latents:
+        cache_latents(class_items, model.vae, cache_folder)
+    return PriorPreservationDataset(instances, class_items)
+
+
+def with_prior(
+    options: RunOptions,
+    model: Any,
+    instances: CaptionedDataset,
+    objective: Any,
+    classes: ClassImages | None,
+    run_folder: Path,
+) -> tuple[Any, Any]:
+    """The dataset and objective a method trains: `instances` and `objective` as they are without class
+    images (or at weight 0), else the class images paired in and their loss added at their weight."""
+    if classes is None or classes.weight == 0:
+        return instances, objective
+    paired = with_class_images(options, model, instances, classes, run_folder / CACHE_FOLDER)
+    return paired, PriorPreservationObjective(objective, classes.weight)
