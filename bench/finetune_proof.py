@@ -39,12 +39,12 @@ from lienzo.recipes.fine_tuning import write_concept_folder
 from lienzo.worlds.concept_data import concept_prompts, concept_test_scenes
 from lienzo.worlds.evaluate import contact_sheet, evaluate, evaluation_prompts
 from lienzo.worlds.scorer import score as score_image
-from lienzo.worlds.shapes import caption, render
+from lienzo.worlds.shapes import SIZES, caption, render
 
 METHOD_FILES = {
     "none": "",
     "lora": "star.safetensors",
-    "textual-inversion": "star.pt",
+    "textual-inversion": "star.safetensors",
     "dreambooth": "star-model",
     "dreambooth-no-prior": "star-model",
     "hypernetwork": "star.pt",
@@ -109,6 +109,9 @@ def score(method: str, base: Path | None, adapter: Path, prompts: list[str], nam
     write_png_atomically(contact_sheet(list(report.images), prompts, matched), sheet)
     attributes = report.attribute_accuracy()
     print(f"{name} prompts by attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in attributes.items()))
+    pairs = list(zip(prompts, matched, strict=True))
+    by_size = {size: [hit for prompt, hit in pairs if f" {size} " in prompt] for size in SIZES}
+    print(f"{name} prompts by size: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in by_size.items()))
     return sum(matched) / len(matched)
 
 
