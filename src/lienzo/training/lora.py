@@ -14,6 +14,7 @@ import torch
 
 from lienzo.io.adapter_keys import diffusers_unet_names, text_prefixes, underscored
 from lienzo.io.formats import write_safetensors
+from lienzo.io.library import BUILTIN_NAME
 from lienzo.models.specs import FamilySpec
 from lienzo.training.captioned_dataset import CaptionedDataset
 from lienzo.training.loop import train
@@ -149,7 +150,7 @@ def kohya_metadata(
         "ss_dataset_dirs": json.dumps(folders),
         "ss_tag_frequency": json.dumps(dataset.tag_frequency()),
         "ss_prior_loss_weight": str(prior_loss_weight),
-        "ss_sd_model_name": str(options.model or "shapes-v1"),
+        "ss_sd_model_name": str(options.model or BUILTIN_NAME),
         "ss_training_comment": "trained with lienzo",
     }
     return values

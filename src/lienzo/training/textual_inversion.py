@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.atomic import atomic_path
 from lienzo.io.embedding_files import write_embedding_file
+from lienzo.io.library import BUILTIN_NAME
 from lienzo.text.conditioning import encode_prompts
 from lienzo.text.embeddings import MAX_VECTORS, Embeddings, EmbeddingVectors
 from lienzo.training.loop import train
@@ -173,5 +174,5 @@ def train_textual_inversion(
     )
     if is_main_process():
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_a1111_embedding(out, network.vectors, out.stem, result.step, str(options.model or "shapes-v1"))
+        write_a1111_embedding(out, network.vectors, out.stem, result.step, str(options.model or BUILTIN_NAME))
     return out
