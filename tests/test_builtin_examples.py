@@ -1,0 +1,130 @@
+"""The shipped star LoRA and star embedding (trained on shapes-v2 by bench/finetune_proof.py): found by name
+right after install, in the formats A1111 and kohya write; they change what shapes-v2 draws, and diffusers
+(`load_lora_weights`, `load_textual_inversion`) draws the same latents with them as lienzo."""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+from safetensors import safe_open
+
+import lienzo
+from lienzo.cli import main
+from lienzo.io.embedding_files import load_embeddings
+from lienzo.io.library import BUILTIN_ROOT, ModelLibrary
+from lienzo.pipelines.generation import generate_latents
+from lienzo.pipelines.options import resolve_options
+from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
+from lienzo.text.embeddings import Embeddings
+from test_generate_parity import TOLERANCE, euler_karras
+
+SHAPES_V2 = BUILTIN_ROOT / "shapes-v2"
+EXAMPLES = BUILTIN_ROOT / "examples"
+PROMPT = "a red star on the left on a blue background"
+SETTINGS = {"seed": 3, "steps": 4, "progress": False}
+
+
+def test_the_examples_are_listed_by_name():
+    library = ModelLibrary()
+    assert library.resolve("loras", "star") == EXAMPLES / "star.safetensors"
+    assert "star-embedding" in [entry.name for entry in library.list("embeddings")]
+
+
+def test_the_star_lora_is_a_kohya_file_for_shapes_v2_and_changes_the_image():
+    with safe_open(EXAMPLES / "star.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+        keys = list(handle.keys())
+    assert metadata["ss_sd_model_name"] == "shapes-v2" and metadata["ss_network_module"] == "networks.lora"
+    assert keys and all(key.startswith("lora_unet_") for key in keys)
+    pipe = lienzo.load(SHAPES_V2)
+    plain = pipe.generate(PROMPT, **SETTINGS)[0]
+    with_lora = pipe.generate(f"{PROMPT} <lora:star:1>", **SETTINGS)[0]
+    assert plain.tobytes() != with_lora.tobytes()
+
+
+def test_the_star_embedding_is_triggered_by_its_name_only():
+    with safe_open(EXAMPLES / "star-embedding.safetensors", "pt") as handle:
+        vectors = handle.get_tensor("emb_params")
+    pipe = lienzo.load(SHAPES_V2)
+    assert vectors.shape[1] == pipe.text_encoders[0].config.hidden_size
+    embeddings = pipe.prompt_embeddings()
+    assert "star-embedding" in embeddings.entries
+    plain = pipe.generate(PROMPT, **SETTINGS)[0]
+    triggered = pipe.generate(PROMPT.replace("star", "star-embedding"), **SETTINGS)[0]
+    assert plain.tobytes() != triggered.tobytes()
+    assert torch.equal(embeddings.entries["star-embedding"].vectors[0].float(), vectors.float())
+
+
+def test_the_lora_works_from_the_command_line(tmp_path):
+    out = tmp_path / "star.png"
+    prompt = f"{PROMPT} <lora:star:1>"
+    assert main(["generate", prompt, "--model", "shapes-v2", "--steps", "4", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def latents_both_ways(prompt: str, prepare_reference, prepare_ours) -> tuple[torch.Tensor, ...]:
+    """shapes-v2's txt2img latents at 32x32, 4 Euler steps over Karras sigmas, from lienzo without any
+    example (no embeddings, not even the built-in ones) and with one applied, and from diffusers with it,
+    all from lienzo's seeded start."""
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(
+        SHAPES_V2, safety_checker=None, torch_dtype=torch.float32
+    )
+    reference.scheduler = euler_karras(reference)
+    reference.set_progress_bar_config(disable=True)
+    prepare_reference(reference)
+    pipe = lienzo.load(SHAPES_V2, device="cpu", dtype=torch.float32, cache=False)
+    options = resolve_options(
+        pipe.spec,
+        prompt=prompt,
+        width=32,
+        height=32,
+        steps=4,
+        cfg=6.0,
+        sampler="euler",
+        scheduler="karras",
+        seed=7,
+    )
+    pipe.embeddings = Embeddings()
+    plain = generate_latents(pipe, options, progress=False)
+    prepare_ours(pipe)
+    ours = generate_latents(pipe, options, progress=False)
+    reference.scheduler.set_timesteps(4)
+    sigmas = schedule_sigmas(pipe.spec, options)
+    start = (
+        initial_noise(options, latent_shape(pipe.spec, 32, 32))
+        * sigmas[0]
+        / reference.scheduler.init_noise_sigma
+    )
+    with torch.no_grad():
+        expected = reference(
+            prompt,
+            height=32,
+            width=32,
+            num_inference_steps=4,
+            guidance_scale=6.0,
+            latents=start,
+            output_type="latent",
+        ).images
+    return plain, ours, expected
+
+
+def test_diffusers_draws_the_same_latents_with_the_shipped_lora():
+    def fuse(reference):
+        reference.load_lora_weights(str(EXAMPLES / "star.safetensors"), adapter_name="star")
+        reference.fuse_lora(lora_scale=1.0)
+
+    plain, ours, expected = latents_both_ways(PROMPT, fuse, lambda pipe: pipe.loras.add("star", 1.0))
+    assert (plain - ours).abs().max() > 100 * TOLERANCE
+    assert (ours - expected).abs().max() < TOLERANCE
+
+
+def test_diffusers_draws_the_same_latents_with_the_shipped_embedding():
+    path = EXAMPLES / "star-embedding.safetensors"
+    prompt = PROMPT.replace("star", "star-embedding")
+    plain, ours, expected = latents_both_ways(
+        prompt,
+        lambda reference: reference.load_textual_inversion(str(path), token="star-embedding"),
+        lambda pipe: setattr(pipe, "embeddings", load_embeddings(path)),
+    )
+    assert (plain - ours).abs().max() > 100 * TOLERANCE
+    assert (ours - expected).abs().max() < TOLERANCE
