@@ -111,7 +111,7 @@ def test_a1111_layout_with_embeddings_beside_the_models_folder(tmp_path):
 def test_nested_folders_and_relative_paths_with_or_without_suffix(tmp_path):
     root = tmp_path / "models"
     ink = touch(root / "loras" / "sd15" / "style" / "ink.safetensors")
-    library = ModelLibrary(root)
+    library = ModelLibrary(root, builtin=False)
     for name in ("ink", "style/ink", "sd15/style/ink", "sd15/style/ink.safetensors", "ink.safetensors"):
         assert library.resolve("loras", name) == ink, name
     assert library.resolve("loras", "sd15\\style\\ink") == ink  # names written on Windows
@@ -238,12 +238,12 @@ def test_symlinks_that_leave_the_folders_are_refused(tmp_path):
     secret = touch(tmp_path / "outside" / "secret.safetensors")
     symlink(root / "loras" / "evil.safetensors", secret)
     symlink(root / "loras" / "linked", tmp_path / "outside")
-    safe = ModelLibrary(root)
+    safe = ModelLibrary(root, builtin=False)
     for name in ("evil", "linked/secret"):
         with pytest.raises(InvalidArgumentError, match="leads outside"):
             safe.resolve("loras", name)
     assert safe.list("loras") == []
-    trusting = ModelLibrary(root, allow_paths=True)
+    trusting = ModelLibrary(root, allow_paths=True, builtin=False)
     assert trusting.resolve("loras", "evil") == root / "loras" / "evil.safetensors"
     assert {entry.name for entry in trusting.list("loras")} == {"evil", "linked/secret"}
 
@@ -254,7 +254,7 @@ def test_a_symlinked_kind_folder_and_symlinks_inside_it_are_allowed(tmp_path):
     symlink(shared / "alias.safetensors", ink)
     symlink(tmp_path / "models" / "loras", shared)
     symlink(shared / "loop", shared)  # a cycle is walked once
-    library = ModelLibrary(tmp_path / "models")
+    library = ModelLibrary(tmp_path / "models", builtin=False)
     assert library.resolve("loras", "ink") == tmp_path / "models" / "loras" / "ink.safetensors"
     assert library.resolve("loras", "alias") == tmp_path / "models" / "loras" / "alias.safetensors"
     assert {entry.name for entry in library.list("loras")} == {"ink", "alias"}

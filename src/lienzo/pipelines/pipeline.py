@@ -130,13 +130,17 @@ class Pipeline:
         return Embeddings({**({} if chosen is None else chosen.entries), **bundled.entries})
 
     def _folder_embeddings(self) -> Embeddings | None:
+        """The embeddings folders' and built-in embeddings that fit this model's towers; None when there is
+        no embeddings folder and no built-in one fits (then `embedding:name` stays plain prompt text)."""
         library = self.model_library()
         folders = [folder for folder in library.folders("embeddings") if folder.is_dir()]
-        folders += [path for _, path in library.builtin_models("embeddings")]
-        signature = tuple(files_signature(folder) for folder in folders)
+        builtins = [path for _, path in library.builtin_models("embeddings")]
+        signature = tuple(files_signature(folder) for folder in folders + builtins)
         if signature != self._library_embeddings[0]:
             widths = [encoder.config.hidden_size for encoder in self.text_encoders]
-            found = load_embeddings(folders).fitting(widths) if folders else None
+            found = load_embeddings(folders + builtins).fitting(widths) if folders + builtins else None
+            if not folders and found is not None and not found.entries:
+                found = None
             self._library_embeddings = (signature, found)
         return self._library_embeddings[1]
 
