@@ -1,6 +1,7 @@
 """Peak resident memory of txt2img: SD 1.5 at 512x512 and SDXL at 1024x1024, whole and tiled VAE.
 
 Usage: PYTHONPATH=src python bench/memory_peak.py [--cases sd1-512 sdxl-1024 sdxl-1024-tiled]
+                                                 [--no-weight-packing]
 Each case runs in its own process: random weights of the family's reference architecture made directly
 in bfloat16 (no float32 copy), one Pipeline, one txt2img call (prompt and negative, CFG 7, Euler, a few
 steps: the activations of a step do not accumulate, so the peak of one step is the peak of many),
@@ -26,6 +27,7 @@ import torch
 
 from lienzo.io.model_files import ModelFiles
 from lienzo.models.clip import CLIPTextModel
+from lienzo.models.packed_conv import set_weight_packing
 from lienzo.models.specs import SD1, SDXL, FamilySpec
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
@@ -56,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-weight-packing", action="store_true", help="no packed convolution weights (set_weight_packing)"
+    )
     return parser.parse_args()
 
 
@@ -127,9 +132,12 @@ def main() -> None:
     """Run each case in a subprocess and print a table."""
     args = parse_args()
     if args.child:
+        set_weight_packing(not args.no_weight_packing)
         run_child(args.child)
         return
-    print(f"torch {torch.__version__}, bf16, CPU, {torch.get_num_threads()} threads")
+    packing = "off" if args.no_weight_packing else "on"
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, bf16, CPU, {threads} threads, weight packing {packing}")
     print(
         "| case | size | steps | VAE tiling | resident after loading | peak during the call | "
         "ru_maxrss (whole life) | call time |"
@@ -137,7 +145,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.cases:
         completed = subprocess.run(
-            [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=False
+            [sys.executable, __file__, "--child", name, *(["--no-weight-packing"] * args.no_weight_packing)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if completed.returncode:
             last = completed.stderr.strip().splitlines()[-1:]

@@ -12,7 +12,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lienzo.adapters.patcher import module_view
-from lienzo.models.packed_conv import PACKED_WEIGHTS, PackedConv2d, bf16_kernels, packable
+from lienzo.cli import main
+from lienzo.models.packed_conv import (
+    PACKED_WEIGHTS,
+    PackedConv2d,
+    bf16_kernels,
+    packable,
+    set_weight_packing,
+    weight_packing,
+)
 
 LAYERS = {
     "3x3": dict(kernel_size=3, padding=1),
@@ -111,3 +119,25 @@ def test_weights_made_under_inference_mode_are_not_packed() -> None:
 
 def test_state_dict_keys_are_those_of_nn_conv2d() -> None:
     assert PackedConv2d(3, 5, 3).state_dict().keys() == nn.Conv2d(3, 5, 3).state_dict().keys()
+
+
+@needs_bf16_kernels
+def test_weight_packing_can_be_turned_off_for_memory_with_the_same_output(tmp_path) -> None:
+    torch.manual_seed(0)
+    conv = PackedConv2d(16, 24, kernel_size=3, padding=1).bfloat16()
+    x = channels_last(1, 16, 8, 8)
+    try:
+        with torch.inference_mode():
+            packed = conv(x)
+            assert PACKED_WEIGHTS.kept(conv.weight) is not None
+            set_weight_packing(False)
+            assert not weight_packing() and PACKED_WEIGHTS.kept(conv.weight) is None
+            assert not packable(conv, x) and torch.equal(conv(x), packed)
+            assert PACKED_WEIGHTS.kept(conv.weight) is None
+        assert main(["generate", "a red circle", "--steps", "1", "-q", "-o", str(tmp_path / "a.png")]) == 0
+        assert weight_packing()
+        off = ["--no-weight-packing", "-o", str(tmp_path / "b.png")]
+        assert main(["generate", "a red circle", "--steps", "1", "-q", *off]) == 0
+        assert not weight_packing()
+    finally:
+        set_weight_packing(True)

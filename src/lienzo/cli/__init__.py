@@ -49,6 +49,7 @@ from lienzo.cli.xray import (
     run_xray_command,
 )
 from lienzo.errors import LienzoError
+from lienzo.models.packed_conv import set_weight_packing
 
 DEBUG_VARIABLE = "LIENZO_DEBUG"
 INTERRUPTED = 130
@@ -235,6 +236,8 @@ def print_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `lienzo` command line; a failure prints one `error:` line and returns 1, Ctrl+C returns 130."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "no_weight_packing"):
+        set_weight_packing(not args.no_weight_packing)
     debug = debug_requested(args)
     if not debug:
         warnings.showwarning = print_warning

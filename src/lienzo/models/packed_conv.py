@@ -33,19 +33,35 @@ def packed_weight(
 
 PACKED_WEIGHTS = WeightCache(packed_weight)
 """Each packed weight with the convolution's settings and the input size it was packed for."""
+_packing = [True]
+
+
+def set_weight_packing(enabled: bool) -> None:
+    """Keep packed copies of the convolution weights (the default: faster bfloat16 CPU convolutions) or
+    not (no second copy of them in memory: about 1 GiB less for SD 1.5, 0.6 GiB for SDXL; the images are
+    the same bit for bit); turning it off drops the copies already made."""
+    _packing[0] = enabled
+    if not enabled:
+        PACKED_WEIGHTS.clear()
+
+
+def weight_packing() -> bool:
+    """Whether convolution weights are packed (set_weight_packing)."""
+    return _packing[0]
 
 
 def packable(conv: nn.Conv2d, x: Tensor) -> bool:
-    """True where `conv(x)` can take the packed path: a CPU inference call (no gradient through it) in
-    bfloat16 with zero padding, a channels_last input (lienzo's inference layout) and a weight that can be
-    kept. Float32 is left to PyTorch, which convolves small float32 inputs without oneDNN (im2col and a
-    matrix product): packing there would change the sums' order, and batch rows would stop matching
-    single runs of the same seed."""
+    """True where `conv(x)` can take the packed path: packing on (set_weight_packing), a CPU inference call
+    (no gradient through it) in bfloat16 with zero padding, a channels_last input (lienzo's inference
+    layout) and a weight that can be kept. Float32 is left to PyTorch, which convolves small float32
+    inputs without oneDNN (im2col and a matrix product): packing there would change the sums' order, and
+    batch rows would stop matching single runs of the same seed."""
     return (
         x.device.type == "cpu"
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and x.dtype == torch.bfloat16
+        and _packing[0]
         and bf16_kernels()
         and conv.weight.dtype == x.dtype
         and conv.padding_mode == "zeros"

@@ -47,6 +47,10 @@ class WeightCache:
         self.derive = derive
         self.entries: dict[int, Derived] = {}
 
+    def clear(self) -> None:
+        """Drop everything kept."""
+        self.entries.clear()
+
     def kept(self, weight: Tensor) -> Tensor | None:
         """What is kept for `weight` now, if anything."""
         entry = self.entries.get(id(weight))
