@@ -4,7 +4,10 @@ right after install, in the formats A1111 and kohya write; they change what shap
 
 from __future__ import annotations
 
+import warnings
+
 import diffusers
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -13,6 +16,7 @@ from lienzo.cli import main
 from lienzo.io.embedding_files import load_embeddings
 from lienzo.io.library import BUILTIN_ROOT, ModelLibrary
 from lienzo.pipelines.generation import generate_latents
+from lienzo.pipelines.loras import ModelMismatchWarning
 from lienzo.pipelines.options import resolve_options
 from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from lienzo.text.embeddings import Embeddings
@@ -128,3 +132,11 @@ def test_diffusers_draws_the_same_latents_with_the_shipped_embedding():
     )
     assert (plain - ours).abs().max() > 100 * TOLERANCE
     assert (ours - expected).abs().max() < TOLERANCE
+
+
+def test_the_star_lora_on_shapes_v1_says_it_was_made_for_shapes_v2():
+    with pytest.warns(ModelMismatchWarning, match="trained on the built-in shapes-v2, not on shapes-v1"):
+        lienzo.load().loras.add("star", 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelMismatchWarning)
+        lienzo.load(SHAPES_V2).loras.add("star", 1.0)

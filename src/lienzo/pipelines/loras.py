@@ -10,6 +10,7 @@ algorithm's formula lives.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from lienzo.io.adapter_files import parameter_shapes, read_adapter_file, resolve
 from lienzo.io.adapter_keys import UNET
 from lienzo.io.embedding_files import embedding_vectors
 from lienzo.io.formats import file_sha256
+from lienzo.io.library import BUILTIN_MODELS
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.network_tags import extract_lora_tags
 
@@ -32,8 +34,9 @@ SHORT_HASH_DIGITS = 12
 
 @dataclass(frozen=True)
 class LoadedLora:
-    """A LoRA file resolved onto one model family: its patches per network, its short hash and the
-    textual-inversion embeddings bundled in it (kohya's `bundle_emb.<name>.*`)."""
+    """A LoRA file resolved onto one model family: its patches per network, its short hash, the
+    textual-inversion embeddings bundled in it (kohya's `bundle_emb.<name>.*`) and the model it was trained
+    on (kohya's `ss_sd_model_name`, when the header has it)."""
 
     name: str
     path: Path
@@ -41,6 +44,24 @@ class LoadedLora:
     unet: tuple[WeightPatch, ...]
     texts: tuple[tuple[WeightPatch, ...], ...]
     embeddings: Embeddings = Embeddings()
+    trained_on: str | None = None
+
+
+class ModelMismatchWarning(UserWarning):
+    """A LoRA trained on one built-in model is applied to another built-in model."""
+
+
+def warn_if_made_for_another_builtin(loaded: LoadedLora, model_name: str | None) -> None:
+    """Warn when `loaded` was trained on one built-in model and is applied to another: the built-ins
+    share layer shapes, so the file applies, but their latents differ and it draws nothing it learned."""
+    builtins = {name for name, _ in BUILTIN_MODELS["checkpoints"]}
+    if loaded.trained_on in builtins and model_name in builtins and loaded.trained_on != model_name:
+        warnings.warn(
+            f"the LoRA {loaded.name} was trained on the built-in {loaded.trained_on}, not on {model_name}: "
+            f"it will not draw what it learned there; use --model {loaded.trained_on}",
+            ModelMismatchWarning,
+            stacklevel=4,
+        )
 
 
 def resolve_lora(pipe, path: Path) -> LoadedLora:
@@ -66,7 +87,8 @@ def resolve_lora(pipe, path: Path) -> LoadedLora:
         name: embedding_vectors(parts, f"{path.name}: {name}", short_hash=digest)
         for name, parts in resolution.embeddings.items()
     }
-    return LoadedLora(path.stem, path, digest, tuple(unet), tuple(texts), Embeddings(bundled))
+    trained_on = adapter.metadata.get("ss_sd_model_name")
+    return LoadedLora(path.stem, path, digest, tuple(unet), tuple(texts), Embeddings(bundled), trained_on)
 
 
 _LOADED: OrderedDict[tuple, LoadedLora] = OrderedDict()
@@ -120,6 +142,7 @@ class LoraSet:
     ) -> str:
         """`add` for a file already resolved (graph nodes resolve names in their own library first)."""
         loaded = load_lora(self.pipe, path)
+        warn_if_made_for_another_builtin(loaded, self.pipe.name)
         key = key or loaded.name
         text = strength if text_strength is None else text_strength
         self.applied[key] = (loaded, float(strength), float(text))
