@@ -17,10 +17,8 @@ from lienzo.io.embedding_files import load_embeddings
 from lienzo.io.library import BUILTIN_ROOT, ModelLibrary
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.loras import ModelMismatchWarning
-from lienzo.pipelines.options import resolve_options
-from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from lienzo.text.embeddings import Embeddings
-from test_generate_parity import TOLERANCE, euler_karras
+from test_generate_parity import SIZE, TOLERANCE, euler_karras, lienzo_setup, reference_latents
 
 SHAPES_V2 = BUILTIN_ROOT / "shapes-v2"
 EXAMPLES = BUILTIN_ROOT / "examples"
@@ -76,39 +74,12 @@ def latents_both_ways(prompt: str, prepare_reference, prepare_ours) -> tuple[tor
     reference.scheduler = euler_karras(reference)
     reference.set_progress_bar_config(disable=True)
     prepare_reference(reference)
-    pipe = lienzo.load(SHAPES_V2, device="cpu", dtype=torch.float32, cache=False)
-    options = resolve_options(
-        pipe.spec,
-        prompt=prompt,
-        width=32,
-        height=32,
-        steps=4,
-        cfg=6.0,
-        sampler="euler",
-        scheduler="karras",
-        seed=7,
-    )
+    pipe, options = lienzo_setup("sd1", SHAPES_V2, prompt=prompt, negative_prompt=None)
     pipe.embeddings = Embeddings()
     plain = generate_latents(pipe, options, progress=False)
     prepare_ours(pipe)
     ours = generate_latents(pipe, options, progress=False)
-    reference.scheduler.set_timesteps(4)
-    sigmas = schedule_sigmas(pipe.spec, options)
-    start = (
-        initial_noise(options, latent_shape(pipe.spec, 32, 32))
-        * sigmas[0]
-        / reference.scheduler.init_noise_sigma
-    )
-    with torch.no_grad():
-        expected = reference(
-            prompt,
-            height=32,
-            width=32,
-            num_inference_steps=4,
-            guidance_scale=6.0,
-            latents=start,
-            output_type="latent",
-        ).images
+    expected = reference_latents(reference, pipe, options, prompt, negative=None, size=SIZE)
     return plain, ours, expected
 
 

@@ -45,41 +45,37 @@ def reference_pipeline(family: str):
     return reference
 
 
-def lienzo_setup(family: str, **values):
-    pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
-    options = resolve_options(
-        pipe.spec,
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        width=SIZE,
-        height=SIZE,
-        steps=STEPS,
-        cfg=6.0,
-        sampler="euler",
-        scheduler="karras",
-        seed=SEED,
-        **values,
-    )
-    return pipe, options
+def lienzo_setup(family: str, folder=None, **values):
+    """The family's tiny model (or the model at `folder`, uncached) in float32 and the parity options,
+    `values` overriding them."""
+    if folder is None:
+        pipe = lienzo.load(tiny_pipeline_folder(family), device="cpu", dtype=torch.float32)
+    else:
+        pipe = lienzo.load(folder, device="cpu", dtype=torch.float32, cache=False)
+    settings = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": SIZE, "height": SIZE, "steps": STEPS}
+    settings |= {"cfg": 6.0, "sampler": "euler", "scheduler": "karras", "seed": SEED}
+    return pipe, resolve_options(pipe.spec, **(settings | values))
 
 
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def reference_latents(reference, pipe, options) -> torch.Tensor:
+def reference_latents(
+    reference, pipe, options, prompt: str = PROMPT, negative: str | None = NEGATIVE, size: int = SIZE
+) -> torch.Tensor:
     """diffusers' txt2img latents from lienzo's seeded start, Euler over the same Karras sigmas."""
     reference.scheduler.set_timesteps(STEPS)
-    noise = initial_noise(options, latent_shape(pipe.spec, SIZE, SIZE))
+    noise = initial_noise(options, latent_shape(pipe.spec, size, size))
     sigmas = schedule_sigmas(pipe.spec, options)
     assert torch.allclose(reference.scheduler.sigmas.float(), sigmas, rtol=1e-4)
     start = noise * sigmas[0] / reference.scheduler.init_noise_sigma
     with torch.no_grad():
         return reference(
-            PROMPT,
-            negative_prompt=NEGATIVE,
-            height=SIZE,
-            width=SIZE,
+            prompt,
+            negative_prompt=negative,
+            height=size,
+            width=size,
             num_inference_steps=STEPS,
             guidance_scale=6.0,
             latents=start,

@@ -14,13 +14,12 @@ from lienzo.io.embedding_files import load_embeddings, read_embedding_file
 from lienzo.io.library import TRAINING_STATE, ModelLibrary
 from lienzo.pipelines.generation import generate_latents
 from lienzo.pipelines.options import resolve_options
-from lienzo.pipelines.steps import initial_noise, latent_shape, schedule_sigmas
 from lienzo.recipes.fine_tuning import load_for_training, write_concept_folder
 from lienzo.training.captioned_dataset import DataConfig
 from lienzo.training.checkpoint import CHECKPOINT_NAME
 from lienzo.training.method_run import RunOptions
 from lienzo.training.textual_inversion import EmbeddingConfig, train_textual_inversion, write_a1111_embedding
-from test_generate_parity import STEPS, TOLERANCE, reference_pipeline
+from test_generate_parity import STEPS, TOLERANCE, reference_latents, reference_pipeline
 from tiny_models import tiny_pipeline_folder
 
 PROMPT = "a photo of sks on a blue background"
@@ -103,22 +102,6 @@ def test_diffusers_draws_the_same_latents_with_the_embedding(tmp_path):
     ours = generate_latents(pipe, options, progress=False)
     reference = reference_pipeline("sd1")
     reference.load_textual_inversion(str(path), token="sks")
-    reference.scheduler.set_timesteps(STEPS)
-    sigmas = schedule_sigmas(pipe.spec, options)
-    start = (
-        initial_noise(options, latent_shape(pipe.spec, 32, 32))
-        * sigmas[0]
-        / reference.scheduler.init_noise_sigma
-    )
-    with torch.no_grad():
-        expected = reference(
-            PROMPT,
-            height=32,
-            width=32,
-            num_inference_steps=STEPS,
-            guidance_scale=6.0,
-            latents=start,
-            output_type="latent",
-        ).images
+    expected = reference_latents(reference, pipe, options, PROMPT, negative=None, size=32)
     assert (plain - ours).abs().max() > 100 * TOLERANCE
     assert (ours - expected).abs().max() < TOLERANCE
