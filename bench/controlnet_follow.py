@@ -2,6 +2,7 @@
 
 Usage: PYTHONPATH=src python bench/controlnet_follow.py [--controlnet shapes-v1-canny] [--scenes 100]
        [--steps N] [--state RUN/training_state.pt] [--baseline] [--example docs/images/x.png]
+       [--model shapes-v2]
 
 Renders `--scenes` one-object base-world scenes placed at random (a seed the training data never uses),
 makes each one's canny map, and draws a prompt that names only the colour, the shape and the background
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from lienzo.io.library import library_from_config
 from lienzo.pipelines.controlnets import LoadedControlNet
 from lienzo.pipelines.output import write_png_atomically
 from lienzo.pipelines.pipeline import load
@@ -40,13 +42,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--controlnet", default="shapes-v1-canny", help="ControlNet name or folder")
+    parser.add_argument("--model", help="the base model, a name or path (default: the built-in model)")
     parser.add_argument("--state", type=Path, help="a training run's training_state.pt instead")
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's, 20)")
     parser.add_argument("--baseline", action="store_true", help="also score without the ControlNet")
     parser.add_argument("--example", type=Path, help="write the first 6 canny maps and images here")
     args = parser.parse_args()
-    pipe = load()
+    library = library_from_config(allow_paths=True)
+    pipe = load(library.resolve("checkpoints", args.model) if args.model else None)
     controlnet = (
         controlnet_of_state(pipe, args.state) if args.state else pipe.load_controlnet(args.controlnet)
     )
