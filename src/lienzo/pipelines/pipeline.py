@@ -134,11 +134,11 @@ class Pipeline:
         no embeddings folder and no built-in one fits (then `embedding:name` stays plain prompt text)."""
         library = self.model_library()
         folders = [folder for folder in library.folders("embeddings") if folder.is_dir()]
-        builtins = [path for _, path in library.builtin_models("embeddings")]
-        signature = tuple(files_signature(folder) for folder in folders + builtins)
+        sources = folders + [path for _, path in library.builtin_models("embeddings")]
+        signature = tuple(files_signature(source) for source in sources)
         if signature != self._library_embeddings[0]:
             widths = [encoder.config.hidden_size for encoder in self.text_encoders]
-            found = load_embeddings(folders + builtins).fitting(widths) if folders + builtins else None
+            found = load_embeddings(sources).fitting(widths) if sources else None
             if not folders and found is not None and not found.entries:
                 found = None
             self._library_embeddings = (signature, found)
