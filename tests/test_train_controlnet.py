@@ -12,6 +12,7 @@ from PIL import Image
 import lienzo
 from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError
+from lienzo.models.conditioning import Conditioning
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet
 from lienzo.pipelines.preprocessors import canny, preprocess
@@ -159,3 +160,42 @@ def test_the_recipe_data_and_the_follow_measurement(tmp_path):
         assert any(phrase in item.expected for phrase in POSITION_PHRASES.values())
         assert item.matched == score(item.expected, item.image).matched
     assert rate == sum(item.matched for item in items) / 2
+
+
+def test_hint_from_starts_the_hint_block_from_another_controlnet_and_still_adds_nothing():
+    pipe = lienzo.load(device="cpu", dtype=torch.float32)
+    source = pipe.load_controlnet("shapes-v1-canny").model.float()
+    controlnet = new_controlnet(pipe.unet, pipe.spec.vae.downscale_factor, hint_from=source)
+    theirs = source.input_hint_block.state_dict()
+    for key, value in controlnet.input_hint_block.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    assert theirs[f"{len(source.input_hint_block) - 1}.weight"].abs().sum() > 0
+    assert all(param.abs().sum() == 0 for param in controlnet.zero_convs.parameters())
+    x = torch.randn(1, 4, 16, 16)
+    edges = torch.rand(1, 3, 128, 128)
+    cond = Conditioning(torch.randn(1, 77, 128))
+    residuals = controlnet(x, edges, torch.tensor([500]), cond)
+    assert all(skip.abs().sum() == 0 for skip in residuals.skips) and residuals.middle.abs().sum() == 0
+    tiny = lienzo.load(tiny_pipeline_folder("sd1"), device="cpu", dtype=torch.float32)
+    with pytest.raises(InvalidArgumentError, match="does not fit this model's ControlNet"):
+        new_controlnet(tiny.unet, tiny.spec.vae.downscale_factor, hint_from=source)
+
+
+def test_the_command_takes_hint_from_by_name_and_refuses_one_that_does_not_fit(scenes, tmp_path, capsys):
+    out = tmp_path / "edges"
+    common = ["train", "controlnet", "--data", str(scenes), "--control", "canny", "--out", str(out)]
+    common += ["--resolution", "128", "--batch-size", "2", "--steps", "1", "--learning-rate", "0", "--quiet"]
+    assert main([*common, "--hint-from", "shapes-v1-canny"]) == 0
+    pipe = lienzo.load(device="cpu", dtype=torch.float32)
+    trained = load_controlnet(out, pipe).model.input_hint_block.state_dict()
+    source = pipe.load_controlnet("shapes-v1-canny").model.input_hint_block.state_dict()
+    for key, value in source.items():
+        assert torch.equal(trained[key], value), key
+    other = tmp_path / "other"
+    tiny = ["--model", str(tiny_pipeline_folder("sd1")), "--hint-from", "shapes-v1-canny"]
+    assert main([*common[:7], str(other), *common[8:], *tiny]) == 1
+    assert "does not fit this model's ControlNet" in capsys.readouterr().err
+    assert not other.exists()
+    assert ControlNetShapesRecipe(model="shapes-v2", hint_from="shapes-v1-canny").command(tmp_path, out)[
+        -4:
+    ] == ["--model", "shapes-v2", "--hint-from", "shapes-v1-canny"]

@@ -16,8 +16,9 @@ from lienzo.cli.train_arguments import (
     run_method,
 )
 from lienzo.errors import InvalidArgumentError
+from lienzo.models.controlnet import ControlNet
 from lienzo.pipelines.control_units import ControlUnit
-from lienzo.pipelines.controlnets import LoadedControlNet
+from lienzo.pipelines.controlnets import LoadedControlNet, load_controlnet
 from lienzo.pipelines.output import write_png_atomically
 from lienzo.pipelines.preprocessors import preprocess
 from lienzo.recipes.fine_tuning import image_grid
@@ -31,6 +32,8 @@ CONTROLNET_EPILOG = f"""examples:
   lienzo train controlnet --data photos/ --control canny --out models/controlnet/my-canny
   lienzo train controlnet --data pairs/ --out my-controlnet      # NAME{CONTROL_SUFFIX} beside each NAME.png
   lienzo train controlnet --data photos/ --control canny --out my-canny --resume   # continue a stopped run
+  lienzo train controlnet --data scenes/ --control canny --out v2-canny --model shapes-v2 \
+      --hint-from shapes-v1-canny                # start the edge encoder from another model's ControlNet
 
 The run's state, loss.csv, loss.png, samples/ and the control-image cache go to OUT-training/ beside the
 folder. Use it with --controlnet OUT --control-image EDGES.png.
@@ -49,6 +52,12 @@ def add_controlnet_arguments(parser: argparse.ArgumentParser) -> None:
     control.add_argument("--canny-low", type=float, default=100.0, help="canny low threshold (100)")
     control.add_argument("--canny-high", type=float, default=200.0, help="canny high threshold (200)")
     control.add_argument("--scribble-threshold", type=float, default=32.0, help="scribble threshold (32)")
+    control.add_argument(
+        "--hint-from",
+        metavar="CONTROLNET",
+        help="start the control-image encoder (hint block) from this ControlNet's, a name or folder made "
+        "for the same kind of control image (it may be for another base model of the same VAE factor)",
+    )
     control.add_argument("--fp16", action="store_true", help="save the weights in float16")
     add_training_arguments(parser, CONTROLNET_DEFAULTS)
 
@@ -94,6 +103,16 @@ def controlnet_sampler(pipe, options: RunOptions):
     return sampler
 
 
+def hint_source(pipe, name: str | None) -> ControlNet | None:
+    """The ControlNet `--hint-from` names, for its hint block; None without one."""
+    if name is None:
+        return None
+    found = load_controlnet(name, library=pipe.model_library(), device=pipe.device, dtype=torch.float32)
+    if not isinstance(found.model, ControlNet):
+        raise InvalidArgumentError(f"--hint-from {name} is a T2I-Adapter; give a ControlNet")
+    return found.model
+
+
 def run_train_controlnet(args: argparse.Namespace) -> int:
     """Train, write the folder, say where it went and how long it took."""
     if args.out.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
@@ -112,6 +131,7 @@ def run_train_controlnet(args: argparse.Namespace) -> int:
             fp16=args.fp16,
             sampler=controlnet_sampler(pipe, options),
             device=pipe.device,
+            hint_from=hint_source(pipe, args.hint_from),
         )
 
     return run_method(args, "ControlNet", "ControlNet", train)

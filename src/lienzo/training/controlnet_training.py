@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lienzo.errors import InvalidArgumentError
 from lienzo.io.checkpoints import staged_output
 from lienzo.io.diffusers_folder import DIFFUSERS_VERSION, DIFFUSERS_WEIGHTS
 from lienzo.io.formats import write_safetensors
@@ -48,9 +49,11 @@ def controlnet_run_folder(out: Path) -> Path:
     return out.with_name(out.name + RUN_SUFFIX)
 
 
-def new_controlnet(unet: nn.Module, vae_factor: int) -> ControlNet:
+def new_controlnet(unet: nn.Module, vae_factor: int, hint_from: ControlNet | None = None) -> ControlNet:
     """A ControlNet for `unet`: its encoder's weights copied, the hint block randomly initialised but for
-    its last convolution, which is zero like every zero convolution, so it adds nothing until trained."""
+    its last convolution, which is zero like every zero convolution, so it adds nothing until trained.
+    With `hint_from` the hint block (the control-image encoder) starts as that ControlNet's instead; the
+    zero convolutions stay zero, so the new network still adds nothing until trained."""
     controlnet = ControlNet(controlnet_config_for(unet.config, vae_factor))
     own = controlnet.state_dict()
     encoder = {key: value for key, value in unet.state_dict().items() if key in own}
@@ -62,8 +65,26 @@ def new_controlnet(unet: nn.Module, vae_factor: int) -> ControlNet:
     for module in zeroed:
         for param in module.parameters():
             nn.init.zeros_(param)
+    if hint_from is not None:
+        copy_hint_block(hint_from, controlnet)
     param = next(unet.parameters())
     return controlnet.to(device=param.device, dtype=param.dtype).train()
+
+
+def copy_hint_block(source: ControlNet, target: ControlNet) -> None:
+    """`source`'s hint block weights into `target`'s: both must read the same control images (channels) to
+    the same widths and end at the same model channels, whatever the UNets they steer."""
+    theirs, ours = source.controlnet_config, target.controlnet_config
+    shapes = (theirs.hint_channels, theirs.hint_block_channels, theirs.unet.model_channels)
+    wanted = (ours.hint_channels, ours.hint_block_channels, ours.unet.model_channels)
+    if shapes != wanted:
+        raise InvalidArgumentError(
+            "the hint block to start from does not fit this model's ControlNet: it reads "
+            f"{shapes[0]} channels through widths {list(shapes[1])} to {shapes[2]} model channels, this "
+            f"one needs {wanted[0]} through {list(wanted[1])} to {wanted[2]}"
+        )
+    weights = source.input_hint_block.state_dict()
+    target.input_hint_block.load_state_dict({key: value.float() for key, value in weights.items()})
 
 
 class ControlledUNet(nn.Module):
@@ -128,6 +149,7 @@ def train_controlnet(
     fp16: bool = False,
     sampler: Callable[[ControlNet, Path], SampleFn] | None = None,
     device: torch.device | str | None = None,
+    hint_from: ControlNet | None = None,
 ) -> Path:
     """Train a ControlNet for `model` (a loaded model, float32, frozen) on `options.data` and write it to
     the folder `out` (fp16 weights with `fp16`); state, loss log and samples go to
@@ -136,7 +158,9 @@ def train_controlnet(
     Control images are the `name.control.png` files beside the images, else (with `control`) the
     preprocessor's maps, made by `preprocess` (lienzo.pipelines.preprocessors.preprocess) and cached in
     the run folder. `sampler(controlnet, control_image)` makes the loop's sample_fn (drawing with the
-    network as trained so far over the first image's control image)."""
+    network as trained so far over the first image's control image). `hint_from` (a ControlNet for the
+    same kind of control image, possibly of another base model) gives the hint block its start
+    (new_controlnet)."""
     out = Path(out)
     check_trainable_family(model.spec, "ControlNet")
     check_control_kind(control)
@@ -147,7 +171,7 @@ def train_controlnet(
         cache_latents(dataset, model.vae, folder / CACHE_FOLDER)
     objective = diffusion_objective(options, model, dataset, objective_class=ControlNetObjective)
     torch.manual_seed(options.seed)
-    controlnet = new_controlnet(model.unet, model.spec.vae.downscale_factor)
+    controlnet = new_controlnet(model.unet, model.spec.vae.downscale_factor, hint_from)
     objective.use_controlnet(controlnet, control or "given")
     train(
         train_config(options),
