@@ -26,7 +26,7 @@ import aiohttp
 
 import lienzo
 from lienzo.graph import Executor, GraphEnvironment
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 from lienzo.server import ServerConfig, start_server
 
 PROMPT = "a large red circle on the left on a blue background"
@@ -55,7 +55,7 @@ def comfy_workflow(seed: int, steps: int, size: int) -> dict:
                 "latent_image": ["5", 0],
             },
         },
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},

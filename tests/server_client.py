@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 from lienzo.server import ServerConfig, start_server
 
 PROMPT = "a large red circle on the left on a blue background"
@@ -106,7 +106,7 @@ def api_workflow(prompt: str = PROMPT, *, seed: int = 1, steps: int = STEPS, siz
                 "latent_image": ["5", 0],
             },
         },
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},

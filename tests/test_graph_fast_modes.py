@@ -17,7 +17,7 @@ from lienzo.diffusion.regions import RegionalConditioning, regional_denoiser
 from lienzo.errors import InvalidArgumentError
 from lienzo.graph import ExecutionHooks, Executor, GraphEnvironment, NodeExecutionError, PromptError
 from lienzo.graph.values import model_view, with_fast_modes
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 from lienzo.pipelines.metadata import parse_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +33,7 @@ def workflow(*patches: tuple[str, dict], prefix: str = "fast") -> dict:
         "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": STEPS, "cfg": 5.0,
               "sampler_name": "euler", "scheduler": "karras", "denoise": 1.0, "model": ["4", 0],
               "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
@@ -92,9 +92,9 @@ def test_tome_patch_model_matches_the_python_api_and_ratio_zero_is_the_plain_ima
     plain = pixels(run())
     merged = run(("TomePatchModel", {"ratio": 0.5}))
     assert np.abs(pixels(merged) - pixels(python_api(tome=0.5))).max() <= 1
-    # Merging barely moves the plain background (its tokens are alike) but redraws parts of the edges:
-    # about 11 % of the values change in float32, some by 60 or more, so look at the largest change.
-    assert np.abs(pixels(merged) - plain).max() > 16
+    # Merging barely moves the plain background (its tokens are alike) but redraws parts of the edges
+    # (by up to 7 levels on shapes-v2, over 16 on shapes-v1), so look at the largest change.
+    assert np.abs(pixels(merged) - plain).max() > 4
     assert np.array_equal(pixels(run(("TomePatchModel", {"ratio": 0.0}))), plain)
     assert "Token merging ratio: 0.5" in merged.info["parameters"]
     assert parse_parameters(merged.info["parameters"])["fast"] == lienzo.FastModes(tome=0.5).to_record()

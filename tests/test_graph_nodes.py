@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 
 import lienzo
 from lienzo.graph import ExecutionHooks, ExecutionInterrupted, Executor, GraphEnvironment, load_workflow
+from lienzo.graph.errors import NodeExecutionError
 from lienzo.io import read_model, write_safetensors
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 from lienzo.models.controlnet import ControlNet, controlnet_config_for
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.pipeline import BUILTIN_MODEL
@@ -27,7 +28,7 @@ from lienzo.worlds.shapes import Scene, SceneObject, render
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT = "a red circle on a white background"
-SETTINGS = {"seed": 5, "steps": 5, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
+SETTINGS = {"seed": 5, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
 
 
 def txt2img(prompt: str = PROMPT, size: int = 128, **sampler) -> dict:
@@ -35,7 +36,7 @@ def txt2img(prompt: str = PROMPT, size: int = 128, **sampler) -> dict:
     return {
         "3": {"class_type": "KSampler", "inputs": {**SETTINGS, "denoise": 1.0, **sampler, "model": ["4", 0],
               "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
@@ -52,9 +53,9 @@ def ui_node(node_id: int, kind: str, widgets: list, links: dict[str, int] | None
 
 UI_TXT2IMG = {
     "nodes": [
-        ui_node(3, "KSampler", [5, "randomize", 5, 5.0, "euler", "karras", 1.0],
+        ui_node(3, "KSampler", [5, "randomize", 8, 5.0, "euler", "karras", 1.0],
                 {"model": 1, "positive": 4, "negative": 6, "latent_image": 2}),
-        ui_node(4, "CheckpointLoaderSimple", ["shapes-v1"]),
+        ui_node(4, "CheckpointLoaderSimple", [BUILTIN_NAME]),
         ui_node(5, "EmptyLatentImage", [128, 128, 1]),
         ui_node(6, "CLIPTextEncode", [PROMPT], {"clip": 3}),
         ui_node(7, "CLIPTextEncode", [""], {"clip": 5}),
@@ -138,16 +139,16 @@ def test_txt2img_matches_the_python_api_and_saves_comfyui_and_a1111_metadata(env
     assert ui["9"]["images"][0]["filename"] == "ComfyUI_00001_.png"
     path = environment.output_dir / "ComfyUI_00001_.png"
     assert os.stat(path).st_mode & 0o777 == 0o644
-    reference = lienzo.load().generate(PROMPT, width=128, height=128, steps=5, cfg=5.0, sampler="euler",
-                                       scheduler="karras", seed=5, progress=False)[0]  # fmt: skip
+    settings = {"steps": SETTINGS["steps"], "cfg": 5.0, "sampler": "euler", "scheduler": "karras", "seed": 5}
+    reference = lienzo.load().generate(PROMPT, width=128, height=128, progress=False, **settings)[0]
     assert np.abs(pixels(image) - pixels(reference)).max() <= 1
     assert json.loads(image.info["prompt"]) == txt2img()
     assert load_workflow(path) == txt2img()
     assert json.loads(image.info["workflow"]) == UI_TXT2IMG
-    assert image.info["parameters"].startswith(PROMPT + "\nSteps: 5, Sampler: Euler, Schedule type: Karras")
-    assert "Seed: 5, Size: 128x128, Model: shapes-v1" in image.info["parameters"]
-    assert [value for _, value, _ in hooks.progress_values] == [1, 2, 3, 4, 5]
-    assert len(hooks.previews) == 5 and hooks.previews[0].size == (16, 16)
+    assert image.info["parameters"].startswith(PROMPT + "\nSteps: 8, Sampler: Euler, Schedule type: Karras")
+    assert f"Seed: 5, Size: 128x128, Model: {BUILTIN_NAME}" in image.info["parameters"]
+    assert [value for _, value, _ in hooks.progress_values] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert len(hooks.previews) == 8 and hooks.previews[0].size == (16, 16)
 
 
 def test_the_ui_format_gives_the_same_prompt_so_every_node_is_cached(environment, executor, tmp_path):
@@ -225,16 +226,17 @@ def test_a_lora_workflow_matches_the_python_api_with_the_same_lora(environment, 
     pipe = lienzo.load()
     pipe.library = environment.library
     pipe.loras.add("wobble", 1.0)
-    reference = pipe.generate(PROMPT, width=128, height=128, steps=5, cfg=5.0, sampler="euler",
-                              scheduler="karras", seed=5, progress=False)[0]  # fmt: skip
+    reference = pipe.generate(PROMPT, width=128, height=128, steps=SETTINGS["steps"], cfg=5.0,
+                              sampler="euler", scheduler="karras", seed=5, progress=False)[0]  # fmt: skip
     assert np.abs(image - pixels(reference)).max() <= 1
     assert np.abs(image - plain).mean() > 1
 
 
 def test_ksampler_advanced_split_in_two_equals_one_ksampler(executor):
     prompt = txt2img(size=64)
-    advanced = {"model": ["4", 0], "noise_seed": 5, "steps": 5, "cfg": 5.0, "sampler_name": "euler",
-                "scheduler": "karras", "positive": ["6", 0], "negative": ["7", 0]}  # fmt: skip
+    advanced = {"model": ["4", 0], "noise_seed": 5, "steps": SETTINGS["steps"], "cfg": 5.0,
+                "sampler_name": "euler", "scheduler": "karras", "positive": ["6", 0],
+                "negative": ["7", 0]}  # fmt: skip
     prompt["20"] = {"class_type": "KSamplerAdvanced", "inputs": {**advanced, "add_noise": "enable",
                     "latent_image": ["5", 0], "start_at_step": 0, "end_at_step": 2,
                     "return_with_leftover_noise": "enable"}}  # fmt: skip
@@ -386,11 +388,22 @@ def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, execu
     assert np.abs(images[0] - images[2]).max() <= 1
 
 
+def test_an_empty_latent_takes_the_models_channels_and_another_models_latent_is_refused(executor):
+    assert read_model(BUILTIN_MODEL).spec.vae.embed_dim == 16  # EmptyLatentImage makes 4 channels
+    prompt = txt2img()
+    prompt["40"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}}
+    prompt["41"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["40", 2]}}
+    prompt["42"] = {"class_type": "VAEDecode", "inputs": {"samples": ["41", 0], "vae": ["4", 2]}}
+    prompt["43"] = {"class_type": "PreviewImage", "inputs": {"images": ["42", 0]}}
+    with pytest.raises(NodeExecutionError, match="latent has 4 channels but the model's latents have 16"):
+        executor.execute(prompt, prompt_id="widths")
+
+
 def test_the_attention_map_node_masks_where_the_word_attended(environment, executor):
     text = "a large red circle on the left on a white background"
     settings = {"seed": 3, "steps": 5, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
     prompt = {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "20": {"class_type": "LienzoAttentionMap", "inputs": {"model": ["4", 0], "text": text, "negative": "",
                "word": "circle", "width": 128, "height": 128, **settings}},
         "21": {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}},

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lienzo.graph import ExecutionHooks, Executor, GraphEnvironment, NodeExecutionError
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 
 PROMPT = "a red square on a white background"
 
@@ -17,7 +17,7 @@ PROMPT = "a red square on a white background"
 def grid_prompt(x_axis: str, y_axis: str) -> dict:
     settings = {"seed": 1, "steps": 1, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"}
     return {
-        "model": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "model": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "grid": {
             "class_type": "LienzoGrid",
             "inputs": {"model": ["model", 0], "text": PROMPT, "negative": "", "x_axis": x_axis,

@@ -11,6 +11,7 @@ import torch
 
 import lienzo
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.library import BUILTIN_NAME
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.unet import UNetModel
 from lienzo.models.vae import AutoencoderKL
@@ -142,13 +143,13 @@ def test_miniature_recipe_makes_a_loadable_model(miniature_run):
 def test_resuming_a_finished_run_changes_nothing(miniature_run):
     weights = miniature_run / "model" / "unet" / "diffusion_pytorch_model.safetensors"
     before = weights.read_bytes()
-    run_recipe(miniature_run, ShapesRecipe.miniature(), resume=True, progress=False)
+    run_recipe(miniature_run, RECIPES[BUILTIN_NAME].in_miniature(), resume=True, progress=False)
     assert weights.read_bytes() == before
 
 
 def test_a_used_folder_needs_resume(miniature_run):
     with pytest.raises(InvalidArgumentError, match="--resume"):
-        run_recipe(miniature_run, ShapesRecipe.miniature(), progress=False)
+        run_recipe(miniature_run, RECIPES[BUILTIN_NAME].in_miniature(), progress=False)
     assert_one_error_line(
         run_cli("train", "recipe", "shapes", "--out", miniature_run, "--miniature"), "--resume"
     )

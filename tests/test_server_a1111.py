@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from lienzo.io.library import BUILTIN_NAME
 from lienzo.worlds.scorer import score
 from server_client import PROMPT, SIZE, STEPS, b64_png, call, serve
 
@@ -45,7 +46,7 @@ def test_txt2img_answers_like_a1111_with_an_image_that_follows_the_prompt(server
     answer, (image,) = generate(server, "txt2img", body)
     assert isinstance(answer["info"], str)
     info = json.loads(answer["info"])
-    assert info["all_seeds"] == [1] and info["sd_model_name"] == "shapes-v1"
+    assert info["all_seeds"] == [1] and info["sd_model_name"] == BUILTIN_NAME
     assert answer["parameters"]["prompt"] == PROMPT
     assert image.size == (SIZE, SIZE)
     assert image.info["parameters"] == info["infotexts"][0]
@@ -114,11 +115,11 @@ def test_unsupported_inpainting_fill_and_bad_fields_are_refused(server):
 def test_options_switch_the_checkpoint_only_to_one_the_library_has(server):
     status, answer = call(f"{server.url}/sdapi/v1/options", {"sd_model_checkpoint": "missing-model"})
     assert status == 404 and "missing-model" in answer["detail"]
-    assert call(f"{server.url}/sdapi/v1/options", {"sd_model_checkpoint": "shapes-v1 [abc]"})[0] == 200
-    assert call(f"{server.url}/sdapi/v1/options")[1]["sd_model_checkpoint"] == "shapes-v1"
+    assert call(f"{server.url}/sdapi/v1/options", {"sd_model_checkpoint": f"{BUILTIN_NAME} [abc]"})[0] == 200
+    assert call(f"{server.url}/sdapi/v1/options")[1]["sd_model_checkpoint"] == BUILTIN_NAME
     models = call(f"{server.url}/sdapi/v1/sd-models")[1]
     names = [model["model_name"] for model in models]
-    assert names[0] == "shapes-v1" and set(names) <= {"shapes-v1", "shapes-v2"}
+    assert names[0] == BUILTIN_NAME and set(names) == {"shapes-v1", "shapes-v2"}
     samplers = {item["name"] for item in call(f"{server.url}/sdapi/v1/samplers")[1]}
     assert {"Euler a", "DPM++ 2M"} <= samplers
 

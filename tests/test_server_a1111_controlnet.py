@@ -106,7 +106,7 @@ def test_the_extension_routes_list_models_and_modules(server):
     status, answer = call(f"{server.url}/controlnet/version")
     assert status == 200 and answer == {"version": 2}
     status, answer = call(f"{server.url}/controlnet/model_list")
-    assert status == 200 and {"probe", "shapes-v1-canny"} <= set(answer["model_list"])
+    assert status == 200 and {"probe", "shapes-v2-canny", "shapes-v1-canny"} <= set(answer["model_list"])
     status, answer = call(f"{server.url}/controlnet/module_list")
     assert status == 200 and {"none", "canny", "scribble_xdog", "depth"} <= set(answer["module_list"])
     assert [slider["value"] for slider in answer["module_detail"]["canny"]["sliders"]] == [100, 200]

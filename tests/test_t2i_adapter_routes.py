@@ -16,7 +16,7 @@ from PIL import Image
 import lienzo
 from lienzo.cli import main
 from lienzo.graph import Executor, GraphEnvironment
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 from lienzo.models.t2i_adapter import T2IAdapter
 from lienzo.pipelines.metadata import read_parameters
 from server_client import call, serve
@@ -94,7 +94,7 @@ def test_graph_loader_and_library_names_take_an_adapter(builtin_files):
     prompt = {
         "3": {"class_type": "KSampler", "inputs": {**settings, "model": ["4", 0], "positive": ["42", 0],
               "negative": ["42", 1], "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},

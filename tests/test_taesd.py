@@ -62,7 +62,12 @@ def test_cli_filmstrip_with_the_tiny_decoder(decoder, tmp_path, monkeypatch, cap
     write_safetensors(tmp_path / "taesd_decoder.safetensors", decoder.state_dict())
     monkeypatch.chdir(tmp_path)
     common = ["generate", "a red circle on a blue background", "--steps", "4", "--seed", "1", "-q"]
-    assert main([*common, "--preview-every", "2", "--preview-decoder", "taesd_decoder.safetensors"]) == 0
+    tiny = ["--preview-every", "2", "--preview-decoder", "taesd_decoder.safetensors"]
+    assert main([*common, *tiny, "-o", "wide.png"]) == 1  # the default shapes-v2 has 16-channel latents
+    assert "reads 4-channel latents but this model's have 16" in capsys.readouterr().err
+    assert not Path("wide.png").exists()
+    common += ["--model", "shapes-v1"]
+    assert main([*common, *tiny]) == 0
     image, strip = (Path(line) for line in capsys.readouterr().out.split())
     assert strip.name.endswith("-preview.png") and Image.open(strip).width >= 2 * Image.open(image).width
     assert main([*common, "--preview-decoder", "taesd_decoder.safetensors", "-o", "no.png"]) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lienzo.graph import ExecutionHooks, ExecutionInterrupted, Executor, GraphEnvironment
-from lienzo.io.library import ModelLibrary
+from lienzo.io.library import BUILTIN_NAME, ModelLibrary
 
 PROMPT = "a red square on a white background"
 
@@ -17,7 +17,7 @@ PROMPT = "a red square on a white background"
 def xray_prompt() -> dict:
     settings = {"seed": 1, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"}
     return {
-        "model": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}},
+        "model": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_NAME}},
         "xray": {
             "class_type": "LienzoXRay",
             "inputs": {"model": ["model", 0], "text": PROMPT, "negative": "", **settings, "width": 64,

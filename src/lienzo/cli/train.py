@@ -7,7 +7,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from lienzo.cli.train_controlnet import CONTROLNET_EPILOG, add_controlnet_arguments, run_train_controlnet
@@ -21,11 +21,12 @@ from lienzo.cli.train_hypernetwork import (
 from lienzo.cli.train_lora import LORA_EPILOG, add_lora_arguments, run_train_lora
 from lienzo.cli.train_textual_inversion import EMBEDDING_EPILOG, add_embedding_arguments, run_train_embedding
 from lienzo.errors import InvalidArgumentError
+from lienzo.io.library import BUILTIN_NAME
 from lienzo.pipelines.output import check_writable_folder
-from lienzo.recipes import RECIPES, ShapesRecipe, run_recipe
+from lienzo.recipes import RECIPES, run_recipe
 
 TRAIN_EPILOG = """methods:
-  recipe shapes        the built-in model from nothing (recipe shapes-v2: the 16-channel model)
+  recipe shapes        the built-in model (shapes-v2) from nothing; recipe shapes-v1: its predecessor
   lora                 a LoRA / LyCORIS network (kohya layout)
   textual-inversion    new token vectors (A1111 embedding)
   dreambooth           the whole UNet on a concept, with prior preservation (a model)
@@ -37,11 +38,11 @@ Run `lienzo train METHOD --help` for a method's options.
 """
 
 RECIPE_EPILOG = """examples:
-  lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores
+  lienzo train recipe shapes --out runs/shapes            # the built-in model, ~2 h on 2 CPU cores
   lienzo train recipe shapes --out runs/shapes --resume   # continue a stopped run where it left off
   lienzo train recipe shapes --out /tmp/mini --miniature  # every stage at toy sizes, in seconds
   lienzo train recipe shapes --out runs/codec --generalise-decoder 300  # + decoder on generic shapes
-  lienzo train recipe shapes-v2 --out runs/v2             # 16 latent channels, a VAE that draws stars
+  lienzo train recipe shapes-v1 --out runs/v1             # the 4-channel predecessor, ~1 h 20 min
 
 The model lands in OUT/model (a diffusers folder); try it with
   lienzo generate "a red circle on a blue background" --model OUT/model
@@ -54,7 +55,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "recipe",
         choices=["shapes", *RECIPES],
-        help="the recipe: shapes = shapes-v1, the built-in model; shapes-v2 = 16 latent channels",
+        help=f"the recipe: shapes = {BUILTIN_NAME}, the built-in model; shapes-v1 = its 4-channel forerunner",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoints, logs, samples, model"
@@ -66,7 +67,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="STEPS",
-        help="add the decoder generalisation stage (generic shapes) for STEPS; default 0: off, as shapes-v1",
+        help="add the decoder generalisation stage (generic shapes) for STEPS; default 0: off, as in both",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -91,11 +92,10 @@ def run_train_recipe(args: argparse.Namespace) -> int:
     """Run the recipe and print where the model was written and how long it took."""
     check_writable_folder(args.out, "--out")
     created = first_missing_folder(args.out)
-    name = "shapes-v1" if args.recipe == "shapes" else args.recipe
+    name = BUILTIN_NAME if args.recipe == "shapes" else args.recipe
     recipe = RECIPES[name]
     if args.miniature:
-        latent = ShapesRecipe.miniature().with_codec_latent(recipe.vae.embed_dim, recipe.vae_generic_share)
-        recipe = replace(latent, decoder_edge_weight=recipe.decoder_edge_weight)
+        recipe = recipe.in_miniature()
     if args.generalise_decoder < 0:
         raise InvalidArgumentError(
             f"--generalise-decoder takes a number of steps (0 = off), got {args.generalise_decoder}"

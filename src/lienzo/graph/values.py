@@ -70,9 +70,19 @@ SCALE_KEY = "scaling_factor"
 them, so a VAE or model with another factor reads them rescaled (ComfyUI's latent formats)."""
 
 
-def latent_for(latent: dict, factor: float) -> torch.Tensor:
-    """A LATENT's samples at another scaling factor (as they are when untagged)."""
-    return latent["samples"] * (factor / latent.get(SCALE_KEY, factor))
+def latent_for(latent: dict, factor: float, channels: int) -> torch.Tensor:
+    """A LATENT's samples at a model's scaling factor (as they are when untagged) and latent `channels`.
+    An empty latent (all zeros) takes the model's channel count, as ComfyUI widens EmptyLatentImage's
+    4 channels for models of wider latents; a latent of another width is refused."""
+    samples = latent["samples"]
+    if samples.shape[1] != channels:
+        if torch.count_nonzero(samples):
+            raise InvalidArgumentError(
+                f"this latent has {samples.shape[1]} channels but the model's latents have {channels}; "
+                "encode the image with this model's VAE (VAEEncode) or start from EmptyLatentImage"
+            )
+        return samples.new_zeros(samples.shape[0], channels, *samples.shape[2:])
+    return samples * (factor / latent.get(SCALE_KEY, factor))
 
 
 def images_to_pixels(images: torch.Tensor) -> torch.Tensor:

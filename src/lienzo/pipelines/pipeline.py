@@ -18,7 +18,7 @@ from lienzo.errors import InvalidArgumentError, ModelNotFoundError
 from lienzo.io import ModelFiles, read_model
 from lienzo.io.embedding_files import load_embeddings
 from lienzo.io.formats import file_sha256
-from lienzo.io.library import ModelLibrary, library_from_config
+from lienzo.io.library import BUILTIN_FOLDER, ModelLibrary, library_from_config
 from lienzo.io.vae_files import read_vae
 from lienzo.models.clip import CLIPTextModel
 from lienzo.models.specs import FamilySpec
@@ -41,7 +41,7 @@ from lienzo.text.conditioning import PromptEncoding, TextEncoders
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.tokenizer import CLIPTokenizer
 
-BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "builtin" / "shapes-v1"
+BUILTIN_MODEL = BUILTIN_FOLDER
 """The shapes-world model shipped inside the package, made by `lienzo train recipe shapes`."""
 
 

@@ -46,6 +46,12 @@ class FilmstripRecorder:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise InvalidArgumentError(f"preview interval must be 1 or more steps, got {self.every}")
+        channels = self.pipe.spec.vae.embed_dim
+        if self.decoder is not None and self.decoder.latent_channels != channels:
+            raise InvalidArgumentError(
+                f"the tiny preview decoder reads {self.decoder.latent_channels}-channel latents but this "
+                f"model's have {channels}; use a decoder made for it, or leave out --preview-decoder"
+            )
 
     def __call__(self, state: dict) -> None:
         """Record a frame when this step is due; only the first batch item is shown."""

@@ -176,6 +176,11 @@ class ShapesRecipe:
             sample_prompts=1,
         )
 
+    def in_miniature(self) -> ShapesRecipe:
+        """`miniature()` with this recipe's latent width, generic-shape share and decoder edge weight."""
+        latent = self.miniature().with_codec_latent(self.vae.embed_dim, self.vae_generic_share)
+        return replace(latent, decoder_edge_weight=self.decoder_edge_weight)
+
     def with_decoder_generalisation(self, steps: int, learning_rate: float = 2e-4) -> ShapesRecipe:
         """This recipe with the optional decoder generalisation stage: `steps` batches like the decoder
         tuning's, at `learning_rate` (bench/vae_codec.py measured these settings)."""

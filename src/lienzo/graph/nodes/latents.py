@@ -18,7 +18,8 @@ CROP = ("disabled", "center")
 
 
 def empty_latent_image(context, width: int, height: int, batch_size: int):
-    """A batch of zero latents for width x height images."""
+    """A batch of zero latents for width x height images (4 channels as in ComfyUI; a sampler or VAE of
+    wider latents takes them as its own width of zeros, graph.values.latent_for)."""
     shape = (batch_size, LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
     return ({"samples": torch.zeros(shape)},)
 

@@ -71,7 +71,7 @@ def run_ksampler(
         model.spec,
         with_loaded_controlnets(positive, model),
         with_loaded_controlnets(negative, model),
-        latent_for(latent_image, model.spec.vae.scaling_factor),
+        latent_for(latent_image, model.spec.vae.scaling_factor, model.spec.vae.embed_dim),
         sigmas,
         seed=seed,
         cfg=cfg,

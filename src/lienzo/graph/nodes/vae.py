@@ -31,7 +31,11 @@ def cropped_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 def vae_decode(context, samples: dict, vae):
     """Decode latents into images."""
-    return (pil_to_images(decode_latents(vae, latent_for(samples, vae.config.scaling_factor))),)
+    return (
+        pil_to_images(
+            decode_latents(vae, latent_for(samples, vae.config.scaling_factor, vae.config.embed_dim))
+        ),
+    )
 
 
 def vae_encode(context, pixels, vae):
@@ -60,7 +64,7 @@ def vae_decode_tiled(
     weight = next(vae.parameters())
     images = []
     with torch.inference_mode():
-        for item in latent_for(samples, vae.config.scaling_factor):
+        for item in latent_for(samples, vae.config.scaling_factor, vae.config.embed_dim):
             scaled = (item[None] / vae.config.scaling_factor).to(device=weight.device, dtype=weight.dtype)
             images.append(decode(scaled).float().cpu())
     return ((torch.cat(images).permute(0, 2, 3, 1) / 2 + 0.5).clamp(0, 1),)
