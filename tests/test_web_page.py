@@ -308,7 +308,7 @@ def test_inpainting_repaints_only_the_mask_painted_with_the_mouse(page, tmp_path
         page.mouse.down()
         page.mouse.move(box["x"] + 84 * scale, box["y"] + row * scale, steps=8)
         page.mouse.up()
-    fill_settings(page, "a blue circle on a white background")
+    fill_settings(page, "a large blue circle in the center on a white background")
     page.get_by_label("Denoising strength").fill("1")
     save_screenshot(page.locator("#image-inputs").screenshot(), "ui-inpaint-mask.png")
     page.get_by_role("button", name="Generate").click()
