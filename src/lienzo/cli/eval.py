@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lienzo.cli.arguments import add_device_arguments, chosen_dtype
+from lienzo.cli.arguments import add_device_arguments, chosen_dtype, library_from_args
 from lienzo.errors import InvalidArgumentError
 from lienzo.pipelines.output import check_writable_folder, write_png_atomically
 from lienzo.pipelines.pipeline import load
@@ -18,7 +18,9 @@ from lienzo.worlds.evaluate import CATEGORIES, EvalReport, contact_sheet, evalua
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `lienzo eval shapes`."""
     parser.add_argument("world", choices=["shapes"], help="the world whose scorer judges the images")
-    parser.add_argument("--model", type=Path, help="model folder or file (default: the built-in model)")
+    parser.add_argument(
+        "--model", help="model folder, file or checkpoint name (default: the built-in model, shapes-v2)"
+    )
     parser.add_argument("--prompts", type=int, default=200, help="prompts per category (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the first image")
     parser.add_argument("--out", type=Path, default=Path("eval-shapes"), help="folder for the contact sheets")
@@ -32,7 +34,8 @@ def _check_arguments(prompts_per_category: int, out: Path) -> None:
 
 
 def _pipeline_generator(args: argparse.Namespace) -> Callable[[str, int], Image.Image]:
-    pipe = load(args.model, device=args.device, dtype=chosen_dtype(args))
+    model = None if args.model is None else library_from_args(args).resolve("checkpoints", args.model)
+    pipe = load(model, device=args.device, dtype=chosen_dtype(args))
 
     def generate(prompt: str, seed: int) -> Image.Image:
         return pipe.generate(prompt, seed=seed, progress=False)[0]
