@@ -1,8 +1,8 @@
 """How often the built-in model, steered by a canny ControlNet, puts the object where the edges are.
 
-Usage: PYTHONPATH=src python bench/controlnet_follow.py [--controlnet shapes-v1-canny] [--scenes 100]
+Usage: PYTHONPATH=src python bench/controlnet_follow.py [--controlnet shapes-v2-canny] [--scenes 100]
        [--steps N] [--state RUN/training_state.pt] [--baseline] [--example docs/images/x.png]
-       [--model shapes-v2 --controlnet shapes-v2-canny]
+       [--model shapes-v1 --controlnet shapes-v1-canny]
 
 Renders `--scenes` one-object base-world scenes placed at random (a seed the training data never uses),
 makes each one's canny map, and draws a prompt that names only the colour, the shape and the background
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--controlnet", default="shapes-v1-canny", help="ControlNet name or folder")
+    parser.add_argument("--controlnet", default="shapes-v2-canny", help="ControlNet name or folder")
     parser.add_argument("--model", help="the base model, a name or path (default: the built-in model)")
     parser.add_argument("--state", type=Path, help="a training run's training_state.pt instead")
     parser.add_argument("--scenes", type=int, default=100)

@@ -57,12 +57,12 @@ def test_the_star_embedding_is_triggered_by_its_name_only():
     assert torch.equal(embeddings.entries["star-embedding"].vectors[0].float(), vectors.float())
 
 
-def test_the_lora_works_from_the_command_line(tmp_path):
+def test_the_lora_works_from_the_command_line_on_the_default_model(tmp_path):
     out = tmp_path / "star.png"
     prompt = "a red star on the left on a blue background <lora:star:1>"
     with warnings.catch_warnings():
         warnings.simplefilter("error", ModelMismatchWarning)
-        assert main(["generate", prompt, "--model", "shapes-v2", "--steps", "4", "--out", str(out)]) == 0
+        assert main(["generate", prompt, "--steps", "4", "--out", str(out)]) == 0
     assert out.is_file()
 
 
@@ -109,7 +109,7 @@ def test_diffusers_draws_the_same_latents_with_the_shipped_embedding():
 
 def test_the_star_lora_on_shapes_v1_says_it_was_made_for_shapes_v2():
     with pytest.warns(ModelMismatchWarning, match="trained on the built-in shapes-v2, not on shapes-v1"):
-        lienzo.load().loras.add("star", 1.0)  # the default built-in model is shapes-v1
+        lienzo.load(BUILTIN_ROOT / "shapes-v1").loras.add("star", 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ModelMismatchWarning)
-        lienzo.load(SHAPES_V2).loras.add("star", 1.0)
+        lienzo.load().loras.add("star", 1.0)  # the default built-in is shapes-v2

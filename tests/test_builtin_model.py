@@ -16,7 +16,7 @@ from test_cli_generate import run_cli
 
 QUALITY_BAR = {"single": 0.9, "double": 0.7, "held_out": 0.6}
 PROMPT_COUNTS = {"single": 24, "double": 24, "held_out": 10}
-"""shapes-v1 matches 23 / 24, 18 / 24 and 10 / 10 of these in bf16 and in fp32 (shapes-v2: 24, 21 and 9)."""
+"""shapes-v2 matches 24 / 24, 21 / 24 and 10 / 10 of these in bf16 (9 / 10 held-out in fp32)."""
 PROMPT_SEED = 1000
 README_PROMPT = "a large red circle on the left on a blue background"
 
@@ -27,7 +27,7 @@ def builtin():
 
 
 def test_load_with_no_path_is_the_builtin_shapes_model(builtin):
-    assert builtin.name == "shapes-v1" and builtin.family == "sd1"
+    assert builtin.name == "shapes-v2" and builtin.family == "sd1"
     assert builtin.spec.resolution == 128
     weights = sum(path.stat().st_size for path in pipeline_module.BUILTIN_MODEL.rglob("*.safetensors"))
     assert weights <= 40 * 2**20, f"built-in weights take {weights / 2**20:.1f} MiB, over the 40 MiB budget"

@@ -260,12 +260,12 @@ def test_a_symlinked_kind_folder_and_symlinks_inside_it_are_allowed(tmp_path):
     assert {entry.name for entry in library.list("loras")} == {"ink", "alias"}
 
 
-def test_the_builtin_model_is_the_first_checkpoint_shapes_v1(tmp_path):
+def test_the_builtin_model_is_the_first_checkpoint_shapes_v2(tmp_path):
     library = ModelLibrary(tmp_path / "models")
     assert library.resolve("checkpoints", BUILTIN_NAME) == BUILTIN_FOLDER
     listed = [(entry.name, entry.path, entry.kind) for entry in library.list("checkpoints")]
     assert listed[0] == (BUILTIN_NAME, BUILTIN_FOLDER, "checkpoints")
-    assert BUILTIN_NAME == "shapes-v1" and [name for name, _, _ in listed[1:]] == ["shapes-v2"]
+    assert BUILTIN_NAME == "shapes-v2" and [name for name, _, _ in listed[1:]] == ["shapes-v1"]
     mine = diffusers_folder(tmp_path / "models" / "checkpoints" / BUILTIN_NAME)
     assert library.resolve("checkpoints", BUILTIN_NAME) == mine  # the user's own folders come first
     with pytest.raises(ModelNotFoundError):

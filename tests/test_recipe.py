@@ -204,6 +204,8 @@ def test_shapes_v2_recipe_in_miniature_has_a_16_channel_latent_and_a_codec_vae(t
     assert (recipe.vae.embed_dim, recipe.unet.in_channels, recipe.unet.out_channels) == (16, 16, 16)
     assert recipe.decoder_edge_weight == 10.0 and ShapesRecipe().decoder_edge_weight == 0.0
     assert RECIPES["shapes-v1"] == ShapesRecipe() and RECIPES["shapes-v1"].vae.embed_dim == 4
+    steps = [phase.training.steps for phase in recipe.diffusion]
+    assert steps == [3000, 1500, 5000] and recipe.diffusion[-1].folder == "binding"
     generic = vae_crops(recipe, 0).dataset
     assert isinstance(generic, CodecShapesDataset) and generic.config.generic_share == 0.5
     assert isinstance(vae_crops(ShapesRecipe(), 0).dataset, ShapesDataset)

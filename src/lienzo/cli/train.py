@@ -26,7 +26,7 @@ from lienzo.pipelines.output import check_writable_folder
 from lienzo.recipes import RECIPES, run_recipe
 
 TRAIN_EPILOG = """methods:
-  recipe shapes        the built-in model from nothing (recipe shapes-v2: the 16-channel model)
+  recipe shapes        the built-in model (shapes-v2) from nothing; recipe shapes-v1: its predecessor
   lora                 a LoRA / LyCORIS network (kohya layout)
   textual-inversion    new token vectors (A1111 embedding)
   dreambooth           the whole UNet on a concept, with prior preservation (a model)
@@ -38,11 +38,11 @@ Run `lienzo train METHOD --help` for a method's options.
 """
 
 RECIPE_EPILOG = """examples:
-  lienzo train recipe shapes --out runs/shapes            # the built-in model, ~1 h 20 min on 2 CPU cores
+  lienzo train recipe shapes --out runs/shapes            # the built-in model, ~2 h on 2 CPU cores
   lienzo train recipe shapes --out runs/shapes --resume   # continue a stopped run where it left off
   lienzo train recipe shapes --out /tmp/mini --miniature  # every stage at toy sizes, in seconds
   lienzo train recipe shapes --out runs/codec --generalise-decoder 300  # + decoder on generic shapes
-  lienzo train recipe shapes-v2 --out runs/v2             # 16 latent channels, a VAE that draws stars
+  lienzo train recipe shapes-v1 --out runs/v1             # the 4-channel predecessor, ~1 h 20 min
 
 The model lands in OUT/model (a diffusers folder); try it with
   lienzo generate "a red circle on a blue background" --model OUT/model
@@ -55,7 +55,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "recipe",
         choices=["shapes", *RECIPES],
-        help=f"the recipe: shapes = {BUILTIN_NAME}, the built-in model; shapes-v2 = 16 latent channels",
+        help=f"the recipe: shapes = {BUILTIN_NAME}, the built-in model; shapes-v1 = its 4-channel forerunner",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder: checkpoints, logs, samples, model"

@@ -26,22 +26,22 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the `tomli` d
 
 BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "builtin"
 """The installed package's folder of built-in models and example adapters."""
-BUILTIN_NAME = "shapes-v1"
-"""The default built-in model's checkpoint name (shapes-v2, 16 latent channels, is listed beside it)."""
+BUILTIN_NAME = "shapes-v2"
+"""The default built-in model's checkpoint name: shapes-v2, 16 latent channels (docs/training.md)."""
 BUILTIN_FOLDER = BUILTIN_ROOT / BUILTIN_NAME
 """The default built-in model's diffusers folder, what `lienzo.load()` reads."""
 BUILTIN_MODELS: dict[str, tuple[tuple[str, Path], ...]] = {
-    "checkpoints": ((BUILTIN_NAME, BUILTIN_FOLDER), ("shapes-v2", BUILTIN_ROOT / "shapes-v2")),
+    "checkpoints": ((BUILTIN_NAME, BUILTIN_FOLDER), ("shapes-v1", BUILTIN_ROOT / "shapes-v1")),
     "controlnet": (
-        ("shapes-v1-canny", BUILTIN_ROOT / "shapes-v1-canny"),
         ("shapes-v2-canny", BUILTIN_ROOT / "shapes-v2-canny"),
+        ("shapes-v1-canny", BUILTIN_ROOT / "shapes-v1-canny"),
     ),
     "loras": (("star", BUILTIN_ROOT / "examples" / "star.safetensors"),),
     "embeddings": (("star-embedding", BUILTIN_ROOT / "examples" / "star-embedding.safetensors"),),
 }
-"""The built-in models by kind: each one's name and diffusers folder or file, the default first. shapes-v2
-has 16 latent channels; each canny ControlNet is for the model it is named after, the star LoRA and
-embedding are for shapes-v2."""
+"""The built-in models by kind: each one's name and diffusers folder or file, the default first. shapes-v1
+is the 4-channel predecessor; each canny ControlNet is for the model it is named after, the star LoRA
+and embedding are for shapes-v2."""
 
 KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints", "Stable-diffusion"),
