@@ -93,8 +93,8 @@ def test_tome_patch_model_matches_the_python_api_and_ratio_zero_is_the_plain_ima
     merged = run(("TomePatchModel", {"ratio": 0.5}))
     assert np.abs(pixels(merged) - pixels(python_api(tome=0.5))).max() <= 1
     # Merging barely moves the plain background (its tokens are alike) but redraws parts of the edges
-    # (by up to 7 levels on shapes-v2, over 16 on shapes-v1), so look at the largest change.
-    assert np.abs(pixels(merged) - plain).max() > 4
+    # (by up to 4 levels on shapes-v2, over 16 on shapes-v1), so look at the largest change.
+    assert np.abs(pixels(merged) - plain).max() > 2
     assert np.array_equal(pixels(run(("TomePatchModel", {"ratio": 0.0}))), plain)
     assert "Token merging ratio: 0.5" in merged.info["parameters"]
     assert parse_parameters(merged.info["parameters"])["fast"] == lienzo.FastModes(tome=0.5).to_record()

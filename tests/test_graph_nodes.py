@@ -28,7 +28,7 @@ from lienzo.worlds.shapes import Scene, SceneObject, render
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT = "a red circle on a white background"
-SETTINGS = {"seed": 5, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
+SETTINGS = {"seed": 5, "steps": 10, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras"}
 
 
 def txt2img(prompt: str = PROMPT, size: int = 128, **sampler) -> dict:
@@ -53,7 +53,7 @@ def ui_node(node_id: int, kind: str, widgets: list, links: dict[str, int] | None
 
 UI_TXT2IMG = {
     "nodes": [
-        ui_node(3, "KSampler", [5, "randomize", 8, 5.0, "euler", "karras", 1.0],
+        ui_node(3, "KSampler", [5, "randomize", 10, 5.0, "euler", "karras", 1.0],
                 {"model": 1, "positive": 4, "negative": 6, "latent_image": 2}),
         ui_node(4, "CheckpointLoaderSimple", [BUILTIN_NAME]),
         ui_node(5, "EmptyLatentImage", [128, 128, 1]),
@@ -145,10 +145,10 @@ def test_txt2img_matches_the_python_api_and_saves_comfyui_and_a1111_metadata(env
     assert json.loads(image.info["prompt"]) == txt2img()
     assert load_workflow(path) == txt2img()
     assert json.loads(image.info["workflow"]) == UI_TXT2IMG
-    assert image.info["parameters"].startswith(PROMPT + "\nSteps: 8, Sampler: Euler, Schedule type: Karras")
+    assert image.info["parameters"].startswith(PROMPT + "\nSteps: 10, Sampler: Euler, Schedule type: Karras")
     assert f"Seed: 5, Size: 128x128, Model: {BUILTIN_NAME}" in image.info["parameters"]
-    assert [value for _, value, _ in hooks.progress_values] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert len(hooks.previews) == 8 and hooks.previews[0].size == (16, 16)
+    assert [value for _, value, _ in hooks.progress_values] == list(range(1, SETTINGS["steps"] + 1))
+    assert len(hooks.previews) == SETTINGS["steps"] and hooks.previews[0].size == (16, 16)
 
 
 def test_the_ui_format_gives_the_same_prompt_so_every_node_is_cached(environment, executor, tmp_path):
