@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from lienzo import devices, load
+from lienzo.io.library import library_from_config
 from lienzo.pipelines import generation, steps
 from lienzo.pipelines.metadata import save_png
 
@@ -95,13 +96,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", default="before,after", help=f"comma-separated from {list(VARIANTS)}")
+    parser.add_argument("--model", help="a checkpoint name or path (default: the default built-in model)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
         + "; ".join(f"{name}: {VARIANTS[name]}" for name in variants)
     )
-    pipe = load()
+    pipe = load(
+        None
+        if args.model is None
+        else library_from_config(allow_paths=True).resolve("checkpoints", args.model)
+    )
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     small_work = devices.SMALL_CPU_WORK
     with tempfile.TemporaryDirectory() as folder:
