@@ -44,7 +44,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 def test_token_merging_ratio_in_override_settings_matches_the_python_api(server):
     plain, merged = txt2img(server), txt2img(server, token_merging_ratio=0.5)
     assert np.abs(pixels(merged) - pixels(python_api(tome=0.5))).max() <= 1
-    assert np.abs(pixels(merged) - pixels(plain)).mean() > 0.1  # 0.28 on shapes-v2
+    assert np.abs(pixels(merged) - pixels(plain)).mean() > 0.1  # 0.22 on shapes-v2, 0.5 or more on shapes-v1
     assert "Token merging ratio: 0.5" in merged.info["parameters"]
     assert parse_parameters(merged.info["parameters"])["fast"] == lienzo.FastModes(tome=0.5).to_record()
     assert "Token merging ratio" not in plain.info["parameters"]
@@ -125,5 +125,5 @@ def test_img2img_reads_the_img2img_ratio_unless_the_request_overrides_token_merg
 
     merged = img2img(token_merging_ratio_img2img=0.5)
     assert np.abs(merged - reference(0.5)).max() <= 1
-    assert np.abs(merged - reference(0.0)).mean() > 0.1  # 0.18 on shapes-v2
+    assert np.abs(merged - reference(0.0)).mean() > 0.1  # 0.24 on shapes-v2, 0.5 or more on shapes-v1
     assert np.array_equal(img2img(token_merging_ratio_img2img=0.5, token_merging_ratio=0.0), img2img())
