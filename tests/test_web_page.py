@@ -398,7 +398,7 @@ def test_the_grid_mode_draws_an_xy_plot_and_refuses_a_bad_axis(page):
 
 
 def test_cancel_stops_the_running_prompt_and_deletes_the_queued_one(page, server):
-    fill_settings(page, PROMPT, steps=150)
+    fill_settings(page, PROMPT, steps=150, size=256)  # seconds of work, so the first job is still running
     page.get_by_role("button", name="Generate").click()
     page.get_by_role("button", name="Generate").click()
     page.wait_for_function("document.getElementById('progress').value >= 2", timeout=120_000)
