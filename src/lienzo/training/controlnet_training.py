@@ -83,8 +83,7 @@ def copy_hint_block(source: ControlNet, target: ControlNet) -> None:
             f"{shapes[0]} channels through widths {list(shapes[1])} to {shapes[2]} model channels, this "
             f"one needs {wanted[0]} through {list(wanted[1])} to {wanted[2]}"
         )
-    weights = source.input_hint_block.state_dict()
-    target.input_hint_block.load_state_dict({key: value.float() for key, value in weights.items()})
+    target.input_hint_block.load_state_dict(source.input_hint_block.state_dict())
 
 
 class ControlledUNet(nn.Module):
