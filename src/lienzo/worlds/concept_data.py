@@ -26,6 +26,9 @@ def concept_test_scenes(shape: str, count: int) -> list[Scene]:
     return concept_scenes(shape, count, seed=TEST_SEED)
 
 
-def concept_prompts(shape: str, count: int) -> list[str]:
-    """The full captions (colour, size, position) of `concept_test_scenes`."""
-    return [caption(scene) for scene in concept_test_scenes(shape, count)]
+def concept_prompts(shape: str, count: int, *, with_size: bool = True) -> list[str]:
+    """The full captions (colour, size, position) of `concept_test_scenes`; without the size word when
+    not `with_size`, so that a prompt asks for colour, shape and position only."""
+    rng = None if with_size else np.random.default_rng(0)
+    scenes = concept_test_scenes(shape, count)
+    return [caption(scene, rng, drop_size=1.0, drop_position=0.0) for scene in scenes]
