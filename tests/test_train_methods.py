@@ -13,8 +13,8 @@ from PIL import Image
 import lienzo
 from lienzo.cli import main
 from lienzo.io.checkpoints import read_model
+from lienzo.io.library import BUILTIN_FOLDER
 from lienzo.io.model_hash import model_identity
-from lienzo.pipelines.pipeline import BUILTIN_MODEL
 from lienzo.recipes.class_images import class_image_key, class_images
 from lienzo.recipes.fine_tuning import write_concept_folder
 from lienzo.training import checkpoint as training_checkpoint
@@ -36,7 +36,7 @@ def stars(tmp_path_factory):
 
 
 def base_unet():
-    return read_model(BUILTIN_MODEL).unet
+    return read_model(BUILTIN_FOLDER).unet
 
 
 class CountingPipe:
@@ -86,7 +86,7 @@ def test_dreambooth_with_prior_preservation_writes_a_model_and_reuses_class_imag
     assert (run / "loss.png").is_file() and (run / CHECKPOINT_NAME).is_file()
     (folder,) = cache.iterdir()
     assert folder.name == class_image_key(
-        model_identity(BUILTIN_MODEL),
+        model_identity(BUILTIN_FOLDER),
         ["a red circle on a blue background", "a green square on a white background"],
         2,
         128,
@@ -110,7 +110,7 @@ def test_hypernetwork_file_loads_and_changes_generation(stars, tmp_path):
     saved = torch.load(out, weights_only=True)
     assert saved["activation_func"] == "relu" and saved["use_dropout"] and saved["step"] == 2
     assert saved["dropout_structure"] == [0, 0.3, 0] and saved["name"] == "star"
-    assert saved["sd_checkpoint"] == model_identity(BUILTIN_MODEL)[:10]
+    assert saved["sd_checkpoint"] == model_identity(BUILTIN_FOLDER)[:10]
     assert sorted(key for key in saved if isinstance(key, int)) == [128]
     pipe = lienzo.load()
     settings = {"seed": 1, "steps": 3, "progress": False}

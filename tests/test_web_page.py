@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lienzo.io import read_model
-from lienzo.pipelines.pipeline import BUILTIN_MODEL
+from lienzo.io.library import BUILTIN_FOLDER
 from lienzo.training.extract_lora import lora_modules
 from lienzo.worlds.scorer import score
 from lienzo.worlds.shapes import Scene, SceneObject, render
@@ -61,7 +61,7 @@ def status_of(url: str) -> int:
 def write_models(root: Path) -> None:
     """A random rank-2 kohya LoRA `wobble` over the built-in model, and an embedding file `shiny`."""
     generator = torch.Generator().manual_seed(0)
-    files = read_model(BUILTIN_MODEL)
+    files = read_model(BUILTIN_FOLDER)
     tensors = {}
     for module in lora_modules(files, conv=False):
         network = files.unet if module.component == "unet" else files.text_encoders[module.component[1]]

@@ -10,8 +10,8 @@ from lienzo.devices import DTYPES
 from lienzo.errors import InvalidArgumentError
 from lienzo.io import read_model, write_model
 from lienzo.io.checkpoints import FORMATS
+from lienzo.io.library import BUILTIN_FOLDER
 from lienzo.io.model_files import dtype_names, parameter_count
-from lienzo.pipelines.pipeline import BUILTIN_MODEL
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
         "path",
         type=Path,
         nargs="?",
-        default=BUILTIN_MODEL,
+        default=BUILTIN_FOLDER,
         help="a diffusers folder or a .safetensors/.ckpt file (default: the built-in model)",
     )
     add_family_argument(parser)

@@ -41,9 +41,6 @@ from lienzo.text.conditioning import PromptEncoding, TextEncoders
 from lienzo.text.embeddings import Embeddings
 from lienzo.text.tokenizer import CLIPTokenizer
 
-BUILTIN_MODEL = BUILTIN_FOLDER
-"""The shapes-world model shipped inside the package, made by `lienzo train recipe shapes`."""
-
 
 @dataclass
 class Pipeline:
@@ -418,12 +415,12 @@ def load(
     over views of the same weights (see Pipeline.view), so patching one never changes another.
     `cache=False` reads the files again into networks of their own."""
     if path is None:
-        if not (BUILTIN_MODEL / "model_index.json").is_file():
+        if not (BUILTIN_FOLDER / "model_index.json").is_file():
             raise ModelNotFoundError(
-                f"this install has no built-in model at {BUILTIN_MODEL}; pass a model path, or train one "
+                f"this install has no built-in model at {BUILTIN_FOLDER}; pass a model path, or train one "
                 "with `lienzo train recipe shapes --out DIR`"
             )
-        path = BUILTIN_MODEL
+        path = BUILTIN_FOLDER
     path = Path(path)
     device = torch.device(device) if device is not None else default_device()
     if dtype is not None:
