@@ -1,5 +1,5 @@
-"""Teach the built-in model the reserved `star` shape with one fine-tuning method at its default settings,
-then score star prompts and base-world prompts with the result loaded.
+"""Teach the built-in model a reserved shape (`star`, or `heart`) with one fine-tuning method at its default
+settings, then score prompts of that shape and base-world prompts with the result loaded.
 
 Usage: PYTHONPATH=src python bench/finetune_proof.py --method lora [--images 300] [--prompts 40] [--out DIR]
        PYTHONPATH=src python bench/finetune_proof.py --method textual-inversion [--threads 1]
@@ -7,17 +7,18 @@ Usage: PYTHONPATH=src python bench/finetune_proof.py --method lora [--images 300
        PYTHONPATH=src python bench/finetune_proof.py --method none    # the base model as it is: the baseline
        PYTHONPATH=src python bench/finetune_proof.py --method lora --train-args "--steps 600" --out runs/s600
        PYTHONPATH=src python bench/finetune_proof.py --method lora --prior   # with class images
+       PYTHONPATH=src python bench/finetune_proof.py --method lora --shape heart --out runs/heart
 
-Renders `--images` one-object star scenes with the world's renderer and captions into OUT/data, runs
-`lienzo train <method>` on them with its defaults (only --data/--out, --cache-latents, which encodes each
-image once instead of every step, --token/--init-word for textual inversion, and for DreamBooth (or with
---prior) class prompts: 50 one-object base-world captions) and times it. Then it
-generates `--prompts` one-object star prompts (every colour, position and size, none from the training
+Renders `--images` one-object scenes of the shape (star by default) with the world's renderer and captions
+into OUT/data, runs `lienzo train <method>` on them with its defaults (only --data/--out, --cache-latents,
+which encodes each image once instead of every step, --token/--init-word for textual inversion, and for
+DreamBooth (or with --prior) class prompts: 50 one-object base-world captions) and times it. Then it
+generates `--prompts` one-object prompts of the shape (every colour, position and size, none from the training
 set), the same prompts without their size word (the model picks the size; the scorer then checks colour,
 shape and position, the issue's definition of star accuracy) and as many one-object base-world prompts
 with the adapter loaded (nothing for `none`), scores them with lienzo.worlds.scorer and prints one row of
 the table in docs/fine-tuning.md; contact sheets of the three prompt sets land in OUT/<method>/
-star_sheet.png, star_open_sheet.png and base_sheet.png. The last column scores the star test
+SHAPE_sheet.png, SHAPE_open_sheet.png and base_sheet.png. The last column scores the shape's test
 scenes themselves after a round trip through the model's VAE: no method changes the VAE, so that is their
 ceiling.
 """
@@ -41,24 +42,26 @@ from lienzo.recipes.fine_tuning import write_concept_folder
 from lienzo.worlds.concept_data import concept_prompts, concept_test_scenes
 from lienzo.worlds.evaluate import contact_sheet, evaluate, evaluation_prompts
 from lienzo.worlds.scorer import score as score_image
-from lienzo.worlds.shapes import SIZES, caption, render
+from lienzo.worlds.shapes import RESERVED_SHAPES, SIZES, caption, render
 
 METHOD_FILES = {
     "none": "",
-    "lora": "star.safetensors",
-    "textual-inversion": "star.safetensors",
-    "dreambooth": "star-model",
-    "dreambooth-no-prior": "star-model",
-    "hypernetwork": "star.pt",
+    "lora": "{shape}.safetensors",
+    "textual-inversion": "{shape}.safetensors",
+    "dreambooth": "{shape}-model",
+    "dreambooth-no-prior": "{shape}-model",
+    "hypernetwork": "{shape}.pt",
 }
+"""What each method writes, named after the shape it learns."""
 METHOD_ARGUMENTS = {
     "none": [],
     "lora": [],
-    "textual-inversion": ["--token", "star", "--init-word", "square"],
-    "dreambooth": ["--instance-prompt", "a star"],
-    "dreambooth-no-prior": ["--instance-prompt", "a star"],
+    "textual-inversion": ["--token", "{shape}", "--init-word", "square"],
+    "dreambooth": ["--instance-prompt", "a {shape}"],
+    "dreambooth-no-prior": ["--instance-prompt", "a {shape}"],
     "hypernetwork": [],
 }
+"""The arguments a method needs beyond its defaults, with the shape filled in."""
 COMMANDS = {"dreambooth-no-prior": "dreambooth"}
 """Proof variants that run another method's command (DreamBooth without its class images)."""
 CLASS_PROMPTS = 50
@@ -72,9 +75,11 @@ def class_prompt_arguments(out: Path) -> list[str]:
     return ["--class-prompt", f"@{path}"]
 
 
-def train(method: str, data: Path, out: Path, model: str | None, extra: list[str], prior: bool) -> float:
-    """Run `lienzo train <method>` with its defaults (changed by `extra`; with class images when `prior`);
-    the wall-clock seconds it took."""
+def train(
+    method: str, shape: str, data: Path, out: Path, model: str | None, extra: list[str], prior: bool
+) -> float:
+    """Run `lienzo train <method>` on `shape` with its defaults (changed by `extra`; with class images when
+    `prior`); the wall-clock seconds it took."""
     started = time.perf_counter()
     arguments = [
         *(["--model", model] if model else []),
@@ -84,7 +89,7 @@ def train(method: str, data: Path, out: Path, model: str | None, extra: list[str
         str(out),
         "--cache-latents",
         "--quiet",
-        *METHOD_ARGUMENTS[method],
+        *(argument.format(shape=shape) for argument in METHOD_ARGUMENTS[method]),
         *extra,
     ]
     if prior:
@@ -126,11 +131,11 @@ def score(
     return sum(matched) / len(matched)
 
 
-def vae_ceiling(base: Path | None, count: int) -> float:
-    """Share of the star test scenes the scorer still matches after a round trip through the model's VAE
+def vae_ceiling(base: Path | None, shape: str, count: int) -> float:
+    """Share of the shape's test scenes the scorer still matches after a round trip through the model's VAE
     (encode, decode): the most a method that leaves the VAE alone can reach."""
     pipe = load(base, dtype=torch.float32)
-    scenes = concept_test_scenes("star", count)
+    scenes = concept_test_scenes(shape, count)
     matched = []
     for scene in scenes:
         with torch.no_grad():
@@ -143,8 +148,11 @@ def vae_ceiling(base: Path | None, count: int) -> float:
 def main_proof() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=sorted(METHOD_FILES), required=True)
-    parser.add_argument("--images", type=int, default=300, help="star scenes to train on")
-    parser.add_argument("--prompts", type=int, default=40, help="star prompts and base prompts to score")
+    parser.add_argument("--shape", choices=RESERVED_SHAPES, default="star", help="the shape to teach (star)")
+    parser.add_argument("--images", type=int, default=300, help="scenes of the shape to train on")
+    parser.add_argument(
+        "--prompts", type=int, default=40, help="prompts of the shape and base prompts to score"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/finetune_proof"))
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy shared machine)")
     parser.add_argument("--model", help="the base model, a name or path (default: the built-in model)")
@@ -162,27 +170,40 @@ def main_proof() -> None:
         torch.set_num_threads(args.threads)
     folder = args.out / args.method
     folder.mkdir(parents=True, exist_ok=True)
-    data = write_concept_folder(args.out / "data", "star", args.images)
-    adapter = folder / METHOD_FILES[args.method]
+    shape = args.shape
+    data = write_concept_folder(args.out / "data", shape, args.images)
+    adapter = folder / METHOD_FILES[args.method].format(shape=shape)
     trained = args.method == "none" or adapter.exists()
     extra = shlex.split(args.train_args)
     prior = args.method == "dreambooth" or args.prior
-    seconds = float("nan") if trained else train(args.method, data, adapter, args.model, extra, prior)
-    stars = concept_prompts("star", args.prompts)
-    star = score(args.method, base, adapter, stars, "star", folder / "star_sheet.png")
-    open_size = concept_prompts("star", args.prompts, with_size=False)
-    star_open = score(
-        args.method, base, adapter, open_size, "star, size left open", folder / "star_open_sheet.png", stars
+    seconds = float("nan") if trained else train(args.method, shape, data, adapter, args.model, extra, prior)
+    sized = concept_prompts(shape, args.prompts)
+    accuracy = score(args.method, base, adapter, sized, shape, folder / f"{shape}_sheet.png")
+    open_size = concept_prompts(shape, args.prompts, with_size=False)
+    accuracy_open = score(
+        args.method,
+        base,
+        adapter,
+        open_size,
+        f"{shape}, size left open",
+        folder / f"{shape}_open_sheet.png",
+        sized,
     )
     bases = evaluation_prompts(args.prompts, seed=3, kind="single")
     kept = score(args.method, base, adapter, bases, "base-world", folder / "base_sheet.png")
-    ceiling = vae_ceiling(base, args.prompts)
+    ceiling = vae_ceiling(base, shape, args.prompts)
     print(
-        "| method | training time | star accuracy | star accuracy, size left open | base kept "
-        "| VAE round trip of the star scenes |"
+        f"| method | training time | {shape} accuracy | {shape} accuracy, size left open | base kept "
+        f"| VAE round trip of the {shape} scenes |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
-    cells = [f"{seconds / 60:.1f} min", f"{star:.0%}", f"{star_open:.0%}", f"{kept:.0%}", f"{ceiling:.0%}"]
+    cells = [
+        f"{seconds / 60:.1f} min",
+        f"{accuracy:.0%}",
+        f"{accuracy_open:.0%}",
+        f"{kept:.0%}",
+        f"{ceiling:.0%}",
+    ]
     print(f"| {args.method} | " + " | ".join(cells) + " |")
 
 
