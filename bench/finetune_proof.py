@@ -151,6 +151,9 @@ def main_proof() -> None:
     parser.add_argument("--shape", choices=RESERVED_SHAPES, default="star", help="the shape to teach (star)")
     parser.add_argument("--images", type=int, default=300, help="scenes of the shape to train on")
     parser.add_argument(
+        "--size", choices=SIZES, help="train on scenes of this size only (a diagnostic; default: both)"
+    )
+    parser.add_argument(
         "--prompts", type=int, default=40, help="prompts of the shape and base prompts to score"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/finetune_proof"))
@@ -171,7 +174,8 @@ def main_proof() -> None:
     folder = args.out / args.method
     folder.mkdir(parents=True, exist_ok=True)
     shape = args.shape
-    data = write_concept_folder(args.out / "data", shape, args.images)
+    sizes = (args.size,) if args.size else tuple(SIZES)
+    data = write_concept_folder(args.out / "data", shape, args.images, sizes=sizes)
     adapter = folder / METHOD_FILES[args.method].format(shape=shape)
     trained = args.method == "none" or adapter.exists()
     extra = shlex.split(args.train_args)

@@ -40,3 +40,8 @@ def test_prompts_name_every_attribute_and_open_size_prompts_drop_only_the_size()
         loose = parse_prompt(without).objects[0]
         assert (loose.colour, loose.shape, loose.size, loose.cell) == (obj.colour, obj.shape, None, obj.cell)
         assert not any(f" {size} " in without for size in SIZES)
+
+
+def test_scenes_of_one_size_only():
+    assert {scene.objects[0].size for scene in concept_scenes("star", 30, sizes=("small",))} == {"small"}
+    assert concept_scenes("star", 30, sizes=tuple(SIZES)) == concept_scenes("star", 30)

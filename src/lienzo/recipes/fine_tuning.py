@@ -16,7 +16,7 @@ from lienzo.pipelines.output import write_png_atomically
 from lienzo.pipelines.pipeline import Pipeline, load
 from lienzo.training.method_run import RunOptions, check_trainable_family
 from lienzo.worlds.concept_data import concept_scenes
-from lienzo.worlds.shapes import caption, render
+from lienzo.worlds.shapes import SIZES, caption, render
 
 SampleFn = Callable[[int, Path], None]
 
@@ -59,13 +59,15 @@ def sample_writer(pipe: Pipeline, options: RunOptions) -> SampleFn | None:
     return sample_fn
 
 
-def write_concept_folder(folder: str | Path, shape: str, count: int, seed: int = 0) -> Path:
-    """A training folder of `count` one-object scenes of a reserved shape: `NNNN.png` with a `NNNN.txt`
-    caption each (sizes and positions left out of a caption with the world's probabilities)."""
+def write_concept_folder(
+    folder: str | Path, shape: str, count: int, seed: int = 0, sizes: tuple[str, ...] = tuple(SIZES)
+) -> Path:
+    """A training folder of `count` one-object scenes of a reserved shape in `sizes`: `NNNN.png` with a
+    `NNNN.txt` caption each (sizes and positions left out of a caption with the world's probabilities)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 7])
-    for index, scene in enumerate(concept_scenes(shape, count, seed)):
+    for index, scene in enumerate(concept_scenes(shape, count, seed, sizes)):
         write_png_atomically(render(scene), folder / f"{index:04d}.png")
         with atomic_path(folder / f"{index:04d}.txt") as temporary:
             temporary.write_text(caption(scene, rng) + "\n", encoding="utf-8")

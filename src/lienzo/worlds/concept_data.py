@@ -6,19 +6,21 @@ from __future__ import annotations
 import numpy as np
 
 from lienzo.errors import InvalidArgumentError
-from lienzo.worlds.shapes import RESERVED_SHAPES, Scene, caption, sample_scene
+from lienzo.worlds.shapes import RESERVED_SHAPES, SIZES, Scene, caption, sample_scene
 
 TEST_SEED = 1001
 
 
-def concept_scenes(shape: str, count: int, seed: int = 0) -> list[Scene]:
-    """`count` one-object scenes of `shape` over every colour, position and size of the world."""
+def concept_scenes(
+    shape: str, count: int, seed: int = 0, sizes: tuple[str, ...] = tuple(SIZES)
+) -> list[Scene]:
+    """`count` one-object scenes of `shape` over every colour and position of the world and `sizes`."""
     if shape not in RESERVED_SHAPES:
         raise InvalidArgumentError(
             f"{shape!r} is not a reserved shape; use one of {', '.join(RESERVED_SHAPES)}"
         )
     rng = np.random.default_rng([seed, RESERVED_SHAPES.index(shape)])
-    return [sample_scene(rng, objects=1, shapes=(shape,)) for _ in range(count)]
+    return [sample_scene(rng, objects=1, shapes=(shape,), sizes=sizes) for _ in range(count)]
 
 
 def concept_test_scenes(shape: str, count: int) -> list[Scene]:

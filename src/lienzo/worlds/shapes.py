@@ -139,8 +139,10 @@ def sample_scene(
     allow_held_out: bool = False,
     objects: int | None = None,
     shapes: tuple[str, ...] = BASE_SHAPES,
+    sizes: tuple[str, ...] = tuple(SIZES),
 ) -> Scene:
-    """A random scene per the world's spec; held-out colour-shape pairs only when `allow_held_out`."""
+    """A random scene per the world's spec, its objects drawn from `shapes` and `sizes`; held-out
+    colour-shape pairs only when `allow_held_out`."""
     count = int(rng.integers(1, 3)) if objects is None else objects
     if count not in (1, 2):
         raise InvalidArgumentError(f"a scene holds one or two objects, not {count}; ask for 1 or 2")
@@ -153,7 +155,7 @@ def sample_scene(
             shape = shapes[rng.integers(len(shapes))]
             if colour != background and (allow_held_out or (colour, shape) not in HELD_OUT_PAIRS):
                 break
-        size = tuple(SIZES)[rng.integers(len(SIZES))]
+        size = sizes[rng.integers(len(sizes))]
         placed.append(SceneObject(colour, shape, size, cell))
     while True:
         jittered = tuple(_jittered(rng, obj) for obj in placed)
