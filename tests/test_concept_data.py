@@ -44,4 +44,3 @@ def test_prompts_name_every_attribute_and_open_size_prompts_drop_only_the_size()
 
 def test_scenes_of_one_size_only():
     assert {scene.objects[0].size for scene in concept_scenes("star", 30, sizes=("small",))} == {"small"}
-    assert concept_scenes("star", 30, sizes=tuple(SIZES)) == concept_scenes("star", 30)
