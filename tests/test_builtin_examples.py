@@ -4,6 +4,7 @@ right after install, in the formats A1111 and kohya write; they change what shap
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import diffusers
@@ -32,12 +33,14 @@ def test_the_examples_are_listed_by_name():
     assert "star-embedding" in [entry.name for entry in library.list("embeddings")]
 
 
-def test_the_star_lora_is_a_kohya_file_for_shapes_v2_and_changes_the_image():
+def test_the_star_lora_is_a_kohya_locon_file_for_shapes_v2_and_changes_the_image():
     with safe_open(EXAMPLES / "star.safetensors", "pt") as handle:
         metadata = handle.metadata()
         keys = list(handle.keys())
-    assert metadata["ss_sd_model_name"] == "shapes-v2" and metadata["ss_network_module"] == "networks.lora"
+    assert metadata["ss_sd_model_name"] == "shapes-v2" and metadata["ss_network_module"] == "lycoris.kohya"
+    assert json.loads(metadata["ss_network_args"])["algo"] == "locon"
     assert keys and all(key.startswith("lora_unet_") for key in keys)
+    assert any("_resnets_" in key and key.endswith("conv1.lora_down.weight") for key in keys)
     pipe = lienzo.load(SHAPES_V2)
     plain = pipe.generate(PROMPT, **SETTINGS)[0]
     with_lora = pipe.generate(f"{PROMPT} <lora:star:1>", **SETTINGS)[0]
