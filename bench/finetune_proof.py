@@ -13,11 +13,11 @@ Renders `--images` one-object scenes of the shape (star by default) with the wor
 into OUT/data, runs `lienzo train <method>` on them with its defaults (only --data/--out, --cache-latents,
 which encodes each image once instead of every step, --token/--init-word for textual inversion, and for
 DreamBooth (or with --prior) class prompts: 50 one-object base-world captions) and times it. Then it
-generates `--prompts` one-object prompts of the shape (every colour, position and size, none from the training
-set), the same prompts without their size word (the model picks the size; the scorer then checks colour,
-shape and position, the issue's definition of star accuracy) and as many one-object base-world prompts
-with the adapter loaded (nothing for `none`), scores them with lienzo.worlds.scorer and prints one row of
-the table in docs/fine-tuning.md; contact sheets of the three prompt sets land in OUT/<method>/
+generates `--prompts` one-object prompts of the shape (every colour, position and size, none from the
+training set), the same prompts without their size word (the model picks the size; the scorer then checks
+colour, shape and position) and as many one-object base-world prompts with the adapter loaded (nothing
+for `none`), scores them with lienzo.worlds.scorer and prints one row of the table in docs/fine-tuning.md;
+contact sheets of the three prompt sets land in OUT/<method>/
 SHAPE_sheet.png, SHAPE_open_sheet.png and base_sheet.png. The last column scores the shape's test
 scenes themselves after a round trip through the model's VAE: no method changes the VAE, so that is their
 ceiling.
