@@ -2,6 +2,7 @@
 
 from lienzo.diffusion import SAMPLERS, SCHEDULERS
 from lienzo.errors import LienzoError
+from lienzo.models.cpu_attention import set_cpu_attention
 from lienzo.models.packed_conv import set_weight_packing
 from lienzo.pipelines.control_units import ControlUnit
 from lienzo.pipelines.controlnets import load_controlnet
@@ -17,6 +18,7 @@ __all__ = [
     "Pipeline",
     "load",
     "load_controlnet",
+    "set_cpu_attention",
     "set_weight_packing",
 ]
 __version__ = "0.1.0"

@@ -49,6 +49,7 @@ from lienzo.cli.xray import (
     run_xray_command,
 )
 from lienzo.errors import LienzoError
+from lienzo.models.cpu_attention import set_cpu_attention
 from lienzo.models.packed_conv import set_weight_packing
 
 DEBUG_VARIABLE = "LIENZO_DEBUG"
@@ -238,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "no_weight_packing"):
         set_weight_packing(not args.no_weight_packing)
+        set_cpu_attention(not args.no_cpu_attention)
     debug = debug_requested(args)
     if not debug:
         warnings.showwarning = print_warning

@@ -22,16 +22,23 @@ def add_device_arguments(parser: ArgumentContainer) -> None:
         help="weights dtype (default fp16 on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    add_weight_packing_argument(parser)
+    add_cpu_kernel_arguments(parser)
 
 
-def add_weight_packing_argument(parser: ArgumentContainer) -> None:
-    """`--no-weight-packing` (lienzo.models.packed_conv.set_weight_packing; `main` applies it)."""
+def add_cpu_kernel_arguments(parser: ArgumentContainer) -> None:
+    """`--no-weight-packing` and `--no-cpu-attention` (lienzo.set_weight_packing, lienzo.set_cpu_attention;
+    `main` applies them)."""
     parser.add_argument(
         "--no-weight-packing",
         action="store_true",
         help="keep no packed copy of the convolution weights for bf16 on CPU: ~1 GiB less memory for "
         "SD 1.5, slower convolutions, the same images",
+    )
+    parser.add_argument(
+        "--no-cpu-attention",
+        action="store_true",
+        help="run attention on PyTorch's kernel instead of lienzo's bf16 CPU kernel: the same images "
+        "within bf16 rounding, 3-4x slower attention",
     )
 
 

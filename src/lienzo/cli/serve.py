@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lienzo.cli.arguments import LIBRARY_FLAGS, add_library_arguments, add_weight_packing_argument
+from lienzo.cli.arguments import LIBRARY_FLAGS, add_cpu_kernel_arguments, add_library_arguments
 from lienzo.graph.previews import PREVIEW_METHODS
 from lienzo.io.library import library_from_config
 from lienzo.pipelines.options import SAFETY_MODES
@@ -62,7 +62,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"checkpoints kept loaded, least recently used dropped first (default {DEFAULT_MODEL_CACHE})",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    add_weight_packing_argument(parser)
+    add_cpu_kernel_arguments(parser)
     parser.add_argument(
         "--safety-checker",
         choices=SAFETY_MODES,
