@@ -2,7 +2,8 @@
 
 Usage: PYTHONPATH=src python bench/attention_kernels.py --repeats 3
 Shapes: batch 2, 8 heads, self-attention at 4096x40, 1024x80, 256x160 (tokens x head dim) and
-cross-attention of the same queries on 77 keys. Kernels: SDPA flash and math, flash with the head
+cross-attention of the same queries on 77 keys. Kernels: lienzo's CPU kernel (lienzo.models.cpu_attention,
+where the CPU has AVX-512 BF16), SDPA flash and math, flash with the head
 dimension zero-padded to a multiple of 64, and chunked GEMM attention (bf16 q k^T, fp32 softmax, bf16
 probabilities times v) over query chunks of 256 and 1024. Prints the median time of each and the largest
 difference to a float32 reference.
@@ -18,6 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lienzo.models import cpu_attention
 
 SHAPES = ((4096, 40), (1024, 80), (256, 160))
 CONTEXT_TOKENS = 77
@@ -69,6 +72,7 @@ def chunked(chunk: int) -> Callable:
 
 
 KERNELS = {
+    "lienzo": cpu_attention.attend,
     "flash": sdpa(SDPBackend.FLASH_ATTENTION),
     "math": sdpa(SDPBackend.MATH),
     "flash, head dim padded to 64": padded_flash,
@@ -80,6 +84,11 @@ KERNELS = {
 def main() -> None:
     """Time every kernel at every shape and print a table."""
     args = parse_args()
+    probe = torch.zeros(1, 1, 1, 2, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        if not cpu_attention.applies(probe, probe, probe):
+            print("lienzo's CPU kernel does not apply here (no AVX-512 BF16 or no C compiler): not timed")
+            del KERNELS["lienzo"]
     generator = torch.Generator().manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16, batch {args.batch}, "

@@ -4,7 +4,9 @@ Usage: PYTHONPATH=src python bench/unet_profile.py
 Runs torch.profiler over one UNet forward (random weights, batch 2, latent 4x64x64, context 77x768,
 bf16, channels_last, inference mode) after a warm-up, groups the ops' own CPU time by type and prints,
 per type, the time, its share, the FLOP it performs and the achieved FLOP/s as a fraction of the bf16
-matmul peak measured in the same run (a square bf16 matmul, best of several).
+matmul peak measured in the same run (a square bf16 matmul, best of several). Attention is PyTorch's
+SDPA or, where it applies, lienzo's CPU kernel (lienzo.models.cpu_attention; `--no-cpu-attention` for
+SDPA everywhere).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from lienzo.models import cpu_attention
 from lienzo.models.conditioning import Conditioning
 from lienzo.models.specs import SD1
 from lienzo.models.unet import UNetModel
 
 CATEGORIES = (
-    ("attention (SDPA)", ("scaled_dot_product", "flash_attention")),
+    ("attention", ("scaled_dot_product", "flash_attention", "lienzo::cpu_attention")),
     ("convolution", ("convolution",)),
     ("linear / matmul", ("addmm", "aten::mm", "aten::bmm", "aten::baddbmm")),
     ("group norm", ("group_norm",)),
@@ -42,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latent-size", type=int, default=64)
     parser.add_argument("--top", type=int, default=0, help="also print the N ops with most own time")
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak-measuring matmul")
+    parser.add_argument("--no-cpu-attention", action="store_true", help="SDPA for every attention")
     return parser.parse_args()
 
 
@@ -83,9 +87,23 @@ def matmul_flop(name: str, shapes: list) -> int:
     return 2 * math.prod(a) * b[-1]
 
 
+def counting_attend(counter: list[int]):
+    """cpu_attention.attend that adds each call's FLOP to counter[0] (the profiler sees no shapes)."""
+    attend = cpu_attention.attend
+
+    def counted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        counter[0] += attention_flop([q.shape, k.shape])
+        return attend(q, k, v)
+
+    return counted
+
+
 def main() -> None:
     """Profile one forward and print the table."""
     args = parse_args()
+    cpu_attention.set_cpu_attention(not args.no_cpu_attention)
+    kernel_flop = [0]
+    cpu_attention.attend = counting_attend(kernel_flop)
     torch.manual_seed(0)
     model = UNetModel(SD1.unet).eval().to(torch.bfloat16, memory_format=torch.channels_last)
     size = args.latent_size
@@ -96,12 +114,13 @@ def main() -> None:
         peak = matmul_peak(args.matmul_size)
         model(x, t, context)
         start = time.perf_counter()
+        kernel_flop[0] = 0
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             model(x, t, context)
         wall = time.perf_counter() - start
         peak_after = matmul_peak(args.matmul_size)
     seconds: dict[str, float] = defaultdict(float)
-    flop: dict[str, int] = defaultdict(int)
+    flop: dict[str, int] = defaultdict(int, {"attention": kernel_flop[0]})
     for event in prof.events():
         if event.name == "aten::convolution" and event.input_shapes:
             x_shape, w_shape = event.input_shapes[0], event.input_shapes[1]
@@ -112,7 +131,7 @@ def main() -> None:
     for event in prof.key_averages(group_by_input_shape=True):
         label = category(event.key)
         seconds[label] += event.self_cpu_time_total / 1e6
-        if label == "attention (SDPA)" and "for_cpu" in event.key and event.input_shapes:
+        if label == "attention" and "for_cpu" in event.key and event.input_shapes:
             flop[label] += attention_flop(event.input_shapes) * event.count
         if label == "linear / matmul" and event.input_shapes:
             flop[label] += matmul_flop(event.key, event.input_shapes) * event.count

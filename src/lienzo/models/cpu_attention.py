@@ -173,10 +173,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     work = batch * heads * q_len * k.shape[2] * dim
     threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD))
     pointer = ctypes.c_void_p
-    status = kernel_library().lienzo_attention(
-        ctypes.byref(shape), pointer(q.data_ptr()), pointer(k.data_ptr()), pointer(v.data_ptr()),
-        pointer(out.data_ptr()), threads,
-    )  # fmt: skip
+    with torch.profiler.record_function("lienzo::cpu_attention"):
+        status = kernel_library().lienzo_attention(
+            ctypes.byref(shape), pointer(q.data_ptr()), pointer(k.data_ptr()), pointer(v.data_ptr()),
+            pointer(out.data_ptr()), threads,
+        )  # fmt: skip
     if status != 0:
         raise MemoryError("lienzo's CPU attention kernel could not allocate its packed keys and values")
     return out
