@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lienzo import devices, load
+from lienzo import devices, load, set_cpu_attention
 from lienzo.io.library import library_from_config
 from lienzo.pipelines import generation, steps
 from lienzo.pipelines.metadata import save_png
@@ -86,6 +86,7 @@ def one_run(pipe, seed: int, folder: Path) -> dict[str, float]:
 VARIANTS = {
     "before": "every thread torch has (lienzo.devices.SMALL_CPU_WORK = 0)",
     "after": "lienzo's default: one thread for small CPU work",
+    "sdpa": "lienzo's default with PyTorch's attention kernel (--no-cpu-attention)",
 }
 
 
@@ -114,10 +115,12 @@ def main() -> None:
         for repeat in range(-args.warmup, args.repeats):
             for name in variants if repeat % 2 == 0 else variants[::-1]:
                 devices.SMALL_CPU_WORK = 0 if name == "before" else small_work
+                set_cpu_attention(name != "sdpa")
                 result = one_run(pipe, 100 + repeat, Path(folder))
                 if repeat >= 0:
                     runs[name].append(result)
     devices.SMALL_CPU_WORK = small_work
+    set_cpu_attention(True)
     print("| stage | " + " | ".join(f"{name}, median ms" for name in variants) + " |")
     print("|---" * (len(variants) + 1) + "|")
     for stage in runs[variants[0]][0]:

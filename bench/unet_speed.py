@@ -3,6 +3,8 @@
 Usage: PYTHONPATH=src python bench/unet_speed.py --repeats 5
 Prints the median time of each and the ratio lienzo / diffusers (lower is better for lienzo), also as
 the median of per-repeat ratios, which is robust to load that other processes put on a shared machine.
+Where lienzo's CPU attention kernel applies (bf16, AVX-512 BF16), lienzo also runs with PyTorch's
+attention kernel (`--no-cpu-attention`), interleaved with the other two, to show the kernel's share.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 import torch
 from same_weights import same_weight_unets
 
+from lienzo.models import cpu_attention
 from lienzo.models.conditioning import Conditioning
 from lienzo.models.specs import SD1
 
@@ -57,14 +60,24 @@ def main() -> None:
     def run_reference() -> torch.Tensor:
         return reference(x, t, context).sample
 
+    def run_ours_sdpa() -> torch.Tensor:
+        cpu_attention.set_cpu_attention(False)
+        try:
+            return run_ours()
+        finally:
+            cpu_attention.set_cpu_attention(True)
+
     with torch.inference_mode():
         difference = (run_ours().float() - run_reference().float()).abs().max().item()
+        order = [("lienzo", run_ours), ("diffusers", run_reference)]
+        probe = context[:1, None, :, :64]
+        if cpu_attention.applies(probe, probe, probe):
+            order.append(("lienzo, PyTorch attention", run_ours_sdpa))
         for _ in range(args.warmup):
-            run_ours()
-            run_reference()
-        times: dict[str, list[float]] = {"lienzo": [], "diffusers": []}
+            for _, run in order:
+                run()
+        times: dict[str, list[float]] = {name: [] for name, _ in order}
         for repeat in range(args.repeats):
-            order = [("lienzo", run_ours), ("diffusers", run_reference)]
             for name, run in order if repeat % 2 == 0 else reversed(order):
                 times[name].append(timed(run))
     medians = {name: statistics.median(values) for name, values in times.items()}
@@ -76,9 +89,12 @@ def main() -> None:
     for name, values in times.items():
         runs = ", ".join(f"{value:.3f}" for value in values)
         print(f"{name:>9}: median {medians[name]:.3f} s  (runs: {runs})")
-    paired = [ours_time / reference_time for ours_time, reference_time in zip(*times.values(), strict=True)]
+    paired = [ours / reference for ours, reference in zip(times["lienzo"], times["diffusers"], strict=True)]
     print(f"ratio lienzo/diffusers (medians): {medians['lienzo'] / medians['diffusers']:.3f}")
     print(f"ratio lienzo/diffusers (median of per-repeat pairs): {statistics.median(paired):.3f}")
+    if "lienzo, PyTorch attention" in medians:
+        before = medians["lienzo, PyTorch attention"]
+        print(f"ratio lienzo with PyTorch attention/diffusers (medians): {before / medians['diffusers']:.3f}")
 
 
 if __name__ == "__main__":
