@@ -17,9 +17,9 @@
 
 typedef uint16_t bf16;
 
-#define QROWS 4     /* query rows per register tile */
-#define KGROUPS 4   /* 16-key groups per register tile of the score product */
-#define VCHUNKS 4   /* 16-lane output chunks per register tile of the value product */
+#define QROWS 8     /* query rows per register tile */
+#define KGROUPS 2   /* 16-key groups per register tile of the score product */
+#define VCHUNKS 3   /* 16-lane output chunks per register tile of the value product */
 
 typedef struct {
     int64_t batch, heads, q_len, k_len, dim;
@@ -99,10 +99,11 @@ static inline __m512bh broadcast_pair(const bf16 *pair) {
     return (__m512bh)_mm512_set1_epi32(bits);
 }
 
-/* scores[r][n] = scale * q_r . k_n for `rows` query rows and `groups` 16-key groups from group g0. */
+/* scores[r][n] = scale * q_r . k_n for `rows` query rows and `groups` 16-key groups from group g0;
+   row_max[r] takes the largest score of the real (not padded) keys. */
 static inline __attribute__((always_inline)) void score_tile(
     const lienzo_attention_shape *s, const bf16 *const *q_rows, const bf16 *kp, float *scores,
-    int64_t row_stride, int rows, int groups, int64_t g0) {
+    int64_t row_stride, __m512 *row_max, int rows, int groups, int64_t g0) {
     const int64_t pairs = dim_pairs(s);
     __m512 acc[QROWS][KGROUPS];
     for (int r = 0; r < rows; r++)
@@ -117,34 +118,40 @@ static inline __attribute__((always_inline)) void score_tile(
         }
     }
     const __m512 scale = _mm512_set1_ps(s->scale);
-    for (int r = 0; r < rows; r++)
-        for (int g = 0; g < groups; g++)
-            _mm512_storeu_ps(scores + r * row_stride + (g0 + g) * 16, _mm512_mul_ps(acc[r][g], scale));
+    for (int g = 0; g < groups; g++) {
+        const int64_t real = s->k_len - (g0 + g) * 16;
+        const __mmask16 keys = real >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << real) - 1u);
+        for (int r = 0; r < rows; r++) {
+            const __m512 scaled = _mm512_mul_ps(acc[r][g], scale);
+            _mm512_storeu_ps(scores + r * row_stride + (g0 + g) * 16, scaled);
+            row_max[r] = _mm512_mask_max_ps(row_max[r], keys, row_max[r], scaled);
+        }
+    }
 }
 
+/* The scores of `rows` query rows against every key, and each row's largest score. */
 static void scores_block(const lienzo_attention_shape *s, const bf16 *const *q_rows, const bf16 *kp,
-                         float *scores, int64_t row_stride, int rows) {
+                         float *scores, int64_t row_stride, float *maxima, int rows) {
     const int64_t groups = key_groups(s);
+    __m512 row_max[QROWS];
+    for (int r = 0; r < rows; r++) row_max[r] = _mm512_set1_ps(-__builtin_inff());
     int64_t g = 0;
     for (; g + KGROUPS <= groups; g += KGROUPS) {
         switch (rows) {
-        case 4: score_tile(s, q_rows, kp, scores, row_stride, 4, KGROUPS, g); break;
-        case 3: score_tile(s, q_rows, kp, scores, row_stride, 3, KGROUPS, g); break;
-        case 2: score_tile(s, q_rows, kp, scores, row_stride, 2, KGROUPS, g); break;
-        default: score_tile(s, q_rows, kp, scores, row_stride, 1, KGROUPS, g); break;
+#define TILE(R) case R: score_tile(s, q_rows, kp, scores, row_stride, row_max, R, KGROUPS, g); break;
+            TILE(8) TILE(7) TILE(6) TILE(5) TILE(4) TILE(3) TILE(2) TILE(1)
+#undef TILE
         }
     }
-    for (; g < groups; g++) score_tile(s, q_rows, kp, scores, row_stride, rows, 1, g);
+    for (; g < groups; g++) score_tile(s, q_rows, kp, scores, row_stride, row_max, rows, 1, g);
+    for (int r = 0; r < rows; r++) maxima[r] = _mm512_reduce_max_ps(row_max[r]);
 }
 
 /* Turns a row of scores into bf16 probabilities (unnormalised, padded keys zero); returns the sum. */
-static float softmax_row(const lienzo_attention_shape *s, const float *scores, bf16 *probs) {
+static float softmax_row(const lienzo_attention_shape *s, const float *scores, float max, bf16 *probs) {
     const int64_t full = s->k_len / 16, tail = s->k_len % 16;
     const __mmask16 tail_mask = (__mmask16)((1u << tail) - 1u);
-    __m512 vmax = _mm512_set1_ps(-__builtin_inff());
-    for (int64_t g = 0; g < full; g++) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(scores + g * 16));
-    if (tail) vmax = _mm512_mask_max_ps(vmax, tail_mask, vmax, _mm512_loadu_ps(scores + full * 16));
-    const __m512 row_max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    const __m512 row_max = _mm512_set1_ps(max);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t g = 0; g < full; g++) {
         const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + g * 16), row_max));
@@ -195,10 +202,9 @@ static void values_block(const lienzo_attention_shape *s, const bf16 *probs, int
         const int n = chunks - c < VCHUNKS ? (int)(chunks - c) : VCHUNKS;
         switch (rows * 8 + n) {
 #define TILE(R, C) case R * 8 + C: value_tile(s, probs, prob_stride, vp, sums, out_rows, R, C, c); break;
-            TILE(4, 4) TILE(4, 3) TILE(4, 2) TILE(4, 1)
-            TILE(3, 4) TILE(3, 3) TILE(3, 2) TILE(3, 1)
-            TILE(2, 4) TILE(2, 3) TILE(2, 2) TILE(2, 1)
-            TILE(1, 4) TILE(1, 3) TILE(1, 2) TILE(1, 1)
+#define ROWS(R) TILE(R, 3) TILE(R, 2) TILE(R, 1)
+            ROWS(8) ROWS(7) ROWS(6) ROWS(5) ROWS(4) ROWS(3) ROWS(2) ROWS(1)
+#undef ROWS
 #undef TILE
         }
     }
@@ -221,14 +227,14 @@ static void attend_item(const lienzo_attention_shape *s, const bf16 *q, const bf
         const int rows = row1 - i < QROWS ? (int)(row1 - i) : QROWS;
         const bf16 *q_rows[QROWS];
         bf16 *out_rows[QROWS];
-        float sums[QROWS];
+        float sums[QROWS], maxima[QROWS];
         for (int r = 0; r < rows; r++) {
             q_rows[r] = q + b * s->q_stride_b + h * s->q_stride_h + (i + r) * s->q_stride_l;
             out_rows[r] = out + b * s->o_stride_b + h * s->o_stride_h + (i + r) * s->o_stride_l;
         }
-        scores_block(s, q_rows, kp, scores, padded_keys, rows);
+        scores_block(s, q_rows, kp, scores, padded_keys, maxima, rows);
         for (int r = 0; r < rows; r++)
-            sums[r] = softmax_row(s, scores + r * padded_keys, probs + r * padded_keys);
+            sums[r] = softmax_row(s, scores + r * padded_keys, maxima[r], probs + r * padded_keys);
         values_block(s, probs, padded_keys, vp, sums, out_rows, rows);
     }
 }
