@@ -34,6 +34,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kernel (interleaved)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument(
+        "--shape",
+        action="append",
+        metavar="TOKENS,DIM",
+        help="a query length and head dimension to time instead of SD 1.5's (repeatable)",
+    )
+    parser.add_argument("--kernels", help=f"comma-separated subset of {list(KERNELS)}")
     return parser.parse_args()
 
 
@@ -84,11 +91,15 @@ KERNELS = {
 def main() -> None:
     """Time every kernel at every shape and print a table."""
     args = parse_args()
+    shapes = [tuple(int(n) for n in shape.split(",")) for shape in args.shape] if args.shape else SHAPES
+    if args.kernels:
+        for name in set(KERNELS) - set(args.kernels.split(",")):
+            del KERNELS[name]
     probe = torch.zeros(1, 1, 1, 2, dtype=torch.bfloat16)
     with torch.inference_mode():
         if not cpu_attention.applies(probe, probe, probe):
             print("lienzo's CPU kernel does not apply here (no AVX-512 BF16 or no C compiler): not timed")
-            del KERNELS["lienzo"]
+            KERNELS.pop("lienzo", None)
     generator = torch.Generator().manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16, batch {args.batch}, "
@@ -98,7 +109,7 @@ def main() -> None:
     print("| queries x head dim | keys | kernel | median | TFLOP/s | max error vs fp32 |")
     print("|---|---|---|---|---|---|")
     with torch.inference_mode():
-        for tokens, dim in SHAPES:
+        for tokens, dim in shapes:
             for keys in (tokens, CONTEXT_TOKENS):
                 q = torch.randn(args.batch, args.heads, tokens, dim, generator=generator)
                 k = torch.randn(args.batch, args.heads, keys, dim, generator=generator)
@@ -119,7 +130,7 @@ def main() -> None:
                 for name, values in times.items():
                     median = statistics.median(values)
                     print(
-                        f"| {tokens} x {dim} | {keys} | {name} | {median * 1e3:.1f} ms | "
+                        f"| {tokens} x {dim} | {keys} | {name} | {median * 1e3:.2f} ms | "
                         f"{flop / median / 1e12:.3f} | {errors[name]:.4f} |",
                         flush=True,
                     )

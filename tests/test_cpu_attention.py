@@ -129,6 +129,14 @@ def test_attention_takes_it_only_for_bf16_cpu_inference() -> None:
 
 
 @needs_kernel
+def test_torch_compile_traces_pytorchs_kernel(monkeypatch) -> None:
+    q = heads_view(1, 32, 2, 16)
+    assert cpu_attention.applies(q, q, q)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not cpu_attention.applies(q, q, q)
+
+
+@needs_kernel
 def test_the_unet_gives_the_same_output_within_bf16_rounding() -> None:
     torch.manual_seed(0)
     unet = UNetModel(TINY_UNET).eval().requires_grad_(False).bfloat16().to(memory_format=torch.channels_last)

@@ -143,9 +143,10 @@ def _unbuilt(reason: str) -> None:
 def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """True where lienzo's kernel takes `attention(q, k, v)`: on, a bf16 CPU inference call (nothing
     records gradients) of (batch, heads, tokens, dim) tensors with an even head dimension up to 512, on a
-    CPU (and a build) that has the kernel."""
+    CPU (and a build) that has the kernel, outside torch.compile (which traces PyTorch's kernel)."""
     return (
         _enabled[0]
+        and not torch.compiler.is_compiling()
         and q.device.type == "cpu"
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
         and q.dim() == k.dim() == v.dim() == 4
