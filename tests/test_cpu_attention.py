@@ -115,6 +115,7 @@ def test_attention_takes_it_only_for_bf16_cpu_inference() -> None:
     assert not cpu_attention.applies(odd, odd, odd)
     wide = heads_view(1, 8, 1, 514)
     assert not cpu_attention.applies(wide, wide, wide)
+    assert not cpu_attention.applies(q[:0], q[:0], q[:0])
     trained = q.detach().requires_grad_(True)
     assert not cpu_attention.applies(trained, q, q)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """lienzo's bf16 attention kernel for CPUs with AVX-512 BF16 (cpu_attention.c), built on first use.
 
-PyTorch's CPU flash kernel computes its two matrix products at float32 speed on CPUs without AMX;
-the C kernel here does them with AVX-512 BF16 dot products and the same numerics (float32 scores
+PyTorch's CPU flash kernel was measured to run its two matrix products at float32 speed on a CPU without
+AMX; the C kernel here does them with AVX-512 BF16 dot products and the same numerics (float32 scores
 and softmax, bf16 probabilities, float32 sums), 3-4x faster at SD's 4096-token self-attention
 (docs/benchmarks.md). It is compiled once per source and compiler into the user's cache folder and
 loaded with ctypes after torch, so its OpenMP threads are the ones torch already runs (one libgomp).
@@ -152,6 +152,7 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and q.dim() == k.dim() == v.dim() == 4
         and q.shape[:2] == k.shape[:2] == v.shape[:2]
         and k.shape[2] == v.shape[2] > 0
+        and q.numel() > 0
         and q.shape[3] == k.shape[3] == v.shape[3]
         and q.shape[3] % 2 == 0
         and q.shape[3] <= MAX_DIM
