@@ -2,15 +2,15 @@
 
    softmax(q k^T * scale) v with the same numerics as PyTorch's CPU flash kernel: scores accumulated
    in float32 from bf16 products, softmax in float32, probabilities rounded to bf16 for the product
-   with v, float32 accumulation, output rounded to bf16 (nearest even). Each block of query rows
-   holds the whole row of scores (two passes: max, then exp and sum), so nothing is rescaled.
+   with v, float32 accumulation, output rounded to bf16 (nearest even). Each tile of query rows
+   holds its whole rows of scores (the maximum taken as they are stored, then exp and sum), so nothing
+   is rescaled as in the online softmax of flash attention.
 
    lienzo_attention packs the keys and values of every (batch, head) into the VNNI layout of
    vdpbf16ps, then shares the (batch, head, query block) items among OpenMP threads: the OpenMP
    runtime PyTorch loaded, so the threads are PyTorch's own. */
 
 #include <immintrin.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +22,7 @@ typedef uint16_t bf16;
 #define VCHUNKS 3   /* 16-lane output chunks per register tile of the value product */
 
 typedef struct {
-    int64_t batch, heads, q_len, k_len, dim;
+    int64_t batch, heads, q_len, k_len, dim;  /* dim even */
     int64_t q_stride_b, q_stride_h, q_stride_l;
     int64_t k_stride_b, k_stride_h, k_stride_l;
     int64_t v_stride_b, v_stride_h, v_stride_l;
