@@ -1,6 +1,6 @@
 """lienzo's bf16 CPU attention kernel: PyTorch's flash kernel's accuracy at every shape the models use
-and at awkward ones, rows independent of the batch and the thread count, the dispatch rules, the UNet
-and the CLI switch, and a clear warning where it cannot be built."""
+and at awkward ones, rows independent of the batch and the thread count, the dispatch rules, torch.compile,
+the UNet and the CLI switch, and a clear warning where it cannot be built."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -130,11 +131,19 @@ def test_attention_takes_it_only_for_bf16_cpu_inference() -> None:
 
 
 @needs_kernel
-def test_torch_compile_traces_pytorchs_kernel(monkeypatch) -> None:
-    q = heads_view(1, 32, 2, 16)
-    assert cpu_attention.applies(q, q, q)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert not cpu_attention.applies(q, q, q)
+def test_torch_compile_calls_the_kernel_as_one_operator_without_graph_breaks() -> None:
+    def attend_twice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q * 2, k, v) + 1
+
+    q = heads_view(2, 64, 4, 16)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(attend_twice)(q, q, q)
+        targets = [str(node.target) for graph in explained.graphs for node in graph.graph.nodes]
+        compiled = torch.compile(attend_twice, backend="eager")(q, q, q)
+        eager = cpu_attention.attend(q * 2, q, q) + 1
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    assert "lienzo.cpu_attention.default" in targets
+    assert torch.equal(compiled, eager)
 
 
 @needs_kernel

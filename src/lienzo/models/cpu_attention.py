@@ -140,13 +140,19 @@ def _unbuilt(reason: str) -> None:
     )
 
 
+@torch.compiler.assume_constant_result
+def kernel_available() -> bool:
+    """Whether the kernel is built and loaded (builds it on the first call); torch.compile takes the
+    answer as a constant instead of tracing the build."""
+    return kernel_library() is not None
+
+
 def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """True where lienzo's kernel takes `attention(q, k, v)`: on, a bf16 CPU inference call (nothing
     records gradients) of (batch, heads, tokens, dim) tensors with an even head dimension up to 512, on a
-    CPU (and a build) that has the kernel, outside torch.compile (which traces PyTorch's kernel)."""
+    CPU (and a build) that has the kernel."""
     return (
         _enabled[0]
-        and not torch.compiler.is_compiling()
         and q.device.type == "cpu"
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
         and q.dim() == k.dim() == v.dim() == 4
@@ -157,13 +163,15 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and q.shape[3] % 2 == 0
         and q.shape[3] <= MAX_DIM
         and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-        and kernel_library() is not None
+        and kernel_available()
     )
 
 
+@torch.library.custom_op("lienzo::cpu_attention", mutates_args=())
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v by lienzo's kernel (where `applies`); the result is a (batch, heads,
-    tokens, dim) view of a (batch, tokens, heads, dim) tensor, so merging the heads costs no copy."""
+    tokens, dim) view of a (batch, tokens, heads, dim) tensor, so merging the heads costs no copy. A
+    PyTorch operator, so torch.compile calls it instead of tracing into ctypes."""
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     batch, heads, q_len, dim = q.shape
     out = torch.empty(batch, q_len, heads, dim, dtype=q.dtype).transpose(1, 2)
@@ -175,11 +183,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     work = batch * heads * q_len * k.shape[2] * dim
     threads = max(1, min(torch.get_num_threads(), work // WORK_PER_THREAD))
     pointer = ctypes.c_void_p
-    with torch.profiler.record_function("lienzo::cpu_attention"):
-        status = kernel_library().lienzo_attention(
-            ctypes.byref(shape), pointer(q.data_ptr()), pointer(k.data_ptr()), pointer(v.data_ptr()),
-            pointer(out.data_ptr()), threads,
-        )  # fmt: skip
+    status = kernel_library().lienzo_attention(
+        ctypes.byref(shape), pointer(q.data_ptr()), pointer(k.data_ptr()), pointer(v.data_ptr()),
+        pointer(out.data_ptr()), threads,
+    )  # fmt: skip
     if status != 0:
         raise MemoryError("lienzo's CPU attention kernel could not allocate its packed keys and values")
     return out
+
+
+@attend.register_fake
+def _attend_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """What `attend` returns, for torch.compile's tracing: q's shape, (batch, tokens, heads, dim) memory."""
+    batch, heads, tokens, dim = q.shape
+    return q.new_empty(batch, tokens, heads, dim).transpose(1, 2)
