@@ -5,6 +5,7 @@ Prints the median time of each and the ratio lienzo / diffusers (lower is better
 the median of per-repeat ratios, which is robust to load that other processes put on a shared machine.
 Where lienzo's CPU attention kernel applies (bf16, AVX-512 BF16), lienzo also runs with PyTorch's
 attention kernel (`--no-cpu-attention`), interleaved with the other two, to show the kernel's share.
+`--compile` compiles lienzo's UNet (`pipe.compile()`'s path) and prints the first call's time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from same_weights import same_weight_unets
 from lienzo.models import cpu_attention
 from lienzo.models.conditioning import Conditioning
 from lienzo.models.specs import SD1
+from lienzo.pipelines.compiling import compile_unet
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--latent-size", type=int, default=64)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile lienzo's UNet (inductor)")
     return parser.parse_args()
 
 
@@ -67,6 +70,7 @@ def main() -> None:
         finally:
             cpu_attention.set_cpu_attention(True)
 
+    timer = compile_unet(ours) if args.compile else None
     with torch.inference_mode():
         difference = (run_ours().float() - run_reference().float()).abs().max().item()
         order = [("lienzo", run_ours), ("diffusers", run_reference)]
@@ -86,6 +90,8 @@ def main() -> None:
         f"batch {args.batch}, latent 4x{size}x{size}, context 77x768, {args.repeats} repeats"
     )
     print(f"max |lienzo - diffusers| output difference: {difference:.4g}")
+    if timer is not None:
+        print(f"lienzo compiled: first call (compiling) {timer.first_call_seconds:.1f} s")
     for name, values in times.items():
         runs = ", ".join(f"{value:.3f}" for value in values)
         print(f"{name:>9}: median {medians[name]:.3f} s  (runs: {runs})")
