@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch._dynamo
 from PIL import Image
 from torch._inductor import config as inductor_config
 
@@ -58,6 +59,18 @@ def test_compiled_unet_matches_eager_and_views_use_their_own_weights(tmp_path, m
         torch.testing.assert_close(unet(x, t, cond), eager, rtol=1e-4, atol=1e-4)
     assert timer.calls == 3
     assert any((tmp_path / "inductor").iterdir())
+
+
+def test_the_bf16_unet_traces_into_one_graph():
+    """Dynamo alone (no inductor, seconds): no graph break, so inductor sees the whole UNet; the packed
+    convolutions step aside under compile and lienzo's attention kernel is one operator."""
+    unet = tiny_unet().bfloat16().to(memory_format=torch.channels_last)
+    x, t, cond = inputs()
+    x = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    cond = Conditioning(context=cond.context.bfloat16())
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(unet.forward)(x, t, cond)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch):

@@ -55,9 +55,11 @@ def packable(conv: nn.Conv2d, x: Tensor) -> bool:
     (no gradient through it) in bfloat16 with zero padding, a channels_last input (lienzo's inference
     layout) and a weight that can be kept. Float32 is left to PyTorch, which convolves small float32
     inputs without oneDNN (im2col and a matrix product): packing there would change the sums' order, and
-    batch rows would stop matching single runs of the same seed."""
+    batch rows would stop matching single runs of the same seed. Under torch.compile inductor lowers the
+    convolution itself, so the packed path (whose weight cache Dynamo cannot trace) stays out of the graph."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and x.dtype == torch.bfloat16
