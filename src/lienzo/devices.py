@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -74,6 +75,12 @@ def keep_freed_memory_for_reuse() -> bool:
     except (OSError, AttributeError):
         return False
     return all(mallopt(option, value) == 1 for option, value in GLIBC_MALLOC_OPTIONS.items())
+
+
+def user_cache_dir(name: str) -> Path:
+    """`$XDG_CACHE_HOME/lienzo/<name>` (~/.cache/lienzo/<name> when unset): what lienzo derives once per
+    machine and keeps between runs (compiled code, drawn class images)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lienzo" / name
 
 
 def default_device() -> torch.device:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lienzo.devices import cpu_flags
+from lienzo.devices import cpu_flags, user_cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_attention.c")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
@@ -77,12 +77,6 @@ def cpu_attention_enabled() -> bool:
     return _enabled[0]
 
 
-def kernel_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/lienzo/kernels` (~/.cache/lienzo/kernels when unset)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "lienzo" / "kernels"
-
-
 def cpu_supports_kernel() -> bool:
     """True on x86-64 Linux CPUs listing every AVX-512 extension the kernel uses."""
     return platform.machine() in ("x86_64", "AMD64") and all(flag in cpu_flags() for flag in REQUIRED_FLAGS)
@@ -121,7 +115,7 @@ def kernel_library() -> ctypes.CDLL | None:
     if compiler is None:
         return _unbuilt("no C compiler was found (install gcc, or set CC)")
     try:
-        library = ctypes.CDLL(str(build_library(compiler, kernel_cache_dir())))
+        library = ctypes.CDLL(str(build_library(compiler, user_cache_dir("kernels"))))
     except subprocess.CalledProcessError as failure:
         first_line = (failure.stderr or "").strip().splitlines()[:1]
         return _unbuilt(f"{compiler} failed: {first_line[0] if first_line else failure}")

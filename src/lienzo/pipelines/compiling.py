@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lienzo.devices import user_cache_dir
 from lienzo.errors import LienzoError
 from lienzo.models.unet import UNetModel
 
@@ -24,8 +25,7 @@ def inductor_cache_dir() -> Path:
     """`$TORCHINDUCTOR_CACHE_DIR` when set, else `$XDG_CACHE_HOME/lienzo/inductor` (~/.cache when unset)."""
     if os.environ.get(CACHE_ENVIRONMENT):
         return Path(os.environ[CACHE_ENVIRONMENT])
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "lienzo" / "inductor"
+    return user_cache_dir("inductor")
 
 
 def check_compiler(device: torch.device) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lienzo.devices import user_cache_dir
 from lienzo.errors import InvalidArgumentError
 from lienzo.io.checkpoints import staged_output
 from lienzo.io.model_hash import model_identity
@@ -48,8 +49,7 @@ class PriorPreservation:
 
 def default_class_cache() -> Path:
     """`$XDG_CACHE_HOME/lienzo/class-images` (~/.cache/lienzo/class-images when unset)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "lienzo" / "class-images"
+    return user_cache_dir("class-images")
 
 
 def class_image_key(
